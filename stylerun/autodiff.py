@@ -1,0 +1,312 @@
+"""Reverse-mode differentiation over an ONNX graph, emitting standard ONNX ops only.
+
+`add_gradient(model, of="loss", wrt="image")` walks the forward graph backwards from
+`of` and appends, for each node on a differentiable path from `wrt`, the ops that compute
+its adjoint. The result runs on any plain onnxruntime build: no training domain, no
+custom ops. One rule per op type lives in `ADJOINTS`; a rule receives the node and the
+gradients of its outputs, and returns the gradients of the inputs that need one.
+
+Only paths from `wrt` are differentiated: weights, targets and shape arithmetic get no
+gradient, so nothing is computed that the optimizer would not use.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from .graph import GraphBuilder
+
+Rule = Callable[["_Pass", onnx.NodeProto, list], list]
+ADJOINTS: dict[str, Rule] = {}
+
+#: Conv adjoint flavour: "conv" (forward Conv with the flipped, transposed kernel, folded to a
+#: constant by onnxruntime at load) or "conv_transpose" (ConvTranspose with the same kernel).
+CONV_ADJOINT = "conv"
+
+
+def adjoint(*op_types: str) -> Callable[[Rule], Rule]:
+    def register(rule: Rule) -> Rule:
+        for op_type in op_types:
+            ADJOINTS[op_type] = rule
+        return rule
+
+    return register
+
+
+class _Pass:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.b = GraphBuilder(model.graph)
+        inferred = shape_inference.infer_shapes(model)
+        self.shapes: dict[str, tuple | None] = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+            dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
+            self.shapes[vi.name] = None if dims is None else tuple(d.dim_value or d.dim_param or None for d in dims)
+        for init in model.graph.initializer:
+            self.shapes[init.name] = tuple(init.dims)
+        self.live: set[str] = set()
+
+    # helpers used by the rules -------------------------------------------------
+    def op(self, op_type: str, *inputs: str, **attrs):
+        return self.b.op(op_type, *inputs, hint=f"grad_{op_type.lower()}", **attrs)
+
+    def const(self, value, dtype=np.float32) -> str:
+        return self.b.const(value, "grad_const", dtype)
+
+    def shape_of(self, name: str) -> str:
+        return self.op("Shape", name)
+
+    def needs(self, name: str) -> bool:
+        """Whether `name` carries gradient back to `wrt`; rules skip inputs that do not."""
+        return name in self.live
+
+    def unbroadcast(self, grad: str, x: str, y: str) -> str:
+        """Sum an elementwise op's output gradient down to input `x`'s shape.
+
+        Broadcast axes are found statically: axes `x` lacks, and axes where `x` has a
+        literal 1 and `y` does not. A symbolic dimension is taken to be the same on both
+        sides, as the graphs built here never broadcast along a dynamic axis.
+        """
+        sx, sy = self.shapes.get(x), self.shapes.get(y)
+        if sx is None or sy is None:
+            raise NotImplementedError(f"unknown rank for {x} or {y}: cannot differentiate a broadcast")
+        lead = len(sy) - len(sx)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(sx) if d == 1 and sy[lead + i] != 1]
+        if not axes:
+            return grad
+        summed = self.op("ReduceSum", grad, self.const(axes, np.int64), keepdims=1)
+        return self.op("Reshape", summed, self.shape_of(x))
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# --- adjoint rules: one per op --------------------------------------------------
+
+
+@adjoint("Identity")
+def _identity(p: _Pass, node, dys):
+    return [dys[0]]
+
+
+@adjoint("Neg")
+def _neg(p: _Pass, node, dys):
+    return [p.op("Neg", dys[0])]
+
+
+@adjoint("Add", "Sub")
+def _add_sub(p: _Pass, node, dys):
+    a, b = node.input
+    y = node.output[0]
+    da = p.unbroadcast(dys[0], a, y) if p.needs(a) else None
+    db = None
+    if p.needs(b):
+        db = p.unbroadcast(dys[0], b, y)
+        db = p.op("Neg", db) if node.op_type == "Sub" else db
+    return [da, db]
+
+
+@adjoint("Sum")
+def _sum(p: _Pass, node, dys):
+    return [p.unbroadcast(dys[0], x, node.output[0]) if p.needs(x) else None for x in node.input]
+
+
+@adjoint("Mul")
+def _mul(p: _Pass, node, dys):
+    a, b = node.input
+    y = node.output[0]
+    da = p.unbroadcast(p.op("Mul", dys[0], b), a, y) if p.needs(a) else None
+    db = p.unbroadcast(p.op("Mul", dys[0], a), b, y) if p.needs(b) else None
+    return [da, db]
+
+
+@adjoint("Div")
+def _div(p: _Pass, node, dys):
+    a, b = node.input
+    y = node.output[0]
+    da = p.unbroadcast(p.op("Div", dys[0], b), a, y) if p.needs(a) else None
+    db = p.unbroadcast(p.op("Neg", p.op("Div", p.op("Mul", dys[0], y), b)), b, y) if p.needs(b) else None
+    return [da, db]
+
+
+@adjoint("Reshape", "Unsqueeze", "Squeeze", "Flatten")
+def _reshape(p: _Pass, node, dys):
+    return [p.op("Reshape", dys[0], p.shape_of(node.input[0]))] + [None] * (len(node.input) - 1)
+
+
+@adjoint("Transpose")
+def _transpose(p: _Pass, node, dys):
+    perm = list(_attr(node, "perm"))
+    inverse = [perm.index(i) for i in range(len(perm))]
+    return [p.op("Transpose", dys[0], perm=inverse)]
+
+
+@adjoint("Relu")
+def _relu(p: _Pass, node, dys):
+    # d relu: pass the gradient where the output is positive (the forward's own output, so
+    # no extra activation is kept alive).
+    mask = p.op("Greater", node.output[0], p.const(0.0))
+    return [p.op("Where", mask, dys[0], p.const(0.0))]
+
+
+def _spatial_attrs(node) -> dict:
+    return {k: v for k in ("strides", "pads", "dilations") if (v := _attr(node, k)) is not None}
+
+
+@adjoint("Conv")
+def _conv(p: _Pass, node, dys):
+    x, w = node.input[0], node.input[1]
+    if _attr(node, "group", 1) != 1 or any(s != 1 for s in _attr(node, "strides", [1, 1])):
+        raise NotImplementedError("Conv adjoint supports group=1, stride 1 only")
+    if CONV_ADJOINT == "conv_transpose":
+        dx = p.op("ConvTranspose", dys[0], w, **_spatial_attrs(node))
+    else:
+        # dX = Conv(dY, W'), W'[i, o] = W[o, i] rotated 180 degrees; padding k-1-p keeps the
+        # size. W' is built from W in the graph, so the file holds each kernel once;
+        # onnxruntime's constant folding turns it into an initializer at load time.
+        kh, kw = _attr(node, "kernel_shape")
+        pads = _attr(node, "pads", [0, 0, 0, 0])
+        swapped = p.op("Transpose", w, perm=[1, 0, 2, 3])
+        reverse = p.const([-1, -1], np.int64)
+        flipped = p.op("Slice", swapped, reverse, p.const([np.iinfo(np.int64).min] * 2, np.int64),
+                       p.const([2, 3], np.int64), reverse)
+        back_pads = [kh - 1 - pads[0], kw - 1 - pads[1], kh - 1 - pads[2], kw - 1 - pads[3]]
+        dx = p.op("Conv", dys[0], flipped, kernel_shape=[kh, kw], pads=back_pads)
+    return [dx] + [None] * (len(node.input) - 1)
+
+
+@adjoint("MaxPool")
+def _max_pool(p: _Pass, node, dys):
+    # Route each gradient to the position that won the max, using MaxPool's own indices.
+    if len(node.output) < 2:
+        node.output.append(p.b.fresh(f"{node.output[0]}.argmax"))
+    dx = p.op(
+        "MaxUnpool", dys[0], node.output[1], p.shape_of(node.input[0]),
+        kernel_shape=list(_attr(node, "kernel_shape")), strides=list(_attr(node, "strides")),
+    )
+    return [dx]
+
+
+@adjoint("AveragePool")
+def _average_pool(p: _Pass, node, dys):
+    kernel = list(_attr(node, "kernel_shape"))
+    if list(_attr(node, "strides", [1, 1])) != kernel or any(_attr(node, "pads", [0, 0, 0, 0])):
+        raise NotImplementedError("AveragePool adjoint supports kernel == stride without padding")
+    kh, kw = kernel
+    # Each input pixel gets 1/(kh*kw) of its window's gradient: repeat every gradient
+    # kh x kw times, then zero-pad rows/columns the pooling dropped (odd sizes).
+    dy = p.op("Mul", dys[0], p.const(1.0 / (kh * kw)))
+    grown = p.op("Unsqueeze", dy, p.const([3, 5], np.int64))  # (N, C, h, 1, w, 1)
+    shape = p.shape_of(dys[0])
+    n_c = p.op("Slice", shape, p.const([0], np.int64), p.const([2], np.int64))
+    h = p.op("Slice", shape, p.const([2], np.int64), p.const([3], np.int64))
+    w = p.op("Slice", shape, p.const([3], np.int64), p.const([4], np.int64))
+    kh_c, kw_c = p.const([kh], np.int64), p.const([kw], np.int64)
+    tiled = p.op("Expand", grown, p.op("Concat", n_c, h, kh_c, w, kw_c, axis=0))
+    up = p.op("Reshape", tiled, p.op("Concat", n_c, p.op("Mul", h, kh_c), p.op("Mul", w, kw_c), axis=0))
+    x_hw = p.op("Slice", p.shape_of(node.input[0]), p.const([2], np.int64), p.const([4], np.int64))
+    up_hw = p.op("Slice", p.shape_of(up), p.const([2], np.int64), p.const([4], np.int64))
+    pads = p.op("Concat", p.const([0] * 6, np.int64), p.op("Sub", x_hw, up_hw), axis=0)  # begins, then ends
+    return [p.op("Pad", up, pads)]
+
+
+@adjoint("MatMul")
+def _matmul(p: _Pass, node, dys):
+    a, b = node.input
+    if len(p.shapes.get(a) or ()) != 2 or len(p.shapes.get(b) or ()) != 2:
+        raise NotImplementedError("MatMul adjoint supports 2-D operands only")
+    da = p.op("MatMul", dys[0], p.op("Transpose", b, perm=[1, 0])) if p.needs(a) else None
+    db = p.op("MatMul", p.op("Transpose", a, perm=[1, 0]), dys[0]) if p.needs(b) else None
+    return [da, db]
+
+
+def _expand_reduced(p: _Pass, node, dy: str) -> str:
+    """Bring a reduction's output gradient back to a shape that broadcasts over its input."""
+    axes = _attr(node, "axes")
+    if _attr(node, "keepdims", 1) == 0 and axes is not None:
+        dy = p.op("Unsqueeze", dy, p.const(sorted(axes), np.int64))
+    return dy
+
+
+@adjoint("ReduceSum")
+def _reduce_sum(p: _Pass, node, dys):
+    if len(node.input) > 1:
+        raise NotImplementedError("ReduceSum with an axes input is not supported")
+    return [p.op("Expand", _expand_reduced(p, node, dys[0]), p.shape_of(node.input[0]))]
+
+
+@adjoint("ReduceSumSquare")
+def _reduce_sum_square(p: _Pass, node, dys):
+    dy = _expand_reduced(p, node, dys[0])
+    return [p.op("Mul", node.input[0], p.op("Mul", dy, p.const(2.0)))]
+
+
+# --- the pass ---------------------------------------------------------------------
+
+#: Inputs through which a value can carry gradient, by op type (default: all inputs).
+_DIFFERENTIABLE_INPUTS = {
+    "Reshape": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Expand": (0,), "Slice": (0,),
+    "Gather": (0,), "Pad": (0,), "Shape": (), "Cast": (), "Greater": (), "Where": (1, 2),
+    "ReduceProd": (),
+}
+
+
+def _depends_on(graph: onnx.GraphProto, wrt: str) -> set[str]:
+    """Values that depend differentiably on `wrt` (forward reachability)."""
+    live = {wrt}
+    for node in graph.node:
+        allowed = _DIFFERENTIABLE_INPUTS.get(node.op_type, range(len(node.input)))
+        if any(i < len(node.input) and node.input[i] in live for i in allowed):
+            live.update(o for o in node.output if o)
+    return live
+
+
+def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str) -> onnx.ModelProto:
+    """Append d`of`/d`wrt` to `model` (in place) as output `grad_name`; return the model."""
+    p = _Pass(model)
+    graph = model.graph
+    live = p.live = _depends_on(graph, wrt)
+    if of not in live:
+        raise ValueError(f"{of} does not depend on {wrt}")
+    forward_nodes = list(graph.node)
+    grads: dict[str, list[str]] = {of: [p.const(1.0)]}
+
+    def total(name: str) -> str | None:
+        parts = grads.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            grads[name] = [p.op("Sum", *parts)]
+        return grads[name][0]
+
+    for node in reversed(forward_nodes):
+        if not any(o in live for o in node.output):
+            continue
+        dys = [total(o) for o in node.output]
+        if all(d is None for d in dys):
+            continue
+        rule = ADJOINTS.get(node.op_type)
+        if rule is None:
+            raise NotImplementedError(f"no adjoint rule for ONNX op {node.op_type}")
+        for x, dx in zip(node.input, rule(p, node, dys)):
+            if dx is not None and x in live:
+                grads.setdefault(x, []).append(dx)
+
+    result = total(wrt)
+    if result is None:
+        raise ValueError(f"no gradient reached {wrt}")
+    p.b.op("Identity", result, outputs=[grad_name])
+    wrt_info = next(vi for vi in graph.input if vi.name == wrt)
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(wrt_info)
+    out.name = grad_name
+    graph.output.append(out)
+    return model

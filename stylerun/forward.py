@@ -1,0 +1,214 @@
+"""VGG19 forward and the Gatys loss, as ONNX graphs (no gradient yet: see `autodiff.py`).
+
+Two graphs are built from one description:
+
+* the **targets** graph: image -> content features P_l and style Gram matrices A_l;
+* the **loss** graph: image, targets, per-layer weights, alpha, beta -> loss terms.
+
+Losses, exactly as implemented (F_l: the image's features at layer l, shaped N_l x M_l
+with N_l channels and M_l = height * width; G_l = F_l F_l^T):
+
+    content = sum_l  w_l * 1/2 * sum (F_l - P_l)^2
+    style   = sum_l  w_l * sum ((G_l - A_l) / (2 N_l M_l))^2      (= w_l/(4 N^2 M^2) sum (G-A)^2)
+    loss    = alpha * content + beta * style
+
+The input image is ``(H, W, 3)`` RGB in 0..255, as an image file decodes. The weights'
+input convention (channel order, scale, mean, std) is applied inside the graph: the mean
+as one Sub, and the channel order and per-channel scale folded exactly into conv1_1's
+kernel, which costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from . import __version__
+from .graph import GraphBuilder, make_model
+from .errors import InputError
+from .vgg import POOLINGS, layer_by_name, sort_layers, truncated
+from .weights import VGG19Weights
+
+IMAGE = "image"
+LOSS, CONTENT_LOSS, STYLE_LOSS = "loss", "content_loss", "style_loss"
+CONTENT_WEIGHTS, STYLE_WEIGHTS, ALPHA, BETA = "content_weights", "style_weights", "alpha", "beta"
+
+
+def content_target_name(layer: str) -> str:
+    return f"content_target.{layer}"
+
+
+def style_target_name(layer: str) -> str:
+    return f"style_target.{layer}"
+
+
+@dataclass(frozen=True)
+class LayerSet:
+    """Which layers a model reads: the export's identity, along with weights and pooling."""
+
+    content: tuple[str, ...]
+    style: tuple[str, ...]
+    pooling: str = "max"
+
+    @classmethod
+    def of(cls, content, style, pooling: str = "max") -> "LayerSet":
+        if pooling not in POOLINGS:
+            raise InputError(f"unknown pooling '{pooling}'; use one of: {', '.join(POOLINGS)}")
+        content_t, style_t = tuple(sort_layers(content)), tuple(sort_layers(style))
+        if not content_t and not style_t:
+            raise InputError("no content or style layers requested")
+        return cls(content_t, style_t, pooling)
+
+    @property
+    def deepest(self) -> str:
+        return truncated(self.content + self.style)[-1].name
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "content_layers": ",".join(self.content),
+            "style_layers": ",".join(self.style),
+            "pooling": self.pooling,
+        }
+
+
+def _first_conv_folded(weights: VGG19Weights) -> tuple[np.ndarray, np.ndarray]:
+    """conv1_1's kernel rewritten to take RGB 0..255 minus `rgb_mean` directly.
+
+    The network wants ``(x[order] * scale - mean) / std``; with zero padding applied after
+    the mean subtraction, scaling input channel c by ``scale/std[c]`` and reordering are
+    linear maps that move into the kernel exactly.
+    """
+    conv = weights.convention
+    order = [2, 1, 0] if conv.channel_order == "BGR" else [0, 1, 2]  # network channel -> RGB index
+    kernel, bias = weights.convs["conv1_1"]
+    folded = np.empty_like(kernel)
+    for net_c, rgb_c in enumerate(order):
+        folded[:, rgb_c] = kernel[:, net_c] * (conv.scale / conv.std[net_c])
+    return folded.astype(np.float32), bias
+
+
+def rgb_mean(weights: VGG19Weights) -> np.ndarray:
+    """The convention's mean in RGB order and 0..255 units, shaped for NCHW broadcast."""
+    conv = weights.convention
+    order = [2, 1, 0] if conv.channel_order == "BGR" else [0, 1, 2]
+    mean = np.zeros(3, dtype=np.float64)
+    for net_c, rgb_c in enumerate(order):
+        mean[rgb_c] = conv.mean[net_c] / conv.scale
+    return mean.reshape(1, 3, 1, 1).astype(np.float32)
+
+
+def _features(b: GraphBuilder, weights: VGG19Weights, layers: LayerSet) -> dict[str, str]:
+    """Emit the truncated VGG19 on input IMAGE; return every layer's output value name."""
+    x = b.op("Transpose", IMAGE, perm=[2, 0, 1], hint="chw")
+    x = b.op("Unsqueeze", x, b.const([0], "axis0", np.int64), hint="nchw")
+    x = b.op("Sub", x, b.const(rgb_mean(weights), "rgb_mean"), hint="centered")
+    outputs: dict[str, str] = {}
+    for layer in truncated(layers.content + layers.style):
+        if layer.kind == "conv":
+            if layer.name not in weights.convs:
+                raise InputError(f"weights from {weights.source} stop before layer '{layer.name}'")
+            kernel, bias = _first_conv_folded(weights) if layer.name == "conv1_1" else weights.convs[layer.name]
+            x = b.op(
+                "Conv", x, b.const(kernel, f"{layer.name}.weight"), b.const(bias, f"{layer.name}.bias"),
+                kernel_shape=[3, 3], pads=[1, 1, 1, 1], hint=layer.name,
+            )
+        elif layer.kind == "relu":
+            x = b.op("Relu", x, hint=layer.name)
+        else:
+            pool = "MaxPool" if layers.pooling == "max" else "AveragePool"
+            x = b.op(pool, x, kernel_shape=[2, 2], strides=[2, 2], hint=layer.name)
+        outputs[layer.name] = x
+    return outputs
+
+
+def _gram(b: GraphBuilder, feature: str, channels: int, layer: str) -> str:
+    flat = b.op("Reshape", feature, b.const([channels, -1], "shape_c_m", np.int64), hint=f"{layer}.flat")
+    return b.op("MatMul", flat, b.op("Transpose", flat, perm=[1, 0]), hint=f"{layer}.gram")
+
+
+def _spatial_size(b: GraphBuilder, feature: str) -> str:
+    """M_l = height * width of a feature map, as a float scalar (dynamic)."""
+    shape = b.op("Shape", feature)
+    hw = b.op("Slice", shape, b.const([2], "i2", np.int64), b.const([4], "i4", np.int64))
+    return b.op("Cast", b.op("ReduceProd", hw, keepdims=0), to=TensorProto.FLOAT, hint="m")
+
+
+def _new_builder() -> GraphBuilder:
+    b = GraphBuilder(onnx.GraphProto(name="stylerun"))
+    b.add_input(IMAGE, ["height", "width", 3])
+    return b
+
+
+def _metadata(weights: VGG19Weights, layers: LayerSet, kind: str) -> dict[str, str]:
+    return {
+        "stylerun.kind": kind,
+        "stylerun.version": __version__,
+        **{f"stylerun.{k}": v for k, v in layers.metadata().items()},
+        "stylerun.weights": weights.source,
+        "stylerun.weights_sha256": weights.fingerprint,
+        "stylerun.input_convention": f"{weights.convention.name}: {weights.convention.describe()}",
+    }
+
+
+def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
+    """image -> content_target.<l> (1, N, h, w) and style_target.<l> (N, N)."""
+    b = _new_builder()
+    feats = _features(b, weights, layers)
+    for layer in layers.content:
+        b.rename_output(feats[layer], content_target_name(layer))
+        b.add_output(content_target_name(layer), [1, None, None, None])
+    for layer in layers.style:
+        n = _channels(layer)
+        b.rename_output(_gram(b, feats[layer], n, layer), style_target_name(layer))
+        b.add_output(style_target_name(layer), [n, n])
+    return make_model(b.graph, _metadata(weights, layers, "targets"), doc="VGG19 content features and style Gram matrices")
+
+
+def _channels(layer: str) -> int:
+    return layer_by_name(layer).channels
+
+
+def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
+    """The forward loss graph; `autodiff.add_gradient` later appends d loss / d image."""
+    b = _new_builder()
+    for layer in layers.content:
+        b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])
+    for layer in layers.style:
+        n = _channels(layer)
+        b.add_input(style_target_name(layer), [n, n])
+    b.add_input(CONTENT_WEIGHTS, [len(layers.content)])
+    b.add_input(STYLE_WEIGHTS, [len(layers.style)])
+    b.add_input(ALPHA, [])
+    b.add_input(BETA, [])
+    feats = _features(b, weights, layers)
+
+    def layer_weight(vector: str, i: int) -> str:
+        return b.op("Gather", vector, b.const(i, "index", np.int64), axis=0)
+
+    content_terms = []
+    for i, layer in enumerate(layers.content):
+        diff = b.op("Sub", feats[layer], content_target_name(layer), hint=f"{layer}.content_diff")
+        sq = b.op("ReduceSumSquare", diff, keepdims=0)
+        half = b.op("Mul", sq, b.const(0.5, "half"))
+        content_terms.append(b.op("Mul", half, layer_weight(CONTENT_WEIGHTS, i), hint=f"{layer}.content"))
+    style_terms = []
+    for i, layer in enumerate(layers.style):
+        n = _channels(layer)
+        gram = _gram(b, feats[layer], n, layer)
+        inv_norm = b.op("Reciprocal", b.op("Mul", _spatial_size(b, feats[layer]), b.const(2.0 * n, "two_n")))
+        diff = b.op("Mul", b.op("Sub", gram, style_target_name(layer)), inv_norm, hint=f"{layer}.style_diff")
+        sq = b.op("ReduceSumSquare", diff, keepdims=0)
+        style_terms.append(b.op("Mul", sq, layer_weight(STYLE_WEIGHTS, i), hint=f"{layer}.style"))
+
+    def total(terms: list[str], name: str) -> str:
+        return b.op("Sum", *terms, outputs=[name]) if terms else b.op("Identity", b.const(0.0, "zero"), outputs=[name])
+
+    content = total(content_terms, CONTENT_LOSS)
+    style = total(style_terms, STYLE_LOSS)
+    b.op("Add", b.op("Mul", ALPHA, content), b.op("Mul", BETA, style), outputs=[LOSS])
+    for name in (LOSS, CONTENT_LOSS, STYLE_LOSS):
+        b.add_output(name, [])
+    return make_model(b.graph, _metadata(weights, layers, "loss"), doc="Gatys et al. style-transfer loss on VGG19")

