@@ -1,0 +1,110 @@
+"""Export: weights + layer set -> the loss-and-gradient model and the targets model, on disk.
+
+`export_vgg` writes ``NAME.onnx`` (loss, content_loss, style_loss and grad) and, beside
+it, ``NAME.targets.onnx`` (content features and style Gram matrices). `cached_export`
+does the same into a cache directory keyed by everything that defines the graph, so a
+second run with the same settings starts without exporting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .autodiff import add_gradient
+from .errors import InputError
+from .forward import IMAGE, LOSS, LayerSet, build_loss_model, build_targets_model
+from .weights import VGG19Weights, bundled_path, file_sha256, load_weights
+
+GRAD = "grad"
+#: Bumped whenever the exported graph changes, so stale cache entries are never reused.
+GRAPH_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    loss: Path
+    targets: Path
+    layers: LayerSet
+
+
+def targets_path(loss_path: Path) -> Path:
+    name = loss_path.name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return loss_path.with_name(stem + ".targets.onnx")
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_models(weights: VGG19Weights, layers: LayerSet) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(loss-and-gradient model, targets model), in memory."""
+    loss = add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD)
+    return loss, build_targets_model(weights, layers)
+
+
+def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path) -> ModelFiles:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {path.parent} does not exist")
+    loss, targets = build_models(weights, layers)
+    # targets first: a loss file on disk always has its targets file beside it
+    _atomic_save(targets, targets_path(path))
+    _atomic_save(loss, path)
+    return ModelFiles(path, targets_path(path), layers)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("STYLERUN_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "stylerun"
+
+
+def cached_export(layers: LayerSet, weights_path: str | Path | None = None) -> ModelFiles:
+    """The exported model for `layers`, from the cache or exported now and cached."""
+    source = Path(weights_path) if weights_path is not None else bundled_path()
+    if not source.is_file():
+        raise InputError(f"weights file {source} not found")
+    key = hashlib.sha256(
+        "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers)]).encode()
+    ).hexdigest()[:20]
+    directory = cache_dir()
+    path = directory / f"vgg19-{layers.deepest}-{layers.pooling}-{key}.onnx"
+    if path.is_file() and targets_path(path).is_file():
+        return ModelFiles(path, targets_path(path), layers)
+    directory.mkdir(parents=True, exist_ok=True)
+    return export_vgg(load_weights(weights_path), layers, path)
+
+
+def read_layers(path: str | Path) -> LayerSet:
+    """The layer set a model file was exported for, from its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {path} not found")
+    if not targets_path(path).is_file():
+        raise InputError(f"model {path} has no targets model beside it ({targets_path(path).name})")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise InputError(f"{path} is not an ONNX model ({exc})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("stylerun.kind") != "loss":
+        raise InputError(f"{path} is not a stylerun loss model (export one with `stylerun export-vgg`)")
+
+    def names(key: str) -> list[str]:
+        return [n for n in meta.get(key, "").split(",") if n]
+
+    return LayerSet.of(names("stylerun.content_layers"), names("stylerun.style_layers"), meta["stylerun.pooling"])

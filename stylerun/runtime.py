@@ -1,0 +1,123 @@
+"""ONNX Runtime sessions for the exported models: device choice, threads, IOBinding.
+
+Targets, per-layer weights, alpha and beta are bound once as device-resident OrtValues;
+each evaluation moves only the image in and the loss and gradient out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import InputError
+from .export import GRAD, ModelFiles
+from .forward import ALPHA, BETA, CONTENT_LOSS, CONTENT_WEIGHTS, IMAGE, LOSS, STYLE_LOSS, STYLE_WEIGHTS
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def create_session(path: Path, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+    """A session on `device`; `auto` takes CUDA when it works here and falls back quietly."""
+    if device not in DEVICES:
+        raise InputError(f"unknown device '{device}'; use one of: {', '.join(DEVICES)}")
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA not in available:
+        raise InputError(
+            "--device cuda: this onnxruntime has no CUDA provider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu with "
+            "`pip install 'stylerun[cuda]'`, or use --device cpu"
+        )
+    providers = [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
+    options = _session_options(threads)
+    # onnxruntime prints its own fallback notice when CUDA libraries are missing; the
+    # provider actually in use is reported by `providers()` instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise InputError(
+            "--device cuda: the CUDA provider could not start (CUDA 12 / cuDNN 9 libraries not found); "
+            "install them with `pip install 'stylerun[cuda]'`, or use --device cpu"
+        )
+    return session
+
+
+def _device_of(session: ort.InferenceSession) -> tuple[str, int]:
+    return ("cuda", 0) if session.get_providers()[0] == CUDA else ("cpu", 0)
+
+
+class LossModel:
+    """Both exported models behind one object: targets once, then loss-and-gradient calls."""
+
+    OUTPUTS = (LOSS, CONTENT_LOSS, STYLE_LOSS, GRAD)
+
+    def __init__(self, files: ModelFiles, device: str = "auto", threads: int | None = None):
+        self.files = files
+        self.layers = files.layers
+        self.session = create_session(files.loss, device, threads)
+        self.targets_session = create_session(files.targets, device, threads)
+        self.device = _device_of(self.session)
+        self._binding = self.session.io_binding()
+        self._resident: dict[str, ort.OrtValue] = {}
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def targets(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Content features and style Gram matrices of an (H, W, 3) RGB 0..255 image."""
+        names = [o.name for o in self.targets_session.get_outputs()]
+        values = self.targets_session.run(names, {IMAGE: np.ascontiguousarray(image, dtype=np.float32)})
+        return dict(zip(names, values))
+
+    def bind(self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float) -> None:
+        """Put everything that stays fixed during optimization on the device, once."""
+        fixed = {
+            **targets,
+            CONTENT_WEIGHTS: np.asarray(content_weights, dtype=np.float32),
+            STYLE_WEIGHTS: np.asarray(style_weights, dtype=np.float32),
+            ALPHA: np.asarray(alpha, dtype=np.float32),
+            BETA: np.asarray(beta, dtype=np.float32),
+        }
+        wanted = {i.name for i in self.session.get_inputs()} - {IMAGE}
+        missing = wanted - set(fixed)
+        if missing:
+            raise InputError(f"model {self.files.loss} needs inputs that were not given: {sorted(missing)}")
+        kind, index = self.device
+        self._binding.clear_binding_inputs()
+        self._resident = {}
+        for name in wanted:
+            value = ort.OrtValue.ortvalue_from_numpy(np.array(fixed[name], dtype=np.float32, order="C"), kind, index)
+            self._resident[name] = value  # keep alive: the binding does not own it
+            self._binding.bind_ortvalue_input(name, value)
+        self._binding.clear_binding_outputs()
+        for name in self.OUTPUTS:
+            self._binding.bind_output(name, "cpu")
+
+    def loss_and_grad(self, image: np.ndarray) -> tuple[float, float, float, np.ndarray]:
+        """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        self._binding.bind_cpu_input(IMAGE, image)
+        self.session.run_with_iobinding(self._binding)
+        loss, content, style, grad = self._binding.copy_outputs_to_cpu()
+        return float(loss), float(content), float(style), grad
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
