@@ -48,6 +48,8 @@ class _Pass:
             self.shapes[vi.name] = None if dims is None else tuple(d.dim_value or d.dim_param or None for d in dims)
         for init in model.graph.initializer:
             self.shapes[init.name] = tuple(init.dims)
+        self.constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer
+                          if init.data_type == onnx.TensorProto.INT64}
         self.live: set[str] = set()
 
     # helpers used by the rules -------------------------------------------------
@@ -228,25 +230,34 @@ def _matmul(p: _Pass, node, dys):
     return [da, db]
 
 
+def _reduced_axes(p: _Pass, node) -> list[int] | None:
+    """A reduction's axes, from the attribute (old opsets) or a constant input (new ones)."""
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in p.constants:
+            raise NotImplementedError(f"{node.op_type} with computed axes is not supported")
+        return [int(a) for a in p.constants[node.input[1]].ravel()]
+    axes = _attr(node, "axes")
+    return None if axes is None else list(axes)
+
+
 def _expand_reduced(p: _Pass, node, dy: str) -> str:
     """Bring a reduction's output gradient back to a shape that broadcasts over its input."""
-    axes = _attr(node, "axes")
-    if _attr(node, "keepdims", 1) == 0 and axes is not None:
-        dy = p.op("Unsqueeze", dy, p.const(sorted(axes), np.int64))
+    axes = _reduced_axes(p, node)
+    if _attr(node, "keepdims", 1) == 0 and axes:
+        rank = len(p.shapes[node.input[0]])
+        dy = p.op("Unsqueeze", dy, p.const(sorted(a % rank for a in axes), np.int64))
     return dy
 
 
 @adjoint("ReduceSum")
 def _reduce_sum(p: _Pass, node, dys):
-    if len(node.input) > 1:
-        raise NotImplementedError("ReduceSum with an axes input is not supported")
-    return [p.op("Expand", _expand_reduced(p, node, dys[0]), p.shape_of(node.input[0]))]
+    return [p.op("Expand", _expand_reduced(p, node, dys[0]), p.shape_of(node.input[0]))] + [None] * (len(node.input) - 1)
 
 
 @adjoint("ReduceSumSquare")
 def _reduce_sum_square(p: _Pass, node, dys):
     dy = _expand_reduced(p, node, dys[0])
-    return [p.op("Mul", node.input[0], p.op("Mul", dy, p.const(2.0)))]
+    return [p.op("Mul", node.input[0], p.op("Mul", dy, p.const(2.0)))] + [None] * (len(node.input) - 1)
 
 
 # --- the pass ---------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""Shared fixtures: one model cache for the whole session, small real images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Exported models are cached per session, never in the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("stylerun-cache")
+    old = os.environ.get("STYLERUN_CACHE")
+    os.environ["STYLERUN_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("STYLERUN_CACHE", None)
+    else:
+        os.environ["STYLERUN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def content_path() -> Path:
+    return EXAMPLES / "chelsea.jpg"
+
+
+@pytest.fixture(scope="session")
+def style_path() -> Path:
+    return EXAMPLES / "starry_night.jpg"
+
+
+@pytest.fixture(scope="session")
+def bundled_weights():
+    from stylerun.weights import load_bundled
+
+    return load_bundled()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

