@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import __version__
+from . import __version__, figures
 from .errors import StylerunError
 from .export import cached_export, export_vgg
 from .forward import LayerSet
@@ -154,6 +154,81 @@ def transfer_command(
         raise typer.Exit(130)
     if not quiet:
         err.print(f"wrote {output} (loss {result.loss:.4g}, {result.evaluations} evaluations, {result.elapsed:.1f} s)")
+
+
+@app.command("figures")
+def figures_command(
+    content: Path = typer.Argument(..., help="Content photo (Figures 1, 3 and 4)."),
+    styles: list[Path] = typer.Argument(..., help="Style paintings: Figure 3 uses each, Figures 1 and 4 the first."),
+    out: Path = typer.Option(Path("figures"), "--out", "-o", help="Folder for the sheets, panels/ and report.md."),
+    size: int = typer.Option(256, "--size", help="Longest side of every panel in pixels."),
+    iterations: int = typer.Option(200, "--iterations", "-n", help="L-BFGS-B iterations per panel."),
+    which: str = typer.Option(",".join(figures.FIGURES), "--which", help="Comma-separated figures to make."),
+    ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios",
+                               help="alpha/beta values of the Figure 4 sweep (beta = 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the white-noise inits."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for onnxruntime (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Replicate the paper's figures as labelled contact sheets in OUT, with OUT/report.md.
+
+    Finished panels (OUT/panels/NAME.png + NAME.json with the same settings) are kept, so
+    running the same command again resumes an interrupted run.
+    """
+    try:
+        sweep = [float(r) for r in ratios.split(",") if r.strip()]
+    except ValueError:
+        raise StylerunError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
+    if not sweep or not all(r >= 0 and r != float("inf") for r in sweep):
+        raise StylerunError(f"--ratios must be finite numbers >= 0, got '{ratios}'")
+    plan = figures.plan(content, styles, figures.parse_which(which), size=size, iterations=iterations, seed=seed,
+                        ratios=sweep)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err, disable=quiet,
+    )
+
+    class Bars(figures.Listener):
+        def start(self, figs, todo):
+            total = sum(len(f.panels) for f in figs)
+            self.all = bar.add_task("panels", total=total, completed=total - todo, info=f"{todo} to run")
+            self.one = None
+
+        def panel_start(self, panel, index, total):
+            if self.one is not None:
+                bar.remove_task(self.one)
+            self.one = bar.add_task(panel.name, total=panel.iterations, info="")
+
+        def step(self, panel, p):
+            rate = p.evaluations / p.elapsed if p.elapsed > 0 else 0.0
+            bar.update(self.one, completed=p.iteration,
+                       info=f"content {p.content_loss:.3g} style {p.style_loss:.3g}, {rate:.2f} eval/s")
+
+        def panel_done(self, panel, record):
+            bar.advance(self.all)
+            bar.update(self.all, info=f"last: {panel.name} in {record.elapsed:.0f} s")
+            if record.error:
+                err.print(f"{panel.name}: {record.error}; kept the best finite image")
+
+        def sheet_done(self, figure, path):
+            if not quiet:
+                err.print(f"wrote {path}")
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with bar:
+            figures.make_figures(plan, out, device=device, threads=threads, listener=Bars())
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished panels are kept in {out / 'panels'}, run the same command to resume")
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not quiet:
+        err.print(f"wrote {out / 'report.md'}")
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -1,0 +1,448 @@
+"""Replicate the figures of Gatys et al. as labelled contact sheets, with a Markdown report.
+
+Four figures, each a grid of panels; every panel is one optimization from its own settings:
+
+* ``fig1-content``: content reconstructions from white noise (alpha 1, beta 0), one
+  panel per layer relu1_2 .. relu5_2 (2015 paper, Figure 1, bottom row);
+* ``fig1-style``: style reconstructions from white noise (alpha 0, beta 1) on the layer
+  subsets {relu1_1}, {relu1_1, relu2_1}, ... {relu1_1 .. relu5_1} (Figure 1, top row);
+* ``fig3``: the content photo in the style of each style image, with the seed's
+  settings (alpha 1e-6, beta 1, style relu1_1 .. relu5_1 at 0.2, content relu4_2);
+* ``fig4``: the alpha/beta sweep of the 2016 paper's Figure 4 on the first style image,
+  from white noise.
+
+Each finished panel is ``DIR/panels/<name>.png`` plus ``<name>.json`` (its settings and
+final losses). A panel whose two files exist with the same settings is not run again,
+so an interrupted run resumes where it stopped. Each figure's panel list is kept in
+``DIR/<figure>.json``; ``DIR/report.md`` is rebuilt from all of them after every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from . import __version__
+from .errors import InputError
+from .images import check_size, fit_longest_side, open_image, save_image, to_uint8
+from .stylize import Progress, StyleLoss, initial_image, optimize
+from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
+
+FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
+#: alpha/beta of the sweep, content-heavy to style-heavy (beta = 1, alpha = ratio).
+SWEEP_RATIOS = (1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)
+CONTENT_RECON_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
+STYLE_RECON_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+TITLES = {
+    "fig1-content": "Figure 1, content reconstructions: alpha=1, beta=0, from white noise",
+    "fig1-style": "Figure 1, style reconstructions: alpha=0, beta=1, from white noise",
+    "fig3": "Figure 3, artworks: seed settings alpha=1e-6, beta=1",
+    "fig4": "Figure 4 (2016), alpha/beta sweep, beta=1, from white noise",
+}
+
+# Contact-sheet geometry, in pixels.
+PAD = 8
+TITLE_H = 28
+LABEL_LINE_H = 14
+LABEL_LINES = 3
+LABEL_H = LABEL_LINES * LABEL_LINE_H + 4
+MAX_COLUMNS = 5
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One optimization: everything that decides its result, and its label."""
+
+    figure: str
+    name: str  # file stem in panels/
+    label: str  # first label line: what varies across the figure
+    content: str  # image paths
+    style: str
+    alpha: float
+    beta: float
+    content_layers: dict[str, float]
+    style_layers: dict[str, float]
+    init: str
+    size: int
+    iterations: int
+    seed: int
+    pooling: str = "max"
+
+    def settings(self) -> dict:
+        """The settings that identify the result: a panel is redone when they change."""
+        s = asdict(self)
+        s.pop("label")
+        s["content"] = _file_id(self.content)
+        s["style"] = _file_id(self.style)
+        s["version"] = __version__
+        return s
+
+    def setting_text(self) -> str:
+        parts = [f"alpha={_g(self.alpha)}", f"beta={_g(self.beta)}"]
+        if self.alpha and self.beta:
+            parts.append(f"alpha/beta={_g(self.alpha / self.beta)}")
+        return " ".join(parts)
+
+    def layers_text(self) -> str:
+        parts = []
+        if self.alpha and self.content_layers:
+            parts.append("content " + format_layer_weights(self.content_layers))
+        if self.beta and self.style_layers:
+            parts.append("style " + format_layer_weights(self.style_layers))
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    title: str
+    panels: tuple[Panel, ...]
+
+
+@dataclass
+class PanelRecord:
+    """A finished panel, as stored in panels/<name>.json."""
+
+    settings: dict
+    content_loss: float
+    style_loss: float
+    loss: float
+    iterations: int
+    evaluations: int
+    elapsed: float
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Listener:
+    """Progress hooks for `make_figures`; every method is optional (no-op here)."""
+
+    def start(self, figures: Sequence[Figure], todo: int) -> None: ...
+
+    def panel_start(self, panel: Panel, index: int, total: int) -> None: ...
+
+    def panel_skipped(self, panel: Panel, record: PanelRecord) -> None: ...
+
+    def step(self, panel: Panel, progress: Progress) -> None: ...
+
+    def panel_done(self, panel: Panel, record: PanelRecord) -> None: ...
+
+    def sheet_done(self, figure: Figure, path: Path) -> None: ...
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if x else "0"
+
+
+_FILE_IDS: dict[tuple[str, float, int], str] = {}
+
+
+def _file_id(path: str) -> str:
+    """Name and content hash of an input image, so a changed file redoes its panels."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime, st.st_size)
+    if key not in _FILE_IDS:
+        _FILE_IDS[key] = f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}"
+    return _FILE_IDS[key]
+
+
+def parse_which(spec: str) -> tuple[str, ...]:
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    if not items:
+        raise InputError(f"--which: give one or more of {', '.join(FIGURES)}")
+    for item in items:
+        if item not in FIGURES:
+            raise InputError(f"--which: unknown figure '{item}'; use one or more of {', '.join(FIGURES)}")
+    return tuple(f for f in FIGURES if f in items)
+
+
+def plan(
+    content: str | Path,
+    styles: Sequence[str | Path],
+    which: Sequence[str] = FIGURES,
+    *,
+    size: int = 256,
+    iterations: int = 200,
+    seed: int = 0,
+    ratios: Sequence[float] = SWEEP_RATIOS,
+) -> list[Figure]:
+    """The figures asked for, as panels; nothing is run."""
+    if not styles:
+        raise InputError("give at least one style image")
+    if size < 32:
+        raise InputError(f"--size must be at least 32 pixels, got {size}")
+    if iterations < 1:
+        raise InputError(f"--iterations must be >= 1, got {iterations}")
+    # The style is resized to the content's shape, except in fig1-style, where it is its own content.
+    for path in [content, styles[0]] if "fig1-style" in which else [content]:
+        check_size(*fit_longest_side(open_image(path).size, size), f"{path} at --size {size}")
+    for path in styles:
+        open_image(path)  # fail now on an unreadable style, not after an hour of other panels
+    content, style0 = str(content), str(styles[0])
+    common = {"size": size, "iterations": iterations, "seed": seed}
+    figures = []
+    if "fig1-content" in which:
+        panels = tuple(
+            Panel("fig1-content", f"fig1-content_{layer}", f"content {layer}", content, content, 1.0, 0.0,
+                  {layer: 1.0}, {}, "random", **common)
+            for layer in CONTENT_RECON_LAYERS
+        )
+        figures.append(Figure("fig1-content", TITLES["fig1-content"], panels))
+    if "fig1-style" in which:
+        panels = []
+        for k in range(1, len(STYLE_RECON_LAYERS) + 1):
+            layers = STYLE_RECON_LAYERS[:k]
+            label = "style " + (layers[0] if k == 1 else f"{layers[0]}..{layers[-1]}")
+            # The style image is its own "content" so the panel has the painting's shape.
+            panels.append(Panel("fig1-style", f"fig1-style_{k}", label, style0, style0, 0.0, 1.0, {},
+                                {name: 1.0 / k for name in layers}, "random", **common))
+        figures.append(Figure("fig1-style", TITLES["fig1-style"], tuple(panels)))
+    if "fig3" in which:
+        panels = tuple(
+            Panel("fig3", f"fig3_{i + 1}_{_stem(s)}", f"style {Path(s).stem}", content, str(s), 1e-6, 1.0,
+                  dict(DEFAULT_CONTENT_LAYERS), dict(DEFAULT_STYLE_LAYERS), "content", **common)
+            for i, s in enumerate(styles)
+        )
+        figures.append(Figure("fig3", TITLES["fig3"] + ", from the content photo", panels))
+    if "fig4" in which:
+        panels = tuple(
+            Panel("fig4", f"fig4_{i + 1:02d}_{r:.0e}", f"alpha/beta {r:.0e}", content, style0, float(r), 1.0,
+                  dict(DEFAULT_CONTENT_LAYERS), dict(DEFAULT_STYLE_LAYERS), "random", **common)
+            for i, r in enumerate(ratios)
+        )
+        figures.append(Figure("fig4", TITLES["fig4"] + f", style {Path(style0).stem}", panels))
+    return figures
+
+
+def _stem(path) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(path).stem)[:40]
+
+
+def panel_paths(out: Path, panel: Panel) -> tuple[Path, Path]:
+    base = out / "panels" / panel.name
+    return base.with_suffix(".png"), base.with_suffix(".json")
+
+
+def finished(out: Path, panel: Panel) -> PanelRecord | None:
+    """The stored record when this panel is done with these exact settings, else None."""
+    png, meta = panel_paths(out, panel)
+    if not (png.is_file() and meta.is_file()):
+        return None
+    try:
+        record = PanelRecord(**json.loads(meta.read_text()))
+    except (ValueError, TypeError):
+        return None
+    return record if record.settings == panel.settings() else None
+
+
+def run_panel(
+    panel: Panel,
+    out: Path,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    callback: Callable[[Progress], None] | None = None,
+) -> PanelRecord:
+    """Optimize one panel and store its image and record; Ctrl-C propagates, storing nothing."""
+    loss = StyleLoss(panel.content, panel.style, size=panel.size, alpha=panel.alpha, beta=panel.beta,
+                     content_layers=panel.content_layers, style_layers=panel.style_layers,
+                     pooling=panel.pooling, device=device, threads=threads)
+    result = optimize(loss, initial_image(panel.init, loss, panel.seed), panel.iterations, callback)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    image = to_uint8(result.image)
+    # The losses of the image as saved (rounded to 0..255 integers), so the PNG reproduces them.
+    total, _ = loss.loss_and_grad(image.astype(np.float32))
+    content_loss, style_loss = loss.last_terms
+    record = PanelRecord(panel.settings(), content_loss, style_loss, total, result.iterations, result.evaluations,
+                         round(result.elapsed, 2), result.error)
+    png, meta = panel_paths(out, panel)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image, png)
+    _write_text(meta, json.dumps(asdict(record), indent=1, default=_json_default) + "\n")
+    return record
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(f"cannot store {type(x)}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- contact sheets ---------------------------------------------------------------------------
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the bitmap font, no size
+        return ImageFont.load_default()
+
+
+def grid(n: int) -> tuple[int, int]:
+    """(columns, rows) of a sheet of n panels."""
+    columns = min(n, MAX_COLUMNS)
+    return columns, math.ceil(n / columns)
+
+
+def sheet_size(n: int, panel_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the sheet: a title bar, then a grid of panels each with its label below."""
+    (columns, rows), (w, h) = grid(n), panel_size
+    return PAD + columns * (w + PAD), TITLE_H + rows * (h + LABEL_H + PAD) + PAD
+
+
+def panel_label(panel: Panel, record: PanelRecord | None) -> list[str]:
+    lines = [panel.label, panel.setting_text()]
+    if record is not None:
+        lines.append(f"content {record.content_loss:.3g}  style {record.style_loss:.3g}")
+    return lines[:LABEL_LINES]
+
+
+def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Sequence[str]]) -> Image.Image:
+    """Panels on a white sheet in a grid, each labelled underneath, with a title on top."""
+    if not images:
+        raise InputError("a contact sheet needs at least one panel")
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    columns, _ = grid(len(images))
+    sheet = Image.new("RGB", sheet_size(len(images), (w, h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((PAD, 7), title, fill="black", font=_font(14))
+    font = _font(11)
+    for i, (im, lines) in enumerate(zip(images, labels, strict=True)):
+        x = PAD + (i % columns) * (w + PAD)
+        y = TITLE_H + (i // columns) * (h + LABEL_H + PAD)
+        sheet.paste(im, (x + (w - im.width) // 2, y + (h - im.height) // 2))
+        for k, line in enumerate(lines[:LABEL_LINES]):
+            draw.text((x, y + h + 2 + k * LABEL_LINE_H), _fit(draw, line, font, w), fill="black", font=font)
+    return sheet
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "\u2026" if len(text) > 2 else ""
+    return text
+
+
+def write_sheet(figure: Figure, out: Path) -> Path:
+    images, labels = [], []
+    for panel in figure.panels:
+        png, _ = panel_paths(out, panel)
+        with Image.open(png) as im:
+            images.append(im.convert("RGB"))
+        labels.append(panel_label(panel, finished(out, panel)))
+    path = out / f"{figure.name}.png"
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    contact_sheet(figure.title, images, labels).save(tmp, optimize=True)
+    os.replace(tmp, path)
+    return path
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _manifest(figure: Figure) -> dict:
+    return {"name": figure.name, "title": figure.title,
+            "panels": [{**asdict(p), "settings": p.settings()} for p in figure.panels]}
+
+
+def write_report(out: Path) -> Path:
+    """DIR/report.md from every figure manifest in DIR (figures run earlier included)."""
+    lines = ["# Figure replication report", "",
+             f"Generated by `stylerun figures` (stylerun {__version__}). Losses are those of each panel's own "
+             "objective (`content = sum_l w_l 1/2 sum (F-P)^2`, `style = sum_l w_l sum ((G-A)/(2NM))^2`), "
+             "evaluated on the saved 8-bit image. Pooling: max. Seeded white noise is uniform 0..255.", ""]
+    for name in FIGURES:
+        path = out / f"{name}.json"
+        if not path.is_file():
+            continue
+        manifest = json.loads(path.read_text())
+        lines += [f"## {manifest['title']}", "", f"![{name}]({name}.png)", ""]
+        lines += ["| panel | content | style | alpha | beta | alpha/beta | layers | init | size | iterations run/asked "
+                  "| evals | time s | final content loss | final style loss | alpha*content / beta*style |",
+                  "|" + " --- |" * 15]
+        for p in manifest["panels"]:
+            rec_path = out / "panels" / f"{p['name']}.json"
+            rec = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+            if rec is not None and rec["settings"] != p["settings"]:
+                rec = None
+            a, b = p["alpha"], p["beta"]
+            layers = []
+            if a and p["content_layers"]:
+                layers.append("content " + format_layer_weights(p["content_layers"]))
+            if b and p["style_layers"]:
+                layers.append("style " + format_layer_weights(p["style_layers"]))
+            ratio = _g(a / b) if b else "inf"
+            if rec is None:
+                tail = [f"0/{p['iterations']}", "-", "-", "not run", "-", "-"]
+            else:
+                c, s = rec["content_loss"], rec["style_loss"]
+                balance = _g(a * c / (b * s)) if b * s > 0 else "-"
+                note = f" ({rec['error']})" if rec.get("error") else ""
+                tail = [f"{rec['iterations']}/{p['iterations']}{note}", str(rec["evaluations"]),
+                        f"{rec['elapsed']:.0f}",
+                        f"{c:.4g}", f"{s:.4g}", balance]
+            lines.append("| " + " | ".join([
+                p["label"], Path(p["content"]).name, Path(p["style"]).name, _g(a), _g(b), ratio,
+                "; ".join(layers), p["init"], str(p["size"]), *tail]) + " |")
+        lines.append("")
+    path = out / "report.md"
+    _write_text(path, "\n".join(lines))
+    return path
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+
+def make_figures(
+    figures: Sequence[Figure],
+    out: str | Path,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    listener: Listener | None = None,
+) -> list[Path]:
+    """Run every unfinished panel, then write each figure's sheet and the report; returns the sheets."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "panels").mkdir(exist_ok=True)
+    listener = listener or Listener()
+    panels = [p for f in figures for p in f.panels]
+    todo = [p for p in panels if finished(out, p) is None]
+    listener.start(figures, len(todo))
+    for figure in figures:
+        _write_text(out / f"{figure.name}.json", json.dumps(_manifest(figure), indent=1) + "\n")
+    index = 0
+    for panel in panels:
+        record = finished(out, panel)
+        if record is not None:
+            listener.panel_skipped(panel, record)
+            continue
+        index += 1
+        listener.panel_start(panel, index, len(todo))
+        record = run_panel(panel, out, device=device, threads=threads,
+                           callback=lambda p, panel=panel: listener.step(panel, p))
+        listener.panel_done(panel, record)
+    sheets = []
+    for figure in figures:
+        path = write_sheet(figure, out)
+        listener.sheet_done(figure, path)
+        sheets.append(path)
+    write_report(out)
+    return sheets
