@@ -45,14 +45,18 @@ def create_session(path: Path, device: str = "auto", threads: int | None = None)
             "`pip install 'stylerun[cuda]'`, or use --device cpu"
         )
     providers = [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
-    options = _session_options(threads)
-    # onnxruntime prints its own fallback notice when CUDA libraries are missing; the
-    # provider actually in use is reported by `providers()` instead.
-    with contextlib.redirect_stdout(io.StringIO()):
-        session = ort.InferenceSession(str(path), options, providers=providers)
+    options = _session_options(threads, profile_prefix)
+    # onnxruntime prints its own fallback notice (stdout) and log lines (stderr) when the
+    # CUDA libraries are missing; the provider actually in use is reported instead.
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            session = ort.InferenceSession(str(path), options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise InputError(
-            "--device cuda: the CUDA provider could not start (CUDA 12 / cuDNN 9 libraries not found); "
+            "--device cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not found); "
             "install them with `pip install 'stylerun[cuda]'`, or use --device cpu"
         )
     return session
