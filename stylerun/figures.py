@@ -38,7 +38,7 @@ from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weig
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
 #: alpha/beta of the sweep, content-heavy to style-heavy (beta = 1, alpha = ratio).
-SWEEP_RATIOS = (1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)
+SWEEP_RATIOS = (1e2, 1e1, 1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8)
 CONTENT_RECON_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 STYLE_RECON_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
@@ -87,10 +87,8 @@ class Panel:
         return s
 
     def setting_text(self) -> str:
-        parts = [f"alpha={_g(self.alpha)}", f"beta={_g(self.beta)}"]
-        if self.alpha and self.beta:
-            parts.append(f"alpha/beta={_g(self.alpha / self.beta)}")
-        return " ".join(parts)
+        init = "noise" if self.init == "random" else self.init
+        return f"alpha={_g(self.alpha)} beta={_g(self.beta)} from {init}"
 
     def layers_text(self) -> str:
         parts = []
@@ -141,6 +139,11 @@ class Listener:
 
 def _g(x: float) -> str:
     return f"{x:.3g}" if x else "0"
+
+
+def _e(x: float) -> str:
+    """Short loss text for labels: 4.05e10."""
+    return f"{x:.2e}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-") if x else "0"
 
 
 _FILE_IDS: dict[tuple[str, float, int], str] = {}
@@ -310,7 +313,7 @@ def sheet_size(n: int, panel_size: tuple[int, int]) -> tuple[int, int]:
 def panel_label(panel: Panel, record: PanelRecord | None) -> list[str]:
     lines = [panel.label, panel.setting_text()]
     if record is not None:
-        lines.append(f"content {record.content_loss:.3g}  style {record.style_loss:.3g}")
+        lines.append(f"content {_e(record.content_loss)} style {_e(record.style_loss)}")
     return lines[:LABEL_LINES]
 
 
