@@ -23,8 +23,11 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def _session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
@@ -33,7 +36,9 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def create_session(path: Path, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+def create_session(
+    path: Path, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
+) -> ort.InferenceSession:
     """A session on `device`; `auto` takes CUDA when it works here and falls back quietly."""
     if device not in DEVICES:
         raise InputError(f"unknown device '{device}'; use one of: {', '.join(DEVICES)}")
@@ -71,10 +76,13 @@ class LossModel:
 
     OUTPUTS = (LOSS, CONTENT_LOSS, STYLE_LOSS, GRAD)
 
-    def __init__(self, files: ModelFiles, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self, files: ModelFiles, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
+    ):
         self.files = files
         self.layers = files.layers
-        self.session = create_session(files.loss, device, threads)
+        # profile_prefix: onnxruntime's profiler on the loss session (tools/bench.py --profile)
+        self.session = create_session(files.loss, device, threads, profile_prefix)
         self.targets_session = create_session(files.targets, device, threads)
         self.device = _device_of(self.session)
         self._binding = self.session.io_binding()
