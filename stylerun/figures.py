@@ -14,7 +14,8 @@ Four figures, each a grid of panels; every panel is one optimization from its ow
 Each finished panel is ``DIR/panels/<name>.png`` plus ``<name>.json`` (its settings and
 final losses). A panel whose two files exist with the same settings is not run again,
 so an interrupted run resumes where it stopped. Each figure's panel list is kept in
-``DIR/<figure>.json``; ``DIR/report.md`` is rebuilt from all of them after every run.
+``DIR/<figure>.json``; ``DIR/report.md`` is rebuilt from all of them after every run,
+with ``DIR/notes.md`` (hand-written analysis), when present, appended.
 """
 
 from __future__ import annotations
@@ -405,6 +406,9 @@ def write_report(out: Path) -> Path:
                 p["label"], Path(p["content"]).name, Path(p["style"]).name, _g(a), _g(b), ratio,
                 "; ".join(layers), p["init"], str(p["size"]), *tail]) + " |")
         lines.append("")
+    notes = out / "notes.md"
+    if notes.is_file():  # hand-written analysis, kept across re-runs
+        lines += [notes.read_text().rstrip(), ""]
     path = out / "report.md"
     _write_text(path, "\n".join(lines))
     return path

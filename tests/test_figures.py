@@ -80,10 +80,12 @@ def test_figures_command_sheets_report_and_resume(images, tmp_path):
     record = json.loads(next((out / "panels").glob("fig4_*.json")).read_text())
     assert record["content_loss"] > 0 and record["style_loss"] > 0 and record["iterations"] == 2
 
-    # Re-running the same command redoes nothing.
+    # Re-running the same command redoes nothing, and hand-written notes join the report.
     before = {p.name: p.stat().st_mtime_ns for p in (out / "panels").iterdir()}
+    (out / "notes.md").write_text("## Why alpha/beta\n\nbecause.\n")
     assert CliRunner().invoke(app, args).exit_code == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "panels").iterdir()} == before
+    assert (out / "report.md").read_text().rstrip().endswith("because.")
 
 
 def test_resume_runs_only_unfinished_or_changed_panels(images, tmp_path):
