@@ -151,10 +151,33 @@ def _transpose(p: _Pass, node, dys):
     return [p.op("Transpose", dys[0], perm=inverse)]
 
 
+@adjoint("Slice")
+def _slice(p: _Pass, node, dys):
+    # A unit-step slice with constant bounds keeps a box of its input: the adjoint pads the
+    # gradient back with zeros, `start` in front and `-end` behind (end < 0) on each axis.
+    starts, ends = (p.constants.get(name) for name in node.input[1:3])
+    axes = p.constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    steps = p.constants.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    rank = len(p.shapes.get(node.input[0]) or ())
+    if starts is None or ends is None or not rank or (steps is not None and (steps != 1).any()):
+        raise NotImplementedError("Slice adjoint needs constant starts/ends, unit steps and a known rank")
+    axes = range(len(starts)) if axes is None else axes
+    pads = [0] * (2 * rank)
+    for axis, start, end in zip(axes, starts, ends, strict=True):
+        axis = int(axis) % rank
+        if start < 0 or 0 <= end < np.iinfo(np.int32).max:
+            raise NotImplementedError("Slice adjoint supports start >= 0 and end < 0 (or to the end) only")
+        pads[axis], pads[rank + axis] = int(start), (-int(end) if end < 0 else 0)
+    return [p.op("Pad", dys[0], p.const(pads, np.int64))] + [None] * (len(node.input) - 1)
+
+
 @adjoint("Relu")
 def _relu(p: _Pass, node, dys):
     # d relu: pass the gradient where the output is positive (the forward's own output, so
     # no extra activation is kept alive).
+    if p.flavours["relu"] == "sign":
+        # y >= 0, so Sign(y) is exactly 1 where y > 0 and 0 elsewhere
+        return [p.op("Mul", dys[0], p.op("Sign", node.output[0]))]
     mask = p.op("Greater", node.output[0], p.const(0.0))
     return [p.op("Where", mask, dys[0], p.const(0.0))]
 

@@ -10,7 +10,8 @@ with N_l channels and M_l = height * width; G_l = F_l F_l^T):
 
     content = sum_l  w_l * 1/2 * sum (F_l - P_l)^2
     style   = sum_l  w_l * sum ((G_l - A_l) / (2 N_l M_l))^2      (= w_l/(4 N^2 M^2) sum (G-A)^2)
-    loss    = alpha * content + beta * style
+    tv      = sum (x[i+1, j] - x[i, j])^2 + sum (x[i, j+1] - x[i, j])^2   (x: the image, 0..255)
+    loss    = alpha * content + beta * style + tv_weight * tv
 
 The input image is ``(H, W, 3)`` RGB in 0..255, as an image file decodes. The weights'
 input convention (channel order, scale, mean, std) is applied inside the graph: the mean
@@ -33,8 +34,9 @@ from .vgg import POOLINGS, layer_by_name, sort_layers, truncated
 from .weights import VGG19Weights
 
 IMAGE = "image"
-LOSS, CONTENT_LOSS, STYLE_LOSS = "loss", "content_loss", "style_loss"
+LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", "tv_loss"
 CONTENT_WEIGHTS, STYLE_WEIGHTS, ALPHA, BETA = "content_weights", "style_weights", "alpha", "beta"
+TV_WEIGHT = "tv_weight"
 
 
 def content_target_name(layer: str) -> str:
@@ -136,6 +138,18 @@ def _spatial_size(b: GraphBuilder, feature: str) -> str:
     return b.op("Cast", b.op("ReduceProd", hw, keepdims=0), to=TensorProto.FLOAT, hint="m")
 
 
+def _total_variation(b: GraphBuilder) -> str:
+    """Squared differences of vertically and horizontally adjacent pixels of IMAGE, summed."""
+    to_end = np.iinfo(np.int64).max
+    terms = []
+    for axis in (0, 1):
+        axes = b.const([axis], f"tv_axis{axis}", np.int64)
+        later = b.op("Slice", IMAGE, b.const([1], "i1", np.int64), b.const([to_end], "to_end", np.int64), axes)
+        earlier = b.op("Slice", IMAGE, b.const([0], "i0", np.int64), b.const([-1], "minus1", np.int64), axes)
+        terms.append(b.op("ReduceSumSquare", b.op("Sub", later, earlier), keepdims=0, hint=f"tv{axis}"))
+    return b.op("Add", *terms, outputs=[TV_LOSS])
+
+
 def _new_builder() -> GraphBuilder:
     b = GraphBuilder(onnx.GraphProto(name="stylerun"))
     b.add_input(IMAGE, ["height", "width", 3])
@@ -183,6 +197,7 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
     b.add_input(STYLE_WEIGHTS, [len(layers.style)])
     b.add_input(ALPHA, [])
     b.add_input(BETA, [])
+    b.add_input(TV_WEIGHT, [])
     feats = _features(b, weights, layers)
 
     def layer_weight(vector: str, i: int) -> str:
@@ -208,7 +223,8 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
 
     content = total(content_terms, CONTENT_LOSS)
     style = total(style_terms, STYLE_LOSS)
-    b.op("Add", b.op("Mul", ALPHA, content), b.op("Mul", BETA, style), outputs=[LOSS])
-    for name in (LOSS, CONTENT_LOSS, STYLE_LOSS):
+    tv = b.op("Mul", TV_WEIGHT, _total_variation(b))
+    b.op("Sum", b.op("Mul", ALPHA, content), b.op("Mul", BETA, style), tv, outputs=[LOSS])
+    for name in (LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS):
         b.add_output(name, [])
     return make_model(b.graph, _metadata(weights, layers, "loss"), doc="Gatys et al. style-transfer loss on VGG19")

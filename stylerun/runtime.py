@@ -16,11 +16,25 @@ import onnxruntime as ort
 
 from .errors import InputError
 from .export import GRAD, ModelFiles
-from .forward import ALPHA, BETA, CONTENT_LOSS, CONTENT_WEIGHTS, IMAGE, LOSS, STYLE_LOSS, STYLE_WEIGHTS
+from .forward import ALPHA, BETA, CONTENT_LOSS, CONTENT_WEIGHTS, IMAGE, LOSS, STYLE_LOSS, STYLE_WEIGHTS, TV_WEIGHT
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+#: Session settings, each chosen by measurement (docs/performance.md, tools/bench.py --variants).
+GRAPH_OPTIMIZATION = "all"  # "disable", "basic", "extended" or "all"
+CPU_MEM_ARENA = True
+MEM_PATTERN = True
+ALLOW_SPINNING = True  # intra-op threads busy-wait between ops instead of sleeping
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def _session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
@@ -28,7 +42,10 @@ def _session_options(threads: int | None, profile_prefix: str | None = None) -> 
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = _LEVELS[GRAPH_OPTIMIZATION]
+    options.enable_cpu_mem_arena = CPU_MEM_ARENA
+    options.enable_mem_pattern = MEM_PATTERN
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ALLOW_SPINNING else "0")
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -96,9 +113,12 @@ class LossModel:
         """Content features and style Gram matrices of an (H, W, 3) RGB 0..255 image."""
         names = [o.name for o in self.targets_session.get_outputs()]
         values = self.targets_session.run(names, {IMAGE: np.ascontiguousarray(image, dtype=np.float32)})
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
-    def bind(self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float) -> None:
+    def bind(
+        self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float,
+        tv_weight: float = 0.0,
+    ) -> None:
         """Put everything that stays fixed during optimization on the device, once."""
         fixed = {
             **targets,
@@ -106,6 +126,7 @@ class LossModel:
             STYLE_WEIGHTS: np.asarray(style_weights, dtype=np.float32),
             ALPHA: np.asarray(alpha, dtype=np.float32),
             BETA: np.asarray(beta, dtype=np.float32),
+            TV_WEIGHT: np.asarray(tv_weight, dtype=np.float32),
         }
         wanted = {i.name for i in self.session.get_inputs()} - {IMAGE}
         missing = wanted - set(fixed)

@@ -91,6 +91,20 @@ def test_pooling_odd_sizes(rng, op):
     _probe_gradient_check(build, x, rng)
 
 
+def test_slice_keeps_a_box(rng):
+    to_end = np.iinfo(np.int64).max
+
+    def build(b, x):
+        later = b.op("Slice", x, b.const([1], "s", np.int64), b.const([to_end], "e", np.int64), b.const([0], "a", np.int64))
+        earlier = b.op("Slice", x, b.const([0], "s0", np.int64), b.const([-1], "e0", np.int64), b.const([0], "a", np.int64))
+        diff = b.op("Sub", later, earlier)  # (3, 3, 5)
+        box = b.op("Slice", diff, b.const([1, 1], "s2", np.int64), b.const([-1, -2], "e2", np.int64),
+                   b.const([1, 2], "a2", np.int64))  # (3, 1, 2)
+        return b.op("Mul", box, box)
+
+    _probe_gradient_check(build, rng.standard_normal((4, 3, 5)).astype(np.float32), rng)
+
+
 def test_gram_matmul(rng):
     def build(b, x):
         return b.op("MatMul", x, b.op("Transpose", x, perm=[1, 0]))
