@@ -12,7 +12,7 @@ gradient, so nothing is computed that the optimizer would not use.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -26,6 +26,15 @@ ADJOINTS: dict[str, Rule] = {}
 #: Conv adjoint flavour: "conv" (forward Conv with the flipped, transposed kernel, folded to a
 #: constant by onnxruntime at load) or "conv_transpose" (ConvTranspose with the same kernel).
 CONV_ADJOINT = "conv"
+#: Relu adjoint flavour: "where" (Where(Greater(y, 0), dy, 0)) or "sign" (Mul(dy, Sign(y))).
+RELU_ADJOINT = "where"
+#: Gram adjoint: "single" gives G = MatMul(F, Transpose(F)) one product, dF = (dG + dG^T) F;
+#: "generic" differentiates the MatMul and the Transpose separately (two products and an
+#: (M, N) transpose). Both are exact; see docs/performance.md for the measurements.
+GRAM_ADJOINT = "single"
+#: The flavours `add_gradient(optimize=False)` uses: the plain graph every optimization is
+#: checked against (tests/test_perf_equivalence.py).
+REFERENCE_FLAVOURS = {"conv": "conv", "relu": "where", "gram": "generic"}
 
 
 def adjoint(*op_types: str) -> Callable[[Rule], Rule]:
@@ -38,8 +47,10 @@ def adjoint(*op_types: str) -> Callable[[Rule], Rule]:
 
 
 class _Pass:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, flavours: dict[str, str] | None = None):
         self.model = model
+        self.flavours = flavours or {"conv": CONV_ADJOINT, "relu": RELU_ADJOINT, "gram": GRAM_ADJOINT}
+        self.producer = {o: node for node in model.graph.node for o in node.output}
         self.b = GraphBuilder(model.graph)
         inferred = shape_inference.infer_shapes(model)
         self.shapes: dict[str, tuple | None] = {}
@@ -188,10 +199,10 @@ def _spatial_attrs(node) -> dict:
 
 @adjoint("Conv")
 def _conv(p: _Pass, node, dys):
-    x, w = node.input[0], node.input[1]
+    w = node.input[1]
     if _attr(node, "group", 1) != 1 or any(s != 1 for s in _attr(node, "strides", [1, 1])):
         raise NotImplementedError("Conv adjoint supports group=1, stride 1 only")
-    if CONV_ADJOINT == "conv_transpose":
+    if p.flavours["conv"] == "conv_transpose":
         dx = p.op("ConvTranspose", dys[0], w, **_spatial_attrs(node))
     else:
         # dX = Conv(dY, W'), W'[i, o] = W[o, i] rotated 180 degrees; padding k-1-p keeps the
@@ -248,6 +259,15 @@ def _matmul(p: _Pass, node, dys):
     a, b = node.input
     if len(p.shapes.get(a) or ()) != 2 or len(p.shapes.get(b) or ()) != 2:
         raise NotImplementedError("MatMul adjoint supports 2-D operands only")
+    src = p.producer.get(b)
+    if (p.flavours["gram"] == "single" and src is not None and src.op_type == "Transpose"
+            and src.input[0] == a and list(_attr(src, "perm", [1, 0])) == [1, 0]):
+        # A Gram product G = F F^T: dF = dG F + dG^T F = (dG + dG^T) F, one (N, N) x (N, M)
+        # product instead of two plus an (M, N) transpose. The symmetrization costs O(N^2)
+        # and keeps the rule exact whether or not dG is symmetric. b (= F^T) gets no
+        # gradient of its own, so its Transpose is never differentiated.
+        sym = p.op("Add", dys[0], p.op("Transpose", dys[0], perm=[1, 0]))
+        return [p.op("MatMul", sym, a), None]
     da = p.op("MatMul", dys[0], p.op("Transpose", b, perm=[1, 0])) if p.needs(a) else None
     db = p.op("MatMul", p.op("Transpose", a, perm=[1, 0]), dys[0]) if p.needs(b) else None
     return [da, db]
@@ -274,7 +294,8 @@ def _expand_reduced(p: _Pass, node, dy: str) -> str:
 
 @adjoint("ReduceSum")
 def _reduce_sum(p: _Pass, node, dys):
-    return [p.op("Expand", _expand_reduced(p, node, dys[0]), p.shape_of(node.input[0]))] + [None] * (len(node.input) - 1)
+    dx = p.op("Expand", _expand_reduced(p, node, dys[0]), p.shape_of(node.input[0]))
+    return [dx] + [None] * (len(node.input) - 1)
 
 
 @adjoint("ReduceSumSquare")
@@ -303,9 +324,13 @@ def _depends_on(graph: onnx.GraphProto, wrt: str) -> set[str]:
     return live
 
 
-def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str) -> onnx.ModelProto:
-    """Append d`of`/d`wrt` to `model` (in place) as output `grad_name`; return the model."""
-    p = _Pass(model)
+def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str, optimize: bool = True) -> onnx.ModelProto:
+    """Append d`of`/d`wrt` to `model` (in place) as output `grad_name`; return the model.
+
+    `optimize=False` builds the plain reference graph (`REFERENCE_FLAVOURS`) instead of the
+    measured-fastest rule flavours.
+    """
+    p = _Pass(model, None if optimize else dict(REFERENCE_FLAVOURS))
     graph = model.graph
     live = p.live = _depends_on(graph, wrt)
     if of not in live:
@@ -330,7 +355,7 @@ def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str) -> o
         rule = ADJOINTS.get(node.op_type)
         if rule is None:
             raise NotImplementedError(f"no adjoint rule for ONNX op {node.op_type}")
-        for x, dx in zip(node.input, rule(p, node, dys)):
+        for x, dx in zip(node.input, rule(p, node, dys), strict=False):
             if dx is not None and x in live:
                 grads.setdefault(x, []).append(dx)
 

@@ -23,7 +23,7 @@ from .weights import VGG19Weights, bundled_path, file_sha256, load_weights
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.
-GRAPH_VERSION = "2"  # 2: total-variation term and tv_weight input
+GRAPH_VERSION = "3"  # 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint
 
 
 @dataclass(frozen=True)

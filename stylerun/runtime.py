@@ -100,7 +100,10 @@ class LossModel:
         self.layers = files.layers
         # profile_prefix: onnxruntime's profiler on the loss session (tools/bench.py --profile)
         self.session = create_session(files.loss, device, threads, profile_prefix)
-        self.targets_session = create_session(files.targets, device, threads)
+        # The targets session is needed only before `bind`: made on first use, dropped by
+        # `bind` so its weights and buffers do not stay resident through the optimization.
+        self._targets_args = (files.targets, device, threads)
+        self._targets_session: ort.InferenceSession | None = None
         self.device = _device_of(self.session)
         self._binding = self.session.io_binding()
         self._resident: dict[str, ort.OrtValue] = {}
@@ -108,6 +111,12 @@ class LossModel:
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
+
+    @property
+    def targets_session(self) -> ort.InferenceSession:
+        if self._targets_session is None:
+            self._targets_session = create_session(*self._targets_args)
+        return self._targets_session
 
     def targets(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Content features and style Gram matrices of an (H, W, 3) RGB 0..255 image."""
@@ -132,6 +141,7 @@ class LossModel:
         missing = wanted - set(fixed)
         if missing:
             raise InputError(f"model {self.files.loss} needs inputs that were not given: {sorted(missing)}")
+        self._targets_session = None
         kind, index = self.device
         self._binding.clear_binding_inputs()
         self._resident = {}

@@ -47,6 +47,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--style", default=str(EXAMPLES / "starry_night.jpg"))
     ap.add_argument("--graph", default="optimized", choices=("optimized", "unoptimized"),
                     help="unoptimized: the reference graph with every autodiff optimization off")
+    ap.add_argument("--variants", help="A/B mode: 'NAME:key=val,key=val;NAME:...' alternated run by run; keys: "
+                    "optimize=0|1, conv=conv|conv_transpose, relu=where|sign, gram=single|generic, "
+                    "level=disable|basic|extended|all, arena=0|1, pattern=0|1, spin=0|1")
+    ap.add_argument("--session", default="", help="session settings for every stylerun run, e.g. 'arena=0,spin=0' "
+                    "(keys as in --variants)")
     ap.add_argument("--compare-torch", action="store_true", help="time the PyTorch reference alongside")
     ap.add_argument("--profile", action="store_true", help="onnxruntime per-op-type profile at the largest size")
     ap.add_argument("--transfer", action="store_true",
@@ -195,6 +200,83 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+# --- A/B variants -------------------------------------------------------------------------
+
+_GRAPH_KEYS = {"conv": "CONV_ADJOINT", "relu": "RELU_ADJOINT", "gram": "GRAM_ADJOINT"}
+_SESSION_KEYS = {"level": "GRAPH_OPTIMIZATION", "arena": "CPU_MEM_ARENA", "pattern": "MEM_PATTERN",
+                 "spin": "ALLOW_SPINNING"}
+
+
+def parse_variants(spec: str) -> dict[str, dict[str, str]]:
+    variants = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, _, opts = part.partition(":")
+        kv = dict(o.split("=", 1) for o in opts.split(",") if o.strip())
+        unknown = set(kv) - set(_GRAPH_KEYS) - set(_SESSION_KEYS) - {"optimize"}
+        if unknown:
+            raise SystemExit(f"--variants: unknown key(s) {sorted(unknown)}")
+        variants[name.strip()] = kv
+    return variants
+
+
+def make_variant_loss(opts: dict[str, str], content, style, threads, directory: Path, device: str):
+    """A StyleLoss on a graph exported with the variant's autodiff flavours and session settings."""
+    from stylerun import autodiff, runtime
+    from stylerun.export import GRAD, _atomic_save, targets_path
+    from stylerun.forward import IMAGE, LOSS, build_loss_model, build_targets_model
+    from stylerun.stylize import StyleLoss
+    from stylerun.weights import load_bundled
+
+    layers = LayerSet.of(DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
+    saved = {k: getattr(autodiff, v) for k, v in _GRAPH_KEYS.items()}
+    saved_rt = {k: getattr(runtime, v) for k, v in _SESSION_KEYS.items()}
+    try:
+        for k, v in opts.items():
+            if k in _GRAPH_KEYS:
+                setattr(autodiff, _GRAPH_KEYS[k], v)
+            elif k in _SESSION_KEYS:
+                setattr(runtime, _SESSION_KEYS[k], v if k == "level" else v == "1")
+        weights = load_bundled()
+        path = directory / f"variant{len(list(directory.iterdir()))}.onnx"
+        loss = autodiff.add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD,
+                                     optimize=opts.get("optimize", "1") == "1")
+        _atomic_save(build_targets_model(weights, layers), targets_path(path))
+        _atomic_save(loss, path)
+        return StyleLoss(content, style, size=None, device=device, threads=threads, model=path)
+    finally:
+        for k, v in saved.items():
+            setattr(autodiff, _GRAPH_KEYS[k], v)
+        for k, v in saved_rt.items():
+            setattr(runtime, _SESSION_KEYS[k], v)
+
+
+def run_variants(args, threads: int) -> int:
+    variants = parse_variants(args.variants)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    print(f"# stylerun bench A/B: {' '.join(sys.argv[1:])}")
+    print(f"# {machine_description(False)}; threads {threads}")
+    print(f"{'size':>9} " + " ".join(f"{n:>14}" for n in variants) + "   (median s/eval; ratio to the first; "
+          "max rel. grad diff to the first)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            content, style = load_images(args, size)
+            x = content + np.random.default_rng(1).uniform(-8, 8, content.shape).astype(np.float32)
+            losses = {n: make_variant_loss(o, content, style, threads, Path(tmp), args.device)
+                      for n, o in variants.items()}
+            first = {n: lo.loss_and_grad(x) for n, lo in losses.items()}
+            times: dict[str, list[float]] = {n: [] for n in variants}
+            for _ in range(args.repeats):
+                for n, lo in losses.items():
+                    times[n].append(timed(lo.loss_and_grad, x)[0])
+            med = {n: statistics.median(t) for n, t in times.items()}
+            base = next(iter(variants))
+            print(f"{content.shape[1]:>4}x{content.shape[0]:<4} "
+                  + " ".join(f"{med[n]:>8.4f} {med[n] / med[base]:>5.3f}" for n in variants))
+            print(" " * 10 + " ".join(f"{rel_err(first[n][1], first[base][1]):>14.2e}" for n in variants))
+            del losses
+    return 0
+
+
 # --- profiling ---------------------------------------------------------------------
 
 
@@ -229,6 +311,16 @@ def profile_by_op(args, content, style, threads, model_path=None, runs: int = 3)
 
 
 # --- whole-transfer children -------------------------------------------------------------
+
+
+def apply_session_settings(spec: str) -> None:
+    from stylerun import runtime
+
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        k, _, v = item.partition("=")
+        if k not in _SESSION_KEYS:
+            raise SystemExit(f"--session: unknown key {k!r}")
+        setattr(runtime, _SESSION_KEYS[k], v if k == "level" else v == "1")
 
 
 def child(args) -> None:
@@ -287,6 +379,8 @@ def run_child(args, impl: str, size: int, model=None) -> dict:
            "--iterations", str(args.iterations), "--content", args.content, "--style", args.style]
     if model:
         cmd += ["--model", str(model)]
+    if args.session:
+        cmd += ["--session", args.session]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"child {impl} failed:\n{out.stderr[-2000:]}")
@@ -321,6 +415,7 @@ def machine_description(compare: bool) -> str:
 
 
 def main(args) -> int:
+    apply_session_settings(args.session)
     if args.child:
         child(args)
         return 0
@@ -329,6 +424,8 @@ def main(args) -> int:
 
     threads = args.threads or default_threads()
     args.threads = threads
+    if args.variants:
+        return run_variants(args, threads)
     compare = args.compare_torch
     if compare and not torch_available():
         print("torch is not importable here: skipping --compare-torch "
