@@ -1,72 +1,271 @@
-"""Images in and out: every input goes through `load_image`, every output through `save_image`.
+"""Images in and out: every input goes through `open_image`/`as_image`, every output through `save_image`.
 
 Arrays are ``(H, W, 3)`` float32 RGB in 0..255, the layout the exported model takes.
-Decoding is bounded (Pillow's decompression-bomb limit, enforced as an error) and writing
-is atomic (a temporary file in the same folder, then a rename).
+
+Reading is defensive: EXIF orientation is applied; every Pillow mode (bilevel, grey,
+palette, alpha, CMYK, 16-bit, 32-bit integer and float) becomes 8-bit RGB, with
+transparency composited on a background colour; an animated file gives its first frame
+(with a warning); and anything that cannot be decoded, or whose header claims more than
+`max_pixels()` pixels (a decompression bomb), is refused with an `InputError` naming the
+file and the reason. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a
+truncated file is an error, never a half-grey picture.
+
+Writing is atomic: a temporary file in the same folder, flushed to disk, then a rename,
+so a reader (or a crash) never sees a half-written image.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageColor, ImageOps
 
 from .errors import InputError
 
-#: Largest image decoded, in pixels (Pillow's default bomb limit is ~89 Mpx).
+log = logging.getLogger("stylerun")
+
+#: Default limit on decoded pixels (width x height); raise it with STYLERUN_MAX_PIXELS or --max-pixels.
 MAX_PIXELS = 64_000_000
+#: Environment variable that raises (or lowers) `MAX_PIXELS`.
+MAX_PIXELS_ENV = "STYLERUN_MAX_PIXELS"
 #: Smallest side the network takes: five 2x2 poolings need 32 pixels to leave 1.
 MIN_SIDE = 32
+WHITE = (255, 255, 255)
 
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", rgba.size, background + (255,))
-        return Image.alpha_composite(base, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+def max_pixels(override: int | None = None) -> int:
+    """The decompression-bomb limit: `override`, else $STYLERUN_MAX_PIXELS, else `MAX_PIXELS`."""
+    if override is not None:
+        value, source = override, "--max-pixels"
+    else:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return MAX_PIXELS
+        source = MAX_PIXELS_ENV
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise InputError(
+                f"{MAX_PIXELS_ENV} must be a whole number of pixels such as 100000000, got '{text}'"
+            ) from None
+    if value < 1:
+        raise InputError(f"{source} must be a positive number of pixels, got {value}")
+    return value
+
+
+def parse_color(spec: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    """'white', '#rrggbb', '#rgb', 'rgb(r, g, b)' or an (r, g, b) tuple, as an RGB tuple."""
+    if isinstance(spec, tuple):
+        rgb = tuple(int(c) for c in spec)
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise InputError(f"background colour must be three values in 0..255, got {spec}")
+        return rgb  # type: ignore[return-value]
+    try:
+        color = ImageColor.getrgb(str(spec).strip())
+    except ValueError:
+        raise InputError(
+            f"unknown colour '{spec}'; use a name (white, black, gray, ...), #rrggbb, #rgb or rgb(r, g, b)"
+        ) from None
+    return color[:3]  # type: ignore[return-value]
+
+
+def _scaled_to_uint8(array: np.ndarray, peak: float) -> np.ndarray:
+    return np.clip(array * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _numeric_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit grey."""
+    array = np.asarray(img, dtype=np.float64)
+    if img.mode in _16BIT_MODES:
+        return Image.fromarray(_scaled_to_uint8(array, 65535.0))
+    array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if img.mode == "F" and low >= 0 and high <= 1:
+        return Image.fromarray(_scaled_to_uint8(array, 1.0))  # float images in 0..1
+    if low >= 0 and high <= 255:
+        return Image.fromarray(_scaled_to_uint8(array, 255.0))
+    if low >= 0 and high <= 65535:
+        return Image.fromarray(_scaled_to_uint8(array, 65535.0))  # 16-bit data held as "I"
+    return Image.fromarray(_scaled_to_uint8(array - low, max(high - low, 1e-12)))  # anything else: stretch
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # no littlecms, or a broken profile: Pillow's plain conversion below
+            pass
     return img.convert("RGB")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file into an RGB PIL image, with EXIF orientation applied."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+def _to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Any Pillow image as 8-bit RGB; transparency is composited on `background`."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _16BIT_MODES or img.mode in ("I", "F"):
+        if "transparency" in img.info:
+            img.info.pop("transparency")  # a 16-bit tRNS colour: rare, and meaningless after scaling
+        return _numeric_to_l(img).convert("RGB")
+    if img.mode == "CMYK":
+        return _cmyk_to_rgb(img)
+    if img.mode in ("La", "RGBa"):
+        img = img.convert("RGBA" if img.mode == "RGBa" else "LA")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return getattr(source, "name", None) or "image data"
+
+
+def open_image(
+    source, *, background: tuple[int, int, int] | str = WHITE, limit: int | None = None
+) -> Image.Image:
+    """Decode an image file (a path, bytes or a binary file object) into an 8-bit RGB PIL image.
+
+    EXIF orientation is applied, transparency is composited on `background`, an animated
+    file gives its first frame. Anything that cannot be used raises `InputError`.
+    """
+    limit = max_pixels(limit)
+    background = parse_color(background)
+    name = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not an image")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{path}: permission denied")
+        fp = path
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        fp = io.BytesIO(bytes(source))
+    else:
+        fp = source
+
+    saved_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.seek(0)
-                img = ImageOps.exif_transpose(img)
+            Image.MAX_IMAGE_PIXELS = None  # opening reads the header only; the check right after names the size
+            with Image.open(fp) as img:
+                Image.MAX_IMAGE_PIXELS = limit  # Pillow's own check guards every later step
+                width, height = img.size
+                if width * height > limit:  # the header alone says so: nothing has been decoded yet
+                    raise _too_large(name, f"{width}x{height} = {width * height:,} pixels", limit)
+                if width < 1 or height < 1:
+                    raise InputError(f"{name}: image has no pixels ({width}x{height})")
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    img.seek(0)
+                    log.warning("%s: animated image with %d frames; using the first frame", name, frames)
                 img.load()
-                return _to_rgb(img)
+                rgb = _to_rgb(ImageOps.exif_transpose(img), background)
+                rgb.load()
+                return rgb
+    except InputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"{path}: image is larger than the {MAX_PIXELS:,} pixel safety limit "
-            "(set stylerun.images.MAX_PIXELS to raise it)"
-        ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+        raise _too_large(name, "more than that", limit) from None
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode this image") from None
+    except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, struct.error, ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name}: cannot read image ({detail})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
 
 
-def as_image(source) -> Image.Image:
-    """A path, a PIL image or an (H, W, 3) array in 0..255, as an RGB PIL image."""
+def _too_large(name: str, what: str, limit: int) -> InputError:
+    return InputError(
+        f"{name}: image is {what}, over the {limit:,} pixel limit that guards against decompression bombs; "
+        f"if you trust the file, raise it with --max-pixels N or {MAX_PIXELS_ENV}=N"
+    )
+
+
+def as_image(
+    source, *, background: tuple[int, int, int] | str = WHITE, limit: int | None = None
+) -> Image.Image:
+    """A path, bytes, a file object, a PIL image or an (H, W[, C]) array in 0..255, as an RGB PIL image."""
     if isinstance(source, Image.Image):
-        return _to_rgb(source)
+        try:
+            return _to_rgb(source, parse_color(background))
+        except (ValueError, OSError) as exc:
+            raise InputError(f"cannot use a {source.mode} image ({exc})") from None
     if isinstance(source, np.ndarray):
-        return Image.fromarray(to_uint8(source))
-    return open_image(source)
+        return Image.fromarray(to_uint8(_array_rgb(source)))
+    return open_image(source, background=background, limit=limit)
+
+
+def _array_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3) or array.size == 0:
+        raise InputError(f"image array must have shape (H, W, 3) or (H, W), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise InputError("image array contains NaN or infinite values")
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+def load_image(
+    source,
+    size: int | None = None,
+    *,
+    background: tuple[int, int, int] | str = WHITE,
+    limit: int | None = None,
+    what: str = "the image",
+) -> np.ndarray:
+    """`as_image`, scaled so its longest side is `size`, as an (H, W, 3) float32 array in 0..255.
+
+    Raises `InputError` when the result would be smaller than the network takes
+    (`MIN_SIDE` on each side) or larger than the pixel limit.
+    """
+    img = as_image(source, background=background, limit=limit)
+    if size is not None:
+        check_requested_size(size, img.size, limit)
+        target = fit_longest_side(img.size, size)
+        check_size(*target, what, original=img.size, longest=size)
+        img = resize(img, target)
+    else:
+        check_size(*img.size, what)
+    return to_array(img)
+
+
+def check_requested_size(size: int, shape: tuple[int, int] | None = None, limit: int | None = None) -> int:
+    """Refuse a --size that is not a positive pixel count, or that would exceed the pixel limit."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InputError(f"--size must be a positive number of pixels (the output's longest side), got {size}")
+    width, height = fit_longest_side(shape, size) if shape else (size, size)
+    cap = max_pixels(limit)
+    if width * height > cap:
+        raise InputError(
+            f"--size {size} means a {width}x{height} image, over the {cap:,} pixel limit; "
+            f"use a smaller --size, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
+        )
+    return int(size)
 
 
 def fit_longest_side(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -94,18 +293,40 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.nan_to_num(array, nan=0.0)), 0, 255).astype(np.uint8)
 
 
-def check_size(width: int, height: int, what: str) -> None:
+def check_size(
+    width: int,
+    height: int,
+    what: str,
+    *,
+    original: tuple[int, int] | None = None,
+    longest: int | None = None,
+) -> None:
     if min(width, height) < MIN_SIDE:
-        raise InputError(f"{what} is {width}x{height}; the network needs at least {MIN_SIDE} pixels on each side")
+        scaled = f"{original[0]}x{original[1]}, which is {width}x{height} at --size {longest}" if original else (
+            f"{width}x{height}"
+        )
+        hint = "; use a larger --size or a less elongated image" if original else ""
+        raise InputError(f"{what} is {scaled}; the network needs at least {MIN_SIDE} pixels on each side{hint}")
 
 
 def save_image(array: np.ndarray, path: str | Path) -> Path:
-    """Write atomically: readers never see a half-written file, a crash leaves the old one."""
+    """Write atomically: readers never see a half-written file, a crash leaves the old one.
+
+    Refuses (with `InputError`) an array with NaN or infinite values rather than writing
+    a silently blackened picture.
+    """
     path = Path(path)
+    array = np.asarray(array)
+    if array.dtype != np.uint8 and not np.isfinite(array).all():
+        raise InputError(f"refusing to write {path}: the image has NaN or infinite pixels")
     img = Image.fromarray(to_uint8(array))
+    fmt = _format_for(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        img.save(tmp, format=_format_for(path))
+        with open(tmp, "wb") as f:
+            img.save(f, format=fmt)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -116,16 +337,39 @@ def _format_for(path: Path) -> str:
     ext = path.suffix.lower()
     formats = Image.registered_extensions()
     if ext not in formats or formats[ext] not in Image.SAVE:
-        raise InputError(f"cannot write images with extension '{path.suffix}'; use .png, .jpg, .webp, .tif, ...")
+        raise InputError(
+            f"cannot write images with extension '{path.suffix}'; use .png, .jpg, .webp, .tif, .bmp, ..."
+        )
     return formats[ext]
 
 
 def check_output_path(path: str | Path) -> Path:
     """Refuse an output that cannot be written before any work starts."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist; create it first")
     if path.is_dir():
         raise InputError(f"output {path} is a folder; give a file name such as out.png")
-    _format_for(path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {parent} is not writable")
+    fmt = _format_for(path)
+    try:  # some formats exist but cannot hold an RGB picture (e.g. .xbm is black and white only)
+        Image.new("RGB", (MIN_SIDE, MIN_SIDE)).save(io.BytesIO(), format=fmt)
+    except Exception as exc:
+        raise InputError(
+            f"cannot write an RGB image as '{path.suffix}' ({exc}); use .png, .jpg, .webp, .tif, .bmp, ..."
+        ) from None
     return path
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (also through links, or different spellings of one path)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
