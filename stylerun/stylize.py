@@ -7,11 +7,14 @@ session is a reshape and a dtype cast.
 
 from __future__ import annotations
 
+import functools
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -20,8 +23,8 @@ from scipy.optimize import Bounds, minimize
 from .errors import InputError, StylerunError
 from .export import ModelFiles, cached_export, read_layers, targets_path
 from .forward import LayerSet, content_target_name, style_target_name
-from .images import as_image, check_size, fit_longest_side, resize, to_array
-from .runtime import LossModel
+from .images import WHITE, as_image, check_requested_size, load_image, parse_color, resize, to_array
+from .runtime import CUDA, DEVICES, LossModel
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, parse_layer_weights
 
 INITS = ("content", "style", "white", "random")
@@ -29,6 +32,10 @@ INITS = ("content", "style", "white", "random")
 
 class NumericError(StylerunError):
     """The loss or gradient stopped being finite."""
+
+
+class _Stopped(Exception):
+    """Raised inside the SciPy loop when a stop was requested (signal, caller)."""
 
 
 def _layer_weights(spec, default: dict[str, float], what: str) -> dict[str, float]:
@@ -49,9 +56,25 @@ def _check_weight(value: float, name: str) -> float:
     return value
 
 
-def _model_files(layers: LayerSet, model: str | Path | None, weights: str | Path | None) -> ModelFiles:
-    if model is None:
-        return cached_export(layers, weights)
+def check_device(device: str) -> str:
+    """Refuse an unknown device, or `cuda` where this onnxruntime has no CUDA provider, before any work."""
+    if device not in DEVICES:
+        raise InputError(f"unknown --device '{device}'; use one of: {', '.join(DEVICES)}")
+    if device == "cuda":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if CUDA not in available:
+            raise InputError(
+                "--device cuda: this onnxruntime has no CUDA provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu with "
+                "`pip install 'stylerun[cuda]'`, or use --device cpu"
+            )
+    return device
+
+
+def check_model(model: str | Path, layers: LayerSet) -> LayerSet:
+    """The layer set of an exported model, refused unless it has every layer and the pooling asked for."""
     exported = read_layers(model)
     if exported.pooling != layers.pooling:
         raise InputError(f"model {model} was exported with {exported.pooling} pooling, but {layers.pooling} was asked")
@@ -59,9 +82,19 @@ def _model_files(layers: LayerSet, model: str | Path | None, weights: str | Path
         extra = [n for n in asked if n not in has]
         if extra:
             raise InputError(
-                f"model {model} has no {kind} layer {', '.join(extra)} (it was exported for {', '.join(has) or 'none'})"
+                f"model {model} has no {kind} layer {', '.join(extra)} (it was exported for {', '.join(has) or 'none'}"
+                "); export one for these layers with `stylerun export-vgg`, or leave out --model"
             )
-    return ModelFiles(Path(model), targets_path(Path(model)), exported)
+    return exported
+
+
+def _given_model(layers: LayerSet, model: str | Path | None, weights: str | Path | None) -> ModelFiles | None:
+    """The files of --model, checked against the layers asked for; None when the cache is to be used."""
+    if model is not None:
+        return ModelFiles(Path(model), targets_path(Path(model)), check_model(model, layers))
+    if weights is not None and not Path(weights).is_file():
+        raise InputError(f"weights file {weights} not found")
+    return None
 
 
 class StyleLoss:
@@ -87,26 +120,29 @@ class StyleLoss:
         device: str = "auto",
         model: str | Path | None = None,
         threads: int | None = None,
+        background: tuple[int, int, int] | str = WHITE,
+        max_pixels: int | None = None,
     ):
+        # every option is checked before an image is decoded or a model exported
         self.alpha = _check_weight(alpha, "alpha")
         self.beta = _check_weight(beta, "beta")
         self.content_layers = _layer_weights(content_layers, DEFAULT_CONTENT_LAYERS, "content layers")
         self.style_layers = _layer_weights(style_layers, DEFAULT_STYLE_LAYERS, "style layers")
-        if size is not None and size < 1:
-            raise InputError(f"size must be a positive number of pixels, got {size}")
-        if threads is not None and threads < 1:
-            raise InputError(f"threads must be >= 1, got {threads}")
-
-        content_img = as_image(content)
         if size is not None:
-            content_img = resize(content_img, fit_longest_side(content_img.size, size))
-        check_size(*content_img.size, "the content image")
-        style_img = resize(as_image(style), content_img.size)
-        self.content_image = to_array(content_img)
-        self.style_image = to_array(style_img)
-
+            check_requested_size(size, limit=max_pixels)
+        if threads is not None and threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        check_device(device)
+        background = parse_color(background)
         asked = LayerSet.of(self.content_layers, self.style_layers, pooling)
-        self.model = LossModel(_model_files(asked, model, weights), device, threads)
+        files = _given_model(asked, model, weights)
+
+        self.content_image = load_image(content, size, background=background, limit=max_pixels,
+                                        what="the content image")
+        h, w, _ = self.content_image.shape
+        self.style_image = to_array(resize(as_image(style, background=background, limit=max_pixels), (w, h)))
+
+        self.model = LossModel(files or cached_export(asked, weights), device, threads)
         layers = self.model.layers
         content_targets = self.model.targets(self.content_image)
         style_targets = self.model.targets(self.style_image) if layers.style else {}
@@ -137,6 +173,108 @@ class StyleLoss:
 
 
 @dataclass
+class LbfgsState:
+    """SciPy's L-BFGS-B between two calls of its reverse-communication routine ``setulb``.
+
+    The current point, the last loss and gradient, the curvature pairs and every counter
+    of the line search: with these the run goes on exactly as if it had never stopped.
+    ``task[0]`` says what the routine asked for last: a new iterate was accepted
+    (`NEW_X`), or the loss and gradient at ``x`` are wanted (`FG`, the state of a run
+    stopped in the middle of an iteration).
+    """
+
+    m: int
+    x: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    wa: np.ndarray
+    iwa: np.ndarray
+    task: np.ndarray
+    ln_task: np.ndarray
+    lsave: np.ndarray
+    isave: np.ndarray
+    dsave: np.ndarray
+
+    START, NEW_X, FG = 0, 1, 3
+    ARRAYS = ("x", "f", "g", "wa", "iwa", "task", "ln_task", "lsave", "isave", "dsave")
+    _DTYPES = {"iwa": np.int32, "task": np.int32, "ln_task": np.int32, "lsave": np.int32, "isave": np.int32}
+
+    @classmethod
+    def fresh(cls, x0: np.ndarray, m: int) -> LbfgsState:
+        n = x0.size
+        i32 = np.int32
+        return cls(m, np.array(x0, dtype=np.float64).ravel(), np.array(0.0), np.zeros(n),
+                   np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m), np.zeros(3 * n, i32), np.zeros(2, i32),
+                   np.zeros(2, i32), np.zeros(4, i32), np.zeros(44, i32), np.zeros(29))
+
+    def copy(self) -> LbfgsState:
+        return LbfgsState(self.m, *(getattr(self, name).copy() for name in self.ARRAYS))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"m": np.array(self.m, dtype=np.int64), **{name: getattr(self, name) for name in self.ARRAYS}}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n: int, m: int) -> LbfgsState:
+        """The state stored by `arrays`, checked against `n` variables and memory `m` (ValueError if not)."""
+        if int(arrays["m"]) != m:
+            raise ValueError(f"L-BFGS-B memory {int(arrays['m'])}, the run uses {m}")
+        expected = {"x": n, "f": 1, "g": n, "wa": 2 * m * n + 5 * n + 11 * m * m + 8 * m, "iwa": 3 * n,
+                    "task": 2, "ln_task": 2, "lsave": 4, "isave": 44, "dsave": 29}
+        values = []
+        for name in cls.ARRAYS:
+            array = np.array(arrays[name], dtype=cls._DTYPES.get(name, np.float64))
+            if array.size != expected[name]:
+                raise ValueError(f"L-BFGS-B state '{name}' has {array.size} values, expected {expected[name]}")
+            values.append(array.reshape(()) if name == "f" else array.ravel())
+        state = cls(m, *values)
+        if int(state.task[0]) not in (cls.NEW_X, cls.FG) or not np.isfinite(state.x).all():
+            raise ValueError("L-BFGS-B state is not between two iterations or evaluations")
+        return state
+
+
+@functools.lru_cache(maxsize=1)
+def _setulb() -> Callable | None:
+    """SciPy's reverse-communication L-BFGS-B routine, if this SciPy has the one we drive.
+
+    It is private API (SciPy >= 1.15), so it is used only after checking, on a small
+    problem, that driving it gives exactly what `scipy.optimize.minimize` gives; otherwise
+    `optimize` falls back to `minimize`, and a resumed run restarts the curvature history.
+    """
+    try:
+        from scipy.optimize import _lbfgsb
+
+        setulb = _lbfgsb.setulb
+        rng = np.random.default_rng(0)
+        a = rng.normal(size=(6, 6))
+        a = a @ a.T + np.eye(6)
+        b = rng.normal(size=6) * 4
+
+        def fg(x):
+            return float(0.5 * x @ a @ x - b @ x), a @ x - b
+
+        expected: list[float] = []
+        minimize(fg, np.ones(6), jac=True, method="L-BFGS-B", bounds=Bounds(0.0, 2.0),
+                 callback=lambda xk: expected.append(fg(xk)[0]),
+                 options={"maxiter": 5, "maxcor": 3, "ftol": 0.0, "gtol": 0.0})
+        got: list[float] = []
+        state = LbfgsState.fresh(np.ones(6), 3)
+        low, high, nbd = np.zeros(6), np.full(6, 2.0), np.full(6, 2, np.int32)
+        for _ in range(200):
+            setulb(3, state.x, low, high, nbd, state.f, state.g, 0.0, 0.0, state.wa,
+                   state.iwa, state.task, state.lsave, state.isave, state.dsave, 20, state.ln_task)
+            if state.task[0] == LbfgsState.FG:
+                value, grad = fg(state.x)
+                state.f, state.g = np.array(value), np.asarray(grad, dtype=np.float64)
+            elif state.task[0] == LbfgsState.NEW_X and len(got) < len(expected):
+                got.append(float(state.f))
+            else:
+                break
+        return setulb if got and got == expected else None
+    except Exception:  # not there, another signature, another behaviour: use minimize()
+        return None
+
+
+@dataclass
 class Progress:
     """What the callback sees after each L-BFGS-B iteration."""
 
@@ -148,6 +286,8 @@ class Progress:
     evaluations: int
     elapsed: float
     image: np.ndarray = field(repr=False)
+    #: A copy of the optimizer's state now (None where SciPy's routine cannot be driven): for checkpoints.
+    lbfgs_state: Callable[[], LbfgsState | None] = field(default=lambda: None, repr=False)
 
 
 @dataclass
@@ -160,6 +300,18 @@ class Result:
     interrupted: bool = False
     error: str | None = None
     history: list[float] = field(default_factory=list)
+    #: Where the optimizer stood when it stopped (when interrupted), to go on exactly from there.
+    lbfgs: LbfgsState | None = field(default=None, repr=False)
+
+
+def check_run_options(*, init: str = "content", iterations: int = 0, seed: int | None = 0) -> None:
+    """Refuse an unknown init, a negative iteration count or an unusable seed."""
+    if init not in INITS:
+        raise InputError(f"unknown --init '{init}'; use one of: {', '.join(INITS)}")
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+        raise InputError(f"--iterations must be a whole number >= 0, got {iterations}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise InputError(f"--seed must be a whole number >= 0, got {seed}")
 
 
 def initial_image(init: str, loss: StyleLoss, seed: int | None = 0) -> np.ndarray:
@@ -171,7 +323,7 @@ def initial_image(init: str, loss: StyleLoss, seed: int | None = 0) -> np.ndarra
         return np.full(loss.shape, 255.0, dtype=np.float32)
     if init == "random":
         return np.random.default_rng(seed).uniform(0, 255, loss.shape).astype(np.float32)
-    raise InputError(f"unknown init '{init}'; use one of: {', '.join(INITS)}")
+    raise InputError(f"unknown --init '{init}'; use one of: {', '.join(INITS)}")
 
 
 def optimize(
@@ -180,64 +332,187 @@ def optimize(
     iterations: int,
     callback: Callable[[Progress], None] | None = None,
     lbfgs_memory: int = 10,
+    *,
+    first_iteration: int = 0,
+    stop: Callable[[], bool] | None = None,
+    resume: LbfgsState | None = None,
+    init_loss: float = math.inf,
 ) -> Result:
-    """Minimize `loss` from `init` with L-BFGS-B for `iterations` iterations.
+    """Minimize `loss` from `init` with L-BFGS-B until iteration `iterations`.
 
-    Ctrl-C (KeyboardInterrupt) and a non-finite loss end the run early; either way the
-    best image seen so far is returned, never a NaN one.
+    `first_iteration` is where a resumed run starts counting (iterations
+    ``first_iteration + 1 .. iterations`` are run). With `resume`, the optimizer state of
+    an earlier `Result.lbfgs` or `Progress.lbfgs_state()`, the run goes on exactly where
+    that one stood; `init` is then that run's best image and `init_loss` its loss. Without
+    it (or where SciPy's routine cannot be driven) the curvature history starts afresh.
+
+    `stop` is polled before every evaluation and after every iteration; when it returns
+    True the run ends as if interrupted. Ctrl-C (KeyboardInterrupt), `stop` and a
+    non-finite loss or gradient end the run early; in every case the best image seen so
+    far is returned, never a NaN one (`Result.interrupted` or `Result.error` says why it
+    ended). When not a single evaluation was finite, `Result.loss` is NaN and
+    `Result.image` is `init`.
     """
     if iterations < 0:
         raise InputError(f"iterations must be >= 0, got {iterations}")
+    if not 0 <= first_iteration <= iterations:
+        raise InputError(f"first iteration {first_iteration} is outside 0..{iterations}")
     shape = loss.shape
-    best = {"loss": math.inf, "x": np.asarray(init, dtype=np.float32).copy()}
-    state = {"evals": 0, "iteration": 0, "loss": math.nan}
+    x0 = np.asarray(init, dtype=np.float32)
+    if x0.shape != shape or not np.isfinite(x0).all():
+        raise InputError(f"the starting image must be a finite array of shape {shape}")
+    best = {"loss": init_loss if math.isfinite(init_loss) else math.inf, "x": x0.copy()}
+    state = {"evals": 0, "iteration": first_iteration, "loss": math.nan}
     history: list[float] = []
     start = time.perf_counter()
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        if stop is not None and stop():
+            raise _Stopped
         image = x.reshape(shape).astype(np.float32)
+        if not np.isfinite(image).all():
+            raise NumericError(f"the image became non-finite at evaluation {state['evals'] + 1}")
         value, grad = loss.loss_and_grad(image)
         state["evals"] += 1
-        if not (math.isfinite(value) and np.isfinite(grad).all()):
+        if not math.isfinite(value):
             raise NumericError(
-                f"the loss became {'non-finite' if not math.isfinite(value) else 'finite but its gradient did not'}"
-                f" at evaluation {state['evals']}; try smaller --alpha/--beta or check the model file"
+                f"the loss became {value} at evaluation {state['evals']} (iteration {state['iteration'] + 1}); "
+                "try smaller --alpha/--beta or layer weights, or check the model file"
+            )
+        if not np.isfinite(grad).all():
+            raise NumericError(
+                f"the gradient became non-finite at evaluation {state['evals']} (iteration {state['iteration'] + 1})"
+                " while the loss was finite; try smaller --alpha/--beta or layer weights, or check the model file"
             )
         if value < best["loss"]:
             best["loss"], best["x"] = value, image
         state["loss"] = value
         return value, grad.ravel().astype(np.float64)
 
-    def on_iteration(intermediate_result=None) -> None:
+    def on_iteration(lbfgs_state: Callable[[], LbfgsState | None] = lambda: None) -> None:
         state["iteration"] += 1
         history.append(state["loss"])
         if callback is not None:
             content, style = loss.last_terms
             callback(Progress(state["iteration"], iterations, state["loss"], content, style,
-                              state["evals"], time.perf_counter() - start, best["x"]))
+                              state["evals"], time.perf_counter() - start, best["x"], lbfgs_state))
+        if stop is not None and stop():
+            raise _Stopped
 
-    interrupted, error = False, None
-    if iterations > 0:
+    interrupted, error, lbfgs = False, None, None
+    remaining = iterations - first_iteration
+    maxfun = remaining * 20 + 20
+    setulb = _setulb()
+    if remaining > 0 and setulb is not None:
+        lbfgs = _start_state(resume, x0, lbfgs_memory)
         try:
-            minimize(
-                fun,
-                np.asarray(init, dtype=np.float64).ravel(),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=Bounds(0.0, 255.0),
-                callback=on_iteration,
-                options={"maxiter": iterations, "maxfun": iterations * 20 + 20, "maxcor": lbfgs_memory,
-                         "ftol": 0.0, "gtol": 0.0},
-            )
-        except KeyboardInterrupt:
+            _drive(setulb, lbfgs, fun, on_iteration, lambda: state["iteration"] >= iterations
+                   or state["evals"] > maxfun)
+        except (KeyboardInterrupt, _Stopped):
             interrupted = True
         except NumericError as exc:
             error = str(exc)
-    if not math.isfinite(best["loss"]):
-        value, _ = loss.loss_and_grad(best["x"])
-        best["loss"] = value
+    elif remaining > 0:
+        try:
+            minimize(
+                fun,
+                x0.astype(np.float64).ravel(),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=Bounds(0.0, 255.0),
+                callback=lambda intermediate_result=None: on_iteration(),
+                options={"maxiter": remaining, "maxfun": maxfun, "maxcor": lbfgs_memory, "ftol": 0.0, "gtol": 0.0},
+            )
+        except (KeyboardInterrupt, _Stopped):
+            interrupted = True
+        except NumericError as exc:
+            error = str(exc)
+    if not math.isfinite(best["loss"]) and error is None:
+        value, _ = loss.loss_and_grad(best["x"])  # no evaluation finished: the loss of the start
+        best["loss"] = value if math.isfinite(value) else math.nan
+    elif not math.isfinite(best["loss"]):
+        best["loss"] = math.nan
     return Result(best["x"], best["loss"], state["iteration"], state["evals"], time.perf_counter() - start,
-                  interrupted, error, history)
+                  interrupted, error, history, lbfgs if interrupted else None)
+
+
+def _start_state(resume: LbfgsState | None, x0: np.ndarray, m: int) -> LbfgsState:
+    if resume is not None and resume.m == m and resume.x.size == x0.size:
+        return resume.copy()
+    return LbfgsState.fresh(x0, m)
+
+
+def _drive(setulb, st: LbfgsState, fun, on_iteration, done: Callable[[], bool]) -> None:
+    """SciPy's own L-BFGS-B loop (as in `scipy.optimize.minimize`), over a state that can be kept.
+
+    The pixels are boxed to 0..255; ftol and gtol are 0, so only `done`, a stop or a
+    failed line search end it.
+    """
+    n = st.x.size
+    low, high, nbd = np.zeros(n), np.full(n, 255.0), np.full(n, 2, np.int32)
+
+    def step() -> None:
+        setulb(st.m, st.x, low, high, nbd, st.f, st.g, 0.0, 0.0, st.wa, st.iwa, st.task, st.lsave, st.isave,
+               st.dsave, 20, st.ln_task)
+
+    if st.task[0] in (LbfgsState.START, LbfgsState.NEW_X):
+        step()  # a fresh start, or a state saved right after an iteration: ask for the next point
+    while True:
+        if st.task[0] == LbfgsState.FG:
+            value, grad = fun(st.x)
+            st.f, st.g = np.array(value, dtype=np.float64), grad
+        elif st.task[0] == LbfgsState.NEW_X:
+            on_iteration(st.copy)
+            if done():
+                return
+        else:  # converged, or the line search could not go on
+            return
+        step()
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a polite request to stop, for the length of a `with` block.
+
+    The first signal sets `signum` (so ``optimize(..., stop=signals.requested)`` ends at
+    the next evaluation and returns the best image); a second one while `hurry` is True
+    raises KeyboardInterrupt at once. Set `hurry` False around work that must not be cut
+    short, such as writing the result. Outside the main thread this does nothing, and a
+    signal this process was started ignoring (SIGINT in a shell's background job) stays
+    ignored.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.hurry = True
+        self._previous: dict[int, object] = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        elif self.hurry:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # ignored stays ignored
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 def intermediate_path(output: Path, iteration: int) -> Path:
@@ -262,13 +537,18 @@ def transfer(
     device: str = "auto",
     threads: int | None = None,
     callback: Callable[[Progress], None] | None = None,
+    background: tuple[int, int, int] | str = WHITE,
+    max_pixels: int | None = None,
 ) -> Image.Image:
-    """Paint `content` in the style of `style`; the Python twin of `stylerun transfer`."""
-    if init not in INITS:
-        raise InputError(f"unknown init '{init}'; use one of: {', '.join(INITS)}")
+    """Paint `content` in the style of `style`; the Python twin of `stylerun transfer`.
+
+    Ctrl-C ends the run early and returns the best image so far; a non-finite loss
+    raises `NumericError`.
+    """
+    check_run_options(init=init, iterations=iterations, seed=seed)
     loss = StyleLoss(content, style, size=size, alpha=alpha, beta=beta, content_layers=content_layers,
                      style_layers=style_layers, pooling=pooling, weights=weights, device=device, model=model,
-                     threads=threads)
+                     threads=threads, background=background, max_pixels=max_pixels)
     result = optimize(loss, initial_image(init, loss, seed), iterations, callback)
     if result.error:
         raise NumericError(result.error)
