@@ -1,25 +1,34 @@
 """The `stylerun` command: a thin Typer layer over the Python API.
 
 Every `StylerunError` becomes one line on stderr and exit status 2; Ctrl-C or SIGTERM
-during a transfer saves the best image so far and exits with 130.
+during a transfer saves the best image so far (and a checkpoint, if asked) and exits with
+130 or 143.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import signal
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__, figures
+from .checkpoint import Checkpoint, RunSettings, load_checkpoint, save_checkpoint
 from .errors import StylerunError
-from .export import cached_export, export_vgg
+from .export import export_vgg
 from .forward import LayerSet
-from .images import check_output_path, save_image
-from .stylize import INITS, Progress as StepProgress, StyleLoss, initial_image, intermediate_path, optimize
+from .images import MAX_PIXELS, MAX_PIXELS_ENV, save_image
+from .stylize import INITS, StopSignals, StyleLoss, initial_image, intermediate_path, optimize
+from .stylize import Progress as StepProgress
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
 from .weights import load_weights
 
@@ -86,44 +95,119 @@ def export_vgg_command(
     err.print(f"wrote {files.loss} and {files.targets} (VGG19 up to {layers.deepest}, {layers.pooling} pooling)")
 
 
+#: Options a resumed run may change; everything else comes from the checkpoint.
+RESUME_OVERRIDES = ("output", "device", "threads", "quiet", "checkpoint", "force", "resume")
+
+
 @app.command("transfer")
 def transfer_command(
-    content: Path = typer.Argument(..., help="Content photo."),
-    style: Path = typer.Argument(..., help="Style painting."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output image (.png, .jpg, ...)."),
-    size: int = typer.Option(512, "--size", help="Longest side of the output in pixels; the style image is resized to match."),
+    ctx: typer.Context,
+    content: Path | None = typer.Argument(None, help="Content photo (not with --resume).", show_default=False),
+    style: Path | None = typer.Argument(None, help="Style painting (not with --resume).", show_default=False),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Output image (.png, .jpg, ...).",
+                                       show_default=False),
+    size: int = typer.Option(512, "--size",
+                             help="Longest side of the output in pixels; the style image is resized to match."),
     content_layers: str = CONTENT_LAYERS_OPT,
     style_layers: str = STYLE_LAYERS_OPT,
     alpha: float = typer.Option(1e-6, "--alpha", help="Content weight (the seed's alpha)."),
     beta: float = typer.Option(1.0, "--beta", help="Style weight (the seed's beta)."),
     init: str = typer.Option("content", "--init", help=f"Starting image: {', '.join(INITS)}."),
     iterations: int = typer.Option(500, "--iterations", "-n", help="L-BFGS-B iterations."),
-    save_every: int = typer.Option(-1, "--save-every", help="Also save OUTPUT_NNNN.ext every N iterations; -1 for never."),
+    save_every: int = typer.Option(-1, "--save-every",
+                                   help="Also save OUTPUT_NNNN.ext every N iterations; -1 for never."),
+    checkpoint_every: int = typer.Option(
+        -1, "--checkpoint-every",
+        help="Write a checkpoint every N iterations (and on Ctrl-C/SIGTERM) to go on with --resume; -1 for never.",
+    ),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint file (default: OUTPUT.ckpt.npz).",
+                                           show_default=False),
+    resume: Path | None = typer.Option(
+        None, "--resume", show_default=False,
+        help="Go on from a checkpoint to its total iteration count; inputs and settings come from the checkpoint "
+             "(-o, --device, --threads, --checkpoint may be changed).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init."),
     pooling: str = POOLING_OPT,
-    model: Path | None = typer.Option(None, "--model", help="Model from export-vgg; default: export once into the cache."),
+    background: str = typer.Option("white", "--background",
+                                   help="Colour transparent pixels are composited on: a name, #rrggbb or rgb(r,g,b)."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", show_default=False,
+        help=f"Refuse images with more pixels than this (default {MAX_PIXELS:,}, or ${MAX_PIXELS_ENV}).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Allow the output to overwrite the content or style image."),
+    model: Path | None = typer.Option(None, "--model",
+                                      help="Model from export-vgg; default: export once into the cache."),
     weights: Path | None = WEIGHTS_OPT,
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for onnxruntime (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Paint CONTENT in the style of STYLE and write the result to OUTPUT."""
-    check_output_path(output)
-    if save_every == 0 or save_every < -1:
-        raise StylerunError(f"--save-every must be a positive number of iterations or -1, got {save_every}")
-    if init not in INITS:
-        raise StylerunError(f"unknown --init '{init}'; use one of: {', '.join(INITS)}")
-    content_w, style_w, layers = _layer_set(content_layers, style_layers, pooling)
-    if model is None:
-        with err.status("exporting VGG19 (first run with these layers)..."):
-            cached_export(layers, weights)
-    loss = StyleLoss(content, style, size=size, alpha=alpha, beta=beta, content_layers=content_w,
-                     style_layers=style_w, pooling=pooling, weights=weights, device=device, model=model,
-                     threads=threads)
-    h, w, _ = loss.shape
-    if not quiet:
-        err.print(f"{w}x{h}, {iterations} iterations on {loss.provider}")
+    """Paint CONTENT in the style of STYLE and write the result to OUTPUT.
 
+    Ctrl-C or SIGTERM stops at the next evaluation and writes the best image so far (and a
+    checkpoint, with --checkpoint-every). Exit status: 0 done, 2 bad input or option,
+    3 the loss stopped being finite, 130/143 interrupted by SIGINT/SIGTERM.
+    """
+    _log_warnings_to(err)
+    start_image, lbfgs, start_loss = None, None, math.inf
+    first_iteration, history = 0, []
+    if resume is not None:
+        given = [name for name in ctx.params if name not in RESUME_OVERRIDES
+                 and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+        if given:
+            flags = ", ".join(dict.fromkeys("CONTENT/STYLE" if n in ("content", "style") else "--" + n.replace("_", "-")
+                                            for n in given))
+            raise StylerunError(f"--resume takes the inputs and settings from the checkpoint; leave out {flags} "
+                                "(only -o, --device, --threads, --checkpoint and --quiet may be given)")
+        state = load_checkpoint(resume)
+        settings = state.settings
+        settings.output = str(output.resolve()) if output is not None else settings.output
+        settings.device, settings.threads = device, threads
+        settings.checkpoint = str((checkpoint or resume).resolve())
+        start_image, first_iteration, history = state.image, state.iteration, list(state.history)
+        lbfgs, start_loss = state.lbfgs, state.loss
+        if state.lbfgs_dropped:
+            logging.getLogger("stylerun").warning("%s; L-BFGS-B restarts its history", state.lbfgs_dropped)
+        inputs = (state.content, state.style)
+    else:
+        if content is None or style is None:
+            raise StylerunError("give a CONTENT and a STYLE image (or --resume CHECKPOINT)")
+        if output is None:
+            raise StylerunError("give an output image with -o OUTPUT (e.g. -o out.png)")
+        settings = RunSettings(
+            content=str(content.resolve()), style=str(style.resolve()), output=str(output.resolve()), size=size,
+            alpha=alpha, beta=beta, content_layers=content_layers, style_layers=style_layers, pooling=pooling,
+            init=init, iterations=iterations, seed=seed, weights=str(weights.resolve()) if weights else None,
+            model=str(model.resolve()) if model else None, device=device, threads=threads,
+            background=background, max_pixels=max_pixels, save_every=save_every, checkpoint_every=checkpoint_every,
+            checkpoint=str(checkpoint.resolve()) if checkpoint is not None else None,
+        )
+        inputs = (content, style)
+    settings.validate(force=force)  # every option, before any image is decoded or model exported
+    out = output if output is not None else Path(settings.output)
+    ckpt_path = settings.checkpoint_path() if settings.checkpoint_every > 0 else None
+    total = settings.iterations
+
+    try:
+        with err.status("loading images and model (the first run with these layers exports VGG19)...") \
+                if not quiet else nullcontext():
+            loss = StyleLoss(*inputs, size=None if resume else settings.size, alpha=settings.alpha,
+                             beta=settings.beta, content_layers=settings.content_layers,
+                             style_layers=settings.style_layers, pooling=settings.pooling, weights=settings.weights,
+                             device=settings.device, model=settings.model, threads=settings.threads,
+                             background=settings.background, max_pixels=settings.max_pixels)
+            if start_image is None:
+                start_image = initial_image(settings.init, loss, settings.seed)
+    except KeyboardInterrupt:
+        _say("stylerun: interrupted before the first iteration; nothing written")
+        raise typer.Exit(130) from None
+
+    def write_checkpoint(image, iteration: int, value: float, state) -> None:
+        save_checkpoint(ckpt_path, Checkpoint(settings, iteration, image, loss.content_image, loss.style_image,
+                                              value, np.asarray(history, dtype=np.float64), state))
+
+    h, w, _ = loss.shape
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4g} (content {task.fields[content]:.3g}, style {task.fields[style]:.3g})"),
@@ -132,28 +216,88 @@ def transfer_command(
     )
 
     def on_step(p: StepProgress) -> None:
+        history.append(p.loss)
         rate = p.evaluations / p.elapsed if p.elapsed > 0 else 0.0
         bar.update(task, completed=p.iteration, loss=p.loss, content=p.content_loss, style=p.style_loss, rate=rate)
-        if save_every > 0 and p.iteration % save_every == 0:
-            save_image(p.image, intermediate_path(output, p.iteration))
+        # a full disk must not end the run: say so and go on, the final image is what matters
+        if settings.save_every > 0 and p.iteration % settings.save_every == 0:
+            _keep_going(save_image, p.image, intermediate_path(out, p.iteration))
+        if ckpt_path is not None and p.iteration % settings.checkpoint_every == 0:
+            _keep_going(write_checkpoint, p.image, p.iteration, p.loss, p.lbfgs_state())
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    with StopSignals() as stopper:
+        if resume is not None and not quiet:
+            how = "where it stopped" if lbfgs is not None else "with a fresh L-BFGS-B history"
+            _say(f"resuming {resume} at iteration {first_iteration} of {total}, {how}")
+        if not quiet:
+            _say(f"{w}x{h}, {total} iterations on {loss.provider}")
         with bar:
-            task = bar.add_task("stylizing", total=iterations, loss=float("nan"), content=float("nan"),
-                                style=float("nan"), rate=0.0)
-            result = optimize(loss, initial_image(init, loss, seed), iterations, on_step)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    save_image(result.image, output)
+            task = bar.add_task("stylizing", total=total, completed=first_iteration, loss=float("nan"),
+                                content=float("nan"), style=float("nan"), rate=0.0)
+            result = optimize(loss, start_image, total, on_step, settings.lbfgs_memory,
+                              first_iteration=first_iteration, stop=stopper.requested, resume=lbfgs,
+                              init_loss=start_loss)
+        stopper.hurry = False  # from here on a signal must not cut the writing short
+        wrote = math.isfinite(result.loss)  # False only when not one evaluation was finite
+        if wrote:
+            _save_result(result.image, out)
+        if ckpt_path is not None and result.interrupted and math.isfinite(result.loss):
+            write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
+    resume_hint = f"; go on with: stylerun transfer --resume {ckpt_path}" if ckpt_path is not None else ""
     if result.error:
-        err.print(f"stylerun: error: {result.error}; the best finite image (iteration {result.iterations}) is in {output}")
+        where = (f"the best finite image (iteration {result.iterations}) is in {out}" if wrote
+                 else "nothing written")
+        _say(f"stylerun: error: {result.error}; {where}")
         raise typer.Exit(3)
     if result.interrupted:
-        err.print(f"interrupted at iteration {result.iterations}; the best image so far is in {output}")
-        raise typer.Exit(130)
+        signum = stopper.signum or signal.SIGINT
+        _say(f"stylerun: {signal.Signals(signum).name} at iteration {result.iterations} of {total}; "
+             f"the best image so far (loss {result.loss:.4g}) is in {out}{resume_hint}")
+        raise typer.Exit(128 + int(signum))
     if not quiet:
-        err.print(f"wrote {output} (loss {result.loss:.4g}, {result.evaluations} evaluations, {result.elapsed:.1f} s)")
+        _say(f"wrote {out} (loss {result.loss:.4g}, {result.evaluations} evaluations, {result.elapsed:.1f} s)")
+
+
+def _say(message: str, console: Console | None = None) -> None:
+    """One line on stderr, never wrapped, never read as markup."""
+    (console or err).print(message, soft_wrap=True, markup=False, highlight=False)
+
+
+def _keep_going(write, *args) -> None:
+    try:
+        write(*args)
+    except OSError as exc:
+        logging.getLogger("stylerun").warning("could not write an intermediate file (%s); going on", exc)
+
+
+def _save_result(image, output: Path) -> None:
+    """Write the result; if that fails (disk full, folder removed), rescue it into the temp folder."""
+    try:
+        save_image(image, output)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"stylerun-rescued-{os.getpid()}.png"
+        save_image(image, rescue)
+        raise StylerunError(f"cannot write {output} ({exc}); the result was saved to {rescue} instead") from None
+
+
+class _ConsoleLogHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(f"stylerun: warning: {record.getMessage()}", self.console)
+
+
+def _log_warnings_to(console: Console) -> None:
+    """Show the library's warnings (e.g. 'animated image: using the first frame') as one line each.
+
+    Only where nobody configured logging: an application or test harness keeps its own.
+    """
+    logger = logging.getLogger("stylerun")
+    if not logger.handlers and not logging.getLogger().handlers:
+        logger.addHandler(_ConsoleLogHandler(console))
+        logger.propagate = False
 
 
 @app.command("figures")

@@ -1,0 +1,583 @@
+"""Issue #7, "never lose a run, never crash on an image": bad options, bad images, signals,
+checkpoints and resume, numeric faults and devices, through the API and the real CLI.
+
+Runs use a shallow layer set at 48 px so each takes a second or two on a small CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from stylerun import checkpoint as ckpt_mod
+from stylerun import cli, stylize
+from stylerun.checkpoint import Checkpoint, RunSettings, load_checkpoint, save_checkpoint
+from stylerun.errors import InputError
+from stylerun.export import export_vgg
+from stylerun.forward import LayerSet
+from stylerun.stylize import LbfgsState, NumericError, StopSignals, StyleLoss, initial_image, optimize
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
+SMALL = ["--size", "48", *LAYERS]
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
+    """`stylerun ARGS` in this process: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["stylerun", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    code = info.value.code
+    return (0 if code is None else int(code)), capsys.readouterr().err
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> str:
+    assert code != 0
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("stylerun: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any decoding, export or session creation fails the test: the error must come first."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the options were checked")
+
+    for name in ("load_image", "as_image", "cached_export", "LossModel"):
+        monkeypatch.setattr(stylize, name, work)
+
+
+@pytest.fixture(scope="module")
+def shallow_model(tmp_path_factory, bundled_weights) -> Path:
+    """A model exported for LAYERS with max pooling."""
+    path = tmp_path_factory.mktemp("model") / "shallow.onnx"
+    export_vgg(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"], "max"), path)
+    return path
+
+
+# --- 2. options are refused before any work ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--size", "0"], "--size must be a positive number of pixels"),
+        (["--size", "-5"], "--size must be a positive number of pixels"),
+        (["--size", "100000"], "over the 64,000,000 pixel limit"),
+        (["--alpha", "nan"], "--alpha must be a finite number >= 0, got nan"),
+        (["--beta", "-1"], "--beta must be a finite number >= 0, got -1.0"),
+        (["--beta", "inf"], "--beta must be a finite number >= 0, got inf"),
+        (["--style-layers", "relu1_1:nan"], "weight of layer 'relu1_1' must be a finite number >= 0"),
+        (["--content-layers", "relu9_9"], "unknown layer 'relu9_9'; VGG19 layers are conv1_1..conv5_4"),
+        (["--init", "noise"], "unknown --init 'noise'; use one of: content, style, white, random"),
+        (["--pooling", "median"], "unknown pooling 'median'; use one of: max, avg"),
+        (["-n", "-1"], "--iterations must be a whole number >= 0, got -1"),
+        (["--save-every", "0"], "--save-every must be a positive number of iterations, or -1 for never"),
+        (["--checkpoint-every", "-2"], "--checkpoint-every must be a positive number of iterations"),
+        (["--seed", "-1"], "--seed must be a whole number >= 0"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--device", "tpu"], "unknown --device 'tpu'; use one of: auto, cpu, cuda"),
+        (["--background", "blurple"], "unknown colour 'blurple'; use a name"),
+        (["--max-pixels", "0"], "--max-pixels must be a positive number of pixels"),
+        (["--weights", "/no/such/vgg.pth"], "weights file /no/such/vgg.pth not found"),
+        (["--model", "/no/such/model.onnx"], "model file /no/such/model.onnx not found"),
+        (["-o", "{tmp}/missing/out.png"], "does not exist; create it first"),
+        (["-o", "{tmp}/out.xyz"], "cannot write images with extension '.xyz'; use .png"),
+        (["-o", "{tmp}"], "is a folder; give a file name"),
+        (["-o", "{content}"], "is the content image; choose another -o, or add --force"),
+        (["-o", "{style}"], "is the style image; choose another -o, or add --force"),
+        (["--checkpoint-every", "5", "--checkpoint", "{tmp}/nowhere/c.npz"], "checkpoint folder"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(capsys, monkeypatch, no_work, tmp_path, args, needle):
+    content, style = tmp_path / "content.jpg", tmp_path / "style.jpg"
+    content.write_bytes(b"not decoded")
+    style.write_bytes(b"not decoded")
+    args = [a.format(tmp=tmp_path, content=content, style=style) for a in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out.png")]
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content), str(style), *args)
+    assert code == 2
+    one_line_error(code, err, needle)
+    assert not (tmp_path / "out.png").exists()
+    assert content.read_bytes() == b"not decoded"
+
+
+def test_output_over_an_input_by_another_name_is_refused(capsys, monkeypatch, no_work, tmp_path):
+    content = tmp_path / "photo.png"
+    content.write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(content)
+    for out in (tmp_path / "sub" / ".." / "photo.png", tmp_path / "link.png"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        code, err = run_cli(capsys, monkeypatch, "transfer", str(content), str(content), "-o", str(out))
+        one_line_error(code, err, "is the content image")
+
+
+def test_bad_pixel_limit_in_the_environment(capsys, monkeypatch, no_work, tmp_path):
+    monkeypatch.setenv("STYLERUN_MAX_PIXELS", "lots")
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"))
+    one_line_error(code, err, "STYLERUN_MAX_PIXELS must be a whole number of pixels")
+
+
+def test_missing_arguments(capsys, monkeypatch, no_work, tmp_path):
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "-o", str(tmp_path / "o.png"))
+    one_line_error(code, err, "give a CONTENT and a STYLE image (or --resume CHECKPOINT)")
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg")
+    one_line_error(code, err, "give an output image with -o OUTPUT")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ([], "has no content layer relu4_2 (it was exported for relu2_2); export one for these layers"),
+        ([*LAYERS, "--pooling", "avg"], "was exported with max pooling, but avg was asked"),
+        (["--content-layers", "relu2_2", "--style-layers", "relu3_1"], "has no style layer relu3_1"),
+    ],
+)
+def test_model_for_other_layers_or_pooling_is_refused(capsys, monkeypatch, no_work, tmp_path, shallow_model,
+                                                      args, needle):
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"),
+                        "--model", str(shallow_model), *args)
+    one_line_error(code, err, needle)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
+def test_cuda_without_cuda_names_the_fix(capsys, monkeypatch, no_work, tmp_path, shallow_model):
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"),
+                        "--device", "cuda")
+    one_line_error(code, err, "--device cuda: this onnxruntime has no CUDA provider",
+                   "pip install 'stylerun[cuda]'", "--device cpu")
+    from stylerun.runtime import create_session
+
+    with pytest.raises(InputError, match=r"no CUDA provider .*pip install 'stylerun\[cuda\]'"):
+        create_session(shallow_model, device="cuda")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
+def test_auto_device_falls_back_to_cpu_and_says_so(capsys, monkeypatch, tmp_path, content_path, style_path):
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o", str(out),
+                        *SMALL, "-n", "1", "--device", "auto")
+    assert code == 0, err
+    assert "48x32, 1 iterations on CPUExecutionProvider" in err
+    assert out.is_file()
+
+
+def test_force_allows_overwriting_the_content(capsys, monkeypatch, tmp_path, content_path, style_path):
+    photo = tmp_path / "photo.png"
+    Image.open(content_path).convert("RGB").resize((72, 48)).save(photo)
+    before = photo.read_bytes()
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(photo), str(style_path), "-o", str(photo), *SMALL,
+                        "-n", "2", "--force", "-q")
+    assert code == 0, err
+    assert photo.read_bytes() != before and Image.open(photo).size == (48, 32)
+
+
+# --- 1. bad images through the CLI: one line, before the model is exported -------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height: what a decompression bomb looks like."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def bad_images(tmp_path: Path, content_path: Path) -> dict[str, tuple[Path, str]]:
+    data = content_path.read_bytes()
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "text.jpg").write_text("hello\n")
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    (tmp_path / "bomb.png").write_bytes(png_claiming(80_000, 80_000))
+    Image.new("RGB", (900, 20)).save(tmp_path / "thin.png")
+    return {
+        "missing": (tmp_path / "none.jpg", "none.jpg: no such file"),
+        "folder": (tmp_path / "folder.png", "folder.png: is a folder, not an image"),
+        "text": (tmp_path / "text.jpg", "text.jpg: not an image file"),
+        "truncated": (tmp_path / "cut.jpg", "cut.jpg: cannot read image (image file is truncated"),
+        "bomb": (tmp_path / "bomb.png", "80000x80000 = 6,400,000,000 pixels, over the 64,000,000 pixel limit"),
+        "thin": (tmp_path / "thin.png", "is 900x20, which is 48x1 at --size 48; the network needs at least 32"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "text", "truncated", "bomb", "thin"])
+@pytest.mark.parametrize("role", ["content", "style"])
+def test_bad_images_are_one_line_errors(capsys, monkeypatch, tmp_path, content_path, style_path, kind, role):
+    def no_export(*args, **kwargs):
+        raise AssertionError("the model was exported before the images were read")
+
+    monkeypatch.setattr(stylize, "cached_export", no_export)
+    monkeypatch.setattr(stylize, "LossModel", no_export)
+    path, needle = bad_images(tmp_path, content_path)[kind]
+    if role == "style" and kind == "thin":
+        needle = ""  # a thin style image is fine: it is resized to the content's shape
+    pair = (path, style_path) if role == "content" else (content_path, path)
+    out = tmp_path / "out.png"
+    try:
+        code, err = run_cli(capsys, monkeypatch, "transfer", str(pair[0]), str(pair[1]), "-o", str(out), *SMALL)
+    except AssertionError as exc:
+        assert not needle and "exported" in str(exc)
+        return
+    one_line_error(code, err, needle)
+    assert code == 2 and not out.exists()
+
+
+# --- 4. numeric faults -------------------------------------------------------------------------
+
+
+class Quadratic:
+    """A stand-in for StyleLoss: sum (x - target)^2, turning NaN at evaluation `nan_at` if given."""
+
+    def __init__(self, shape=(40, 40, 3), nan_at: int | None = None, bad: str = "loss", seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.shape = shape
+        self.target = rng.uniform(0, 255, shape).astype(np.float32)
+        self.weight = rng.uniform(0.1, 10, shape).astype(np.float32)
+        self.nan_at, self.bad, self.calls = nan_at, bad, 0
+        self.last_terms = (math.nan, math.nan)
+
+    def loss_and_grad(self, x):
+        self.calls += 1
+        d = np.asarray(x, np.float32) - self.target
+        value, grad = float((self.weight * d * d).sum() + (d**4).sum() * 1e-4), 2 * self.weight * d + 4e-4 * d**3
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            if self.bad == "loss":
+                value = math.nan
+            else:
+                grad = grad.copy()
+                grad[0, 0, 0] = math.inf
+        self.last_terms = (value, 0.0)
+        return value, grad
+
+
+@pytest.mark.parametrize("bad,needle", [("loss", "the loss became nan at evaluation 7"),
+                                        ("grad", "the gradient became non-finite at evaluation 7")])
+def test_non_finite_loss_stops_with_the_best_finite_image(bad, needle):
+    loss = Quadratic(nan_at=7, bad=bad)
+    seen = []
+    result = optimize(loss, np.full(loss.shape, 128, np.float32), 50, seen.append)
+    assert result.error and needle in result.error and "--alpha/--beta" in result.error
+    assert not result.interrupted and result.iterations == len(seen) < 50
+    assert np.isfinite(result.image).all() and math.isfinite(result.loss)
+    assert result.loss == min(p.loss for p in seen)  # the best image seen, not the last one tried
+    assert loss.calls == 7
+
+
+def test_non_finite_at_the_start_keeps_the_start():
+    loss = Quadratic(nan_at=1)
+    start = np.full(loss.shape, 3, np.float32)
+    result = optimize(loss, start, 10)
+    assert result.error and math.isnan(result.loss) and result.iterations == 0
+    assert np.array_equal(result.image, start)
+
+
+def test_huge_weights_give_a_numeric_error_not_a_nan_image(content_path, style_path):
+    loss = StyleLoss(content_path, style_path, size=48, alpha=1e38, content_layers="relu2_2",
+                     style_layers="relu1_1,relu2_1")
+    result = optimize(loss, initial_image("white", loss), 5)
+    assert result.error and "the loss became inf at evaluation 1" in result.error
+    with pytest.raises(NumericError):
+        stylize.transfer(content_path, style_path, size=48, alpha=1e38, init="white", iterations=3,
+                         content_layers="relu2_2", style_layers="relu1_1,relu2_1")
+
+
+def test_cli_numeric_fault_keeps_the_best_finite_image(capsys, monkeypatch, tmp_path, content_path, style_path):
+    real = StyleLoss.loss_and_grad
+    calls = {"n": 0}
+    best = {"loss": math.inf, "x": None}
+
+    def flaky(self, x):
+        calls["n"] += 1
+        value, grad = real(self, x)
+        if calls["n"] >= 6:
+            return math.nan, grad
+        if value < best["loss"]:
+            best.update(loss=value, x=np.asarray(x, np.float32).copy())
+        return value, grad
+
+    monkeypatch.setattr(StyleLoss, "loss_and_grad", flaky)
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o", str(out),
+                        *SMALL, "-n", "20", "-q")
+    assert code == 3
+    line = one_line_error(code, err, "the loss became nan at evaluation 6", "the best finite image (iteration")
+    assert str(out) in line
+    written = np.asarray(Image.open(out), dtype=np.float32)
+    assert np.array_equal(written, np.clip(np.rint(best["x"]), 0, 255))
+
+
+def test_cli_numeric_fault_at_the_start_writes_nothing(capsys, monkeypatch, tmp_path, content_path, style_path):
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o", str(out),
+                        *SMALL, "-n", "5", "--alpha", "1e38", "--init", "white", "-q")
+    assert code == 3
+    one_line_error(code, err, "the loss became inf at evaluation 1", "nothing written")
+    assert not out.exists()
+
+
+# --- 3. resume: exact, through files, and the fallback ----------------------------------------
+
+
+def stop_after_evaluations(n: int):
+    count = {"n": 0}
+
+    def stop():  # polled before each evaluation (and after each iteration)
+        count["n"] += 1
+        return count["n"] > n
+
+    return stop
+
+
+@pytest.mark.parametrize("evaluations", [1, 9, 14])
+def test_resume_continues_exactly(evaluations):
+    loss = Quadratic(shape=(16, 16, 3))
+    start = np.full(loss.shape, 128, np.float32)
+    full = optimize(loss, start, 30, lbfgs_memory=5)
+    assert full.iterations == 30
+    first = optimize(loss, start, 30, lbfgs_memory=5, stop=stop_after_evaluations(evaluations))
+    assert first.interrupted and first.lbfgs is not None and first.iterations < 30
+    second = optimize(loss, first.image, 30, lbfgs_memory=5, first_iteration=first.iterations,
+                      resume=first.lbfgs, init_loss=first.loss)
+    assert second.iterations == 30 and not second.interrupted
+    assert first.history + second.history == full.history  # the very same steps
+    assert second.loss == full.loss and np.array_equal(second.image, full.image)
+
+
+def test_driver_takes_the_same_steps_as_minimize(monkeypatch):
+    loss = Quadratic(shape=(12, 12, 3), seed=3)
+    start = np.zeros(loss.shape, np.float32)
+    driven = optimize(loss, start, 15)
+    monkeypatch.setattr(stylize, "_setulb", lambda: None)
+    assert optimize(loss, start, 15).history == driven.history
+
+
+def test_without_the_driver_a_resume_restarts_the_history(monkeypatch):
+    monkeypatch.setattr(stylize, "_setulb", lambda: None)
+    loss = Quadratic(shape=(16, 16, 3))
+    start = np.full(loss.shape, 128, np.float32)
+    first = optimize(loss, start, 30, stop=stop_after_evaluations(9))
+    assert first.interrupted and first.lbfgs is None
+    second = optimize(loss, first.image, 30, first_iteration=first.iterations, init_loss=first.loss)
+    assert second.iterations == 30 and second.loss < first.loss
+
+
+def test_real_loss_resumes_within_two_percent_through_a_checkpoint_file(tmp_path, content_path, style_path):
+    loss = StyleLoss(content_path, style_path, size=48, alpha=1e-3, content_layers="relu2_2",
+                     style_layers="relu1_1,relu2_1")
+    start = initial_image("content", loss)
+    full = optimize(loss, start, 24)
+    half = optimize(loss, start, 24, stop=stop_after_evaluations(13))
+    assert half.interrupted and 0 < half.iterations < 24
+    settings = RunSettings(content=str(content_path), style=str(style_path), output=str(tmp_path / "o.png"),
+                           size=48, iterations=24)
+    path = save_checkpoint(tmp_path / "run.ckpt.npz", Checkpoint(settings, half.iterations, half.image,
+                           loss.content_image, loss.style_image, half.loss, np.array(half.history), half.lbfgs))
+    back = load_checkpoint(path)
+    assert back.lbfgs is not None and back.lbfgs_dropped is None
+    resumed = optimize(loss, back.image, 24, first_iteration=back.iteration, resume=back.lbfgs,
+                       init_loss=back.loss)
+    assert abs(resumed.loss - full.loss) <= 0.02 * full.loss
+    assert resumed.loss == full.loss  # in fact exactly: the state is complete
+
+
+# --- 3. checkpoint files ------------------------------------------------------------------------
+
+
+def test_checkpoint_file_is_plain_arrays_and_json(tmp_path):
+    settings = RunSettings(content="/a.jpg", style="/b.jpg", output="/o.png", alpha=0.5, init="random",
+                           lbfgs_memory=3)
+    state = LbfgsState.fresh(np.zeros(12), 3)
+    state.task[0] = LbfgsState.NEW_X
+    image = np.full((2, 2, 3), 7.25, np.float32)
+    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, image, 1.5, np.ones(4), state))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left
+    with np.load(path, allow_pickle=False) as data:
+        import json
+
+        assert str(data["format"]) == "stylerun-checkpoint/1"
+        assert json.loads(str(data["settings"]))["alpha"] == 0.5
+        assert int(data["iteration"]) == 4 and data["image"].dtype == np.float32
+    back = load_checkpoint(path)
+    assert back.settings == settings and back.iteration == 4 and np.array_equal(back.image, image)
+    assert back.loss == 1.5 and back.lbfgs is not None and np.array_equal(back.lbfgs.wa, state.wa)
+
+
+def test_checkpoint_from_another_scipy_restarts_the_history(tmp_path, monkeypatch):
+    settings = RunSettings(content="/a.jpg", style="/b.jpg", output="/o.png")
+    state = LbfgsState.fresh(np.zeros(12), 10)
+    state.task[0] = LbfgsState.FG
+    image = np.zeros((2, 2, 3), np.float32)
+    monkeypatch.setattr(ckpt_mod.scipy, "__version__", "0.1")
+    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, image, 1.0, np.ones(4), state))
+    monkeypatch.undo()
+    back = load_checkpoint(path)
+    assert back.lbfgs is None and "written by SciPy 0.1" in back.lbfgs_dropped
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"PK not really")
+    Image.new("RGB", (40, 40)).save(tmp_path / "image.png")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    for name, needle in [("nothing.npz", "not found"), ("junk.npz", "not a usable stylerun checkpoint"),
+                         ("image.png", "not a usable stylerun checkpoint"), ("other.npz", "missing format")]:
+        with pytest.raises(InputError, match=needle):
+            load_checkpoint(tmp_path / name)
+
+
+def test_resume_refuses_other_options(capsys, monkeypatch, tmp_path):
+    code, err = run_cli(capsys, monkeypatch, "transfer", "--resume", str(tmp_path / "c.npz"), "--size", "64",
+                        "--alpha", "1")
+    one_line_error(code, err, "leave out --size, --alpha")
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "--resume", str(tmp_path / "c.npz"))
+    one_line_error(code, err, "leave out CONTENT/STYLE")
+    code, err = run_cli(capsys, monkeypatch, "transfer", "--resume", str(tmp_path / "c.npz"))
+    one_line_error(code, err, "checkpoint", "not found")
+
+
+def test_cli_interrupt_checkpoint_and_resume_match_the_uninterrupted_run(capsys, monkeypatch, tmp_path,
+                                                                        content_path, style_path):
+    args = ["transfer", str(content_path), str(style_path), *SMALL, "-n", "16", "--checkpoint-every", "4", "-q"]
+    full_out = tmp_path / "full.png"
+    code, err = run_cli(capsys, monkeypatch, *args, "-o", str(full_out))
+    assert code == 0, err
+    full = load_checkpoint(tmp_path / "full.ckpt.npz")
+    assert full.iteration == 16 and len(full.history) == 16
+
+    # the same run, sent SIGINT (in this process) right after its first checkpoint
+    real_save = cli.save_checkpoint
+    sent = []
+
+    def save_then_interrupt(path, checkpoint):
+        real_save(path, checkpoint)
+        if not sent:
+            sent.append(checkpoint.iteration)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli, "save_checkpoint", save_then_interrupt)
+    out = tmp_path / "run.png"
+    code, err = run_cli(capsys, monkeypatch, *args, "-o", str(out))
+    monkeypatch.setattr(cli, "save_checkpoint", real_save)
+    assert code == 130 and sent == [4], err
+    assert "stylerun: SIGINT at iteration 4 of 16" in err and f"--resume {tmp_path / 'run.ckpt.npz'}" in err
+    stopped = load_checkpoint(tmp_path / "run.ckpt.npz")
+    assert stopped.iteration == 4 and stopped.lbfgs is not None
+    assert Image.open(out).size == (48, 32)
+
+    resumed_out = tmp_path / "resumed.png"
+    code, err = run_cli(capsys, monkeypatch, "transfer", "--resume", str(tmp_path / "run.ckpt.npz"),
+                        "-o", str(resumed_out))
+    assert code == 0, err
+    assert "resuming" in err and "at iteration 4 of 16, where it stopped" in err
+    done = load_checkpoint(tmp_path / "run.ckpt.npz")
+    assert done.iteration == 16 and len(done.history) == 16
+    assert abs(done.loss - full.loss) <= 0.02 * full.loss
+    assert done.loss == full.loss and done.history.tolist() == full.history.tolist()
+    assert np.array_equal(np.asarray(Image.open(resumed_out)), np.asarray(Image.open(full_out)))
+
+
+# --- 3. signals, with a real process -----------------------------------------------------------
+
+
+def start_cli(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "stderr.txt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "w") as f:
+        # a shell's background job starts with SIGINT ignored; the test wants the interactive case
+        proc = subprocess.Popen([sys.executable, "-m", "stylerun", *args], stdout=subprocess.DEVNULL, stderr=f,
+                                env=env, cwd=tmp_path,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return proc, log
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run ended or hung before it got there")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_the_best_image_and_a_checkpoint(tmp_path, content_path, style_path, sig, code):
+    out = tmp_path / "out.png"
+    ckpt = tmp_path / "out.ckpt.npz"
+    proc, log = start_cli(tmp_path, "transfer", str(content_path), str(style_path), "-o", str(out), *SMALL,
+                          "-n", "100000", "--checkpoint-every", "3")
+    wait_for(lambda: "iterations on" in log.read_text(), proc)  # it started iterating
+    wait_for(ckpt.exists, proc)  # and got through a few iterations
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    err = log.read_text()
+    assert "Traceback" not in err
+    name = signal.Signals(sig).name
+    line = [x for x in err.splitlines() if x.startswith(f"stylerun: {name} at iteration")]
+    assert len(line) == 1 and str(out) in line[0] and "--resume" in line[0], err
+    iteration = int(line[0].split("at iteration ")[1].split()[0])
+    assert iteration >= 3
+    with Image.open(out) as img:
+        assert img.size == (48, 32)
+    state = load_checkpoint(ckpt)
+    assert state.iteration == iteration and state.lbfgs is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ckpt.npz", "out.png", "stderr.txt"]
+
+
+def test_sigint_without_checkpoints_real_process(tmp_path, content_path, style_path):
+    out = tmp_path / "out.png"
+    proc, log = start_cli(tmp_path, "transfer", str(content_path), str(style_path), "-o", str(out), *SMALL,
+                          "-n", "100000")
+    wait_for(lambda: "iterations on" in log.read_text(), proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = log.read_text()
+    assert "Traceback" not in err and "stylerun: SIGINT at iteration" in err and "--resume" not in err
+    with Image.open(out) as img:
+        assert img.size == (48, 32) and np.isfinite(np.asarray(img, dtype=np.float32)).all()
+
+
+def test_stop_signals_second_signal_hurries():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopSignals() as stopper:
+        assert not stopper.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopper.requested() and stopper.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        stopper.hurry = False
+        os.kill(os.getpid(), signal.SIGINT)  # ignored while writing
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_animated_input_warns_on_stderr(tmp_path, content_path, style_path):
+    frames = [Image.open(content_path).convert("RGB").resize((72, 48)), Image.new("RGB", (72, 48), "red")]
+    gif = tmp_path / "anim.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "stylerun", "transfer", str(gif), str(style_path), "-o",
+                             str(tmp_path / "o.png"), *SMALL, "-n", "1", "-q"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == f"stylerun: warning: {gif}: animated image with 2 frames; using the first frame"
