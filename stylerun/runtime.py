@@ -26,8 +26,12 @@ CPU = "CPUExecutionProvider"
 #: Session settings, each chosen by measurement (docs/performance.md, tools/bench.py --variants).
 GRAPH_OPTIMIZATION = "all"  # "disable", "basic", "extended" or "all"
 CPU_MEM_ARENA = True
-MEM_PATTERN = True
-ALLOW_SPINNING = True  # intra-op threads busy-wait between ops instead of sleeping
+#: Off: the pre-planned pattern block raised a 512 px transfer's peak RSS from ~1.0 to ~1.5 GiB
+#: for no measurable speed (A/B 0.98-1.01).
+MEM_PATTERN = False
+#: Off: busy-waiting intra-op threads steal the core the other thread (or another process)
+#: needs on small machines; A/B 0.97 (256 px) and 0.92 (512 px) with it off.
+ALLOW_SPINNING = False
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
