@@ -162,7 +162,8 @@ def open_image(
 
     saved_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:  # Pillow's multi-line warnings, kept for below
+            warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = None  # opening reads the header only; the check right after names the size
             with Image.open(fp) as img:
@@ -179,7 +180,9 @@ def open_image(
                 img.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(img), background)
                 rgb.load()
-                return rgb
+        for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+            log.warning("%s: %s", name, message)  # e.g. corrupt EXIF data: the picture itself was fine
+        return rgb
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

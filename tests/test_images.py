@@ -228,6 +228,16 @@ def test_animated_image_uses_first_frame_with_a_warning(caplog):
         assert "animated image with 3 frames; using the first frame" in caplog.text, fmt
 
 
+def test_pillow_warnings_become_one_line_log_records(caplog):
+    broken_exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03\x00\x00\x00\x01"
+    data = encode(Image.new("RGB", (40, 40), "green"), "JPEG", exif=broken_exif)
+    with caplog.at_level(logging.WARNING, logger="stylerun"):
+        assert open_image(data).size == (40, 40)
+    assert [r.getMessage() for r in caplog.records] == [
+        "image data: Corrupt EXIF data. Expecting to read 12 bytes but only got 8."
+    ]
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 
