@@ -64,7 +64,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Turn a photo into a painting (Gatys, Ecker & Bethge) on ONNX Runtime alone."""
 
@@ -77,7 +79,9 @@ def _layer_set(content_layers: str, style_layers: str, pooling: str) -> tuple[di
 
 @app.command("export-vgg")
 def export_vgg_command(
-    output: Path = typer.Option(..., "-o", "--output", help="Model file to write (NAME.onnx; NAME.targets.onnx goes beside it)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Model file to write (NAME.onnx; NAME.targets.onnx goes beside it)."
+    ),
     content_layers: str = CONTENT_LAYERS_OPT,
     style_layers: str = STYLE_LAYERS_OPT,
     pooling: str = POOLING_OPT,

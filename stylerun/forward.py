@@ -28,8 +28,8 @@ import onnx
 from onnx import TensorProto
 
 from . import __version__
-from .graph import GraphBuilder, make_model
 from .errors import InputError
+from .graph import GraphBuilder, make_model
 from .vgg import POOLINGS, layer_by_name, sort_layers, truncated
 from .weights import VGG19Weights
 
@@ -56,7 +56,7 @@ class LayerSet:
     pooling: str = "max"
 
     @classmethod
-    def of(cls, content, style, pooling: str = "max") -> "LayerSet":
+    def of(cls, content, style, pooling: str = "max") -> LayerSet:
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling '{pooling}'; use one of: {', '.join(POOLINGS)}")
         content_t, style_t = tuple(sort_layers(content)), tuple(sort_layers(style))
@@ -178,7 +178,8 @@ def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelPr
         n = _channels(layer)
         b.rename_output(_gram(b, feats[layer], n, layer), style_target_name(layer))
         b.add_output(style_target_name(layer), [n, n])
-    return make_model(b.graph, _metadata(weights, layers, "targets"), doc="VGG19 content features and style Gram matrices")
+    doc = "VGG19 content features and style Gram matrices"
+    return make_model(b.graph, _metadata(weights, layers, "targets"), doc=doc)
 
 
 def _channels(layer: str) -> int:

@@ -6,7 +6,8 @@ Both the forward/loss construction (`forward.py`) and the differentiation pass
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -69,8 +70,11 @@ class GraphBuilder:
         self.graph.input.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
         return name
 
-    def add_output(self, name: str, shape: Sequence[int | str | None] | None, elem_type: int = TensorProto.FLOAT) -> str:
-        self.graph.output.append(helper.make_tensor_value_info(name, elem_type, None if shape is None else list(shape)))
+    def add_output(
+        self, name: str, shape: Sequence[int | str | None] | None, elem_type: int = TensorProto.FLOAT
+    ) -> str:
+        dims = None if shape is None else list(shape)
+        self.graph.output.append(helper.make_tensor_value_info(name, elem_type, dims))
         return name
 
     def rename_output(self, value: str, name: str) -> str:

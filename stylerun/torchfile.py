@@ -74,7 +74,7 @@ class _LazyTensor:
         if len(self.size) != len(self.stride):
             raise WeightsError("tensor whose size and stride disagree in rank")
         if 0 not in self.size:
-            last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+            last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
             if last >= data.size:
                 raise WeightsError(f"tensor reaches past the end of storage {self.storage.key!r}")
         else:

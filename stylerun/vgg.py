@@ -94,7 +94,8 @@ def parse_layer_weights(spec: str, what: str = "layers") -> dict[str, float]:
                 weight = float(weight_text)
             except ValueError:
                 raise InputError(
-                    f"{what}: weight '{weight_text}' of layer '{name}' is not a number (use NAME:WEIGHT, e.g. relu1_1:0.2)"
+                    f"{what}: weight '{weight_text}' of layer '{name}' is not a number "
+                    "(use NAME:WEIGHT, e.g. relu1_1:0.2)"
                 ) from None
             if not weight >= 0 or weight == float("inf"):
                 raise InputError(f"{what}: weight of layer '{name}' must be a finite number >= 0, got {weight_text}")

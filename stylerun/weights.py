@@ -96,7 +96,9 @@ def validate(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> No
                 f"{source}: layer '{name}' has kernel shape {tuple(kernel.shape)}, VGG19 needs {expected}"
             )
         if tuple(bias.shape) != (expected[0],):
-            raise WeightsError(f"{source}: layer '{name}' has bias shape {tuple(bias.shape)}, VGG19 needs ({expected[0]},)")
+            raise WeightsError(
+                f"{source}: layer '{name}' has bias shape {tuple(bias.shape)}, VGG19 needs ({expected[0]},)"
+            )
         if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
             raise WeightsError(f"{source}: layer '{name}' holds NaN or infinite weights")
 
@@ -163,7 +165,7 @@ def write_quantized_npz(path: str | Path, layers: dict[str, tuple[np.ndarray, np
         for name in CONV_NAMES:
             if name not in layers:
                 continue
-            for suffix, array in zip(("codes", "table", "bias"), layers[name]):
+            for suffix, array in zip(("codes", "table", "bias"), layers[name], strict=True):
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
                 info = zipfile.ZipInfo(f"{name}.{suffix}.npy", date_time=(1980, 1, 1, 0, 0, 0))

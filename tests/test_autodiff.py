@@ -95,8 +95,9 @@ def test_slice_keeps_a_box(rng):
     to_end = np.iinfo(np.int64).max
 
     def build(b, x):
-        later = b.op("Slice", x, b.const([1], "s", np.int64), b.const([to_end], "e", np.int64), b.const([0], "a", np.int64))
-        earlier = b.op("Slice", x, b.const([0], "s0", np.int64), b.const([-1], "e0", np.int64), b.const([0], "a", np.int64))
+        axis0 = b.const([0], "a", np.int64)
+        later = b.op("Slice", x, b.const([1], "s", np.int64), b.const([to_end], "e", np.int64), axis0)
+        earlier = b.op("Slice", x, b.const([0], "s0", np.int64), b.const([-1], "e0", np.int64), axis0)
         diff = b.op("Sub", later, earlier)  # (3, 3, 5)
         box = b.op("Slice", diff, b.const([1, 1], "s2", np.int64), b.const([-1, -2], "e2", np.int64),
                    b.const([1, 2], "a2", np.int64))  # (3, 1, 2)
@@ -114,7 +115,8 @@ def test_gram_matmul(rng):
 
 def test_matmul_with_constant(rng):
     m = rng.standard_normal((4, 2)).astype(np.float32)
-    _probe_gradient_check(lambda b, x: b.op("MatMul", x, b.const(m, "m")), rng.standard_normal((3, 4)).astype(np.float32), rng)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    _probe_gradient_check(lambda b, v: b.op("MatMul", v, b.const(m, "m")), x, rng)
 
 
 def test_reshape_transpose_unsqueeze(rng):

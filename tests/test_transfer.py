@@ -19,7 +19,8 @@ SIZE = 64
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stylerun", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        [sys.executable, "-m", "stylerun", *args],
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
     )
 
 
@@ -43,7 +44,8 @@ def test_loss_falls(small_loss):
     assert result.iterations == 8 and [p.iteration for p in seen] == list(range(1, 9))
     first, _ = small_loss.loss_and_grad(small_loss.content_image)
     assert result.loss < 0.5 * first
-    assert all(b <= a for a, b in zip(result.history, result.history[1:]))  # L-BFGS-B accepts only descent
+    # L-BFGS-B accepts only descent steps
+    assert all(b <= a for a, b in zip(result.history, result.history[1:], strict=False))
     assert result.image.shape == small_loss.shape and np.isfinite(result.image).all()
     assert 0 <= result.image.min() and result.image.max() <= 255  # boxed pixels
 

