@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+from .atomic import atomic_write
 from .errors import InputError
 from .forward import LayerSet
 from .images import check_output_path, check_requested_size, max_pixels, parse_color, same_file, to_uint8
@@ -193,15 +193,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
     if checkpoint.lbfgs is not None:
         arrays["lbfgs.scipy"] = np.array(scipy.__version__)
         arrays.update({f"lbfgs.{k}": v for k, v in checkpoint.lbfgs.arrays().items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

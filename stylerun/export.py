@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from . import __version__
+from .atomic import atomic_write
 from .autodiff import add_gradient
 from .errors import InputError
 from .forward import IMAGE, LOSS, LayerSet, build_loss_model, build_targets_model
@@ -40,12 +41,8 @@ def targets_path(loss_path: Path) -> Path:
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(model.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        f.write(model.SerializeToString())
 
 
 def build_models(weights: VGG19Weights, layers: LayerSet) -> tuple[onnx.ModelProto, onnx.ModelProto]:

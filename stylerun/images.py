@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from .atomic import atomic_write
 from .errors import InputError
 
 log = logging.getLogger("stylerun")
@@ -324,15 +325,8 @@ def save_image(array: np.ndarray, path: str | Path) -> Path:
         raise InputError(f"refusing to write {path}: the image has NaN or infinite pixels")
     img = Image.fromarray(to_uint8(array))
     fmt = _format_for(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        with open(tmp, "wb") as f:
-            img.save(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        img.save(f, format=fmt)
     return path
 
 
