@@ -314,6 +314,7 @@ def figures_command(
     which: str = typer.Option(",".join(figures.FIGURES), "--which", help="Comma-separated figures to make."),
     ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios",
                                help="alpha/beta values of the Figure 4 sweep (beta = 1)."),
+    sweep_init: str = typer.Option("random", "--sweep-init", help=f"Start of the Figure 4 panels: {', '.join(INITS)}."),
     seed: int = typer.Option(0, "--seed", help="Seed of the white-noise inits."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for onnxruntime (default: all cores)."),
@@ -331,7 +332,7 @@ def figures_command(
     if not sweep or not all(r >= 0 and r != float("inf") for r in sweep):
         raise StylerunError(f"--ratios must be finite numbers >= 0, got '{ratios}'")
     plan = figures.plan(content, styles, figures.parse_which(which), size=size, iterations=iterations, seed=seed,
-                        ratios=sweep)
+                        ratios=sweep, sweep_init=sweep_init)
     out.mkdir(parents=True, exist_ok=True)
 
     bar = Progress(

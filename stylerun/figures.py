@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import __version__
 from .errors import InputError
 from .images import check_size, fit_longest_side, open_image, save_image, to_uint8
-from .stylize import Progress, StyleLoss, initial_image, optimize
+from .stylize import INITS, Progress, StyleLoss, initial_image, optimize
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
@@ -179,12 +179,15 @@ def plan(
     iterations: int = 200,
     seed: int = 0,
     ratios: Sequence[float] = SWEEP_RATIOS,
+    sweep_init: str = "random",
 ) -> list[Figure]:
     """The figures asked for, as panels; nothing is run."""
     if not styles:
         raise InputError("give at least one style image")
     if size < 32:
         raise InputError(f"--size must be at least 32 pixels, got {size}")
+    if sweep_init not in INITS:
+        raise InputError(f"unknown sweep init '{sweep_init}'; use one of: {', '.join(INITS)}")
     if iterations < 1:
         raise InputError(f"--iterations must be >= 1, got {iterations}")
     # The style is resized to the content's shape, except in fig1-style, where it is its own content.
@@ -221,10 +224,13 @@ def plan(
     if "fig4" in which:
         panels = tuple(
             Panel("fig4", f"fig4_{i + 1:02d}_{r:.0e}", f"alpha/beta {r:.0e}", content, style0, float(r), 1.0,
-                  dict(DEFAULT_CONTENT_LAYERS), dict(DEFAULT_STYLE_LAYERS), "random", **common)
+                  dict(DEFAULT_CONTENT_LAYERS), dict(DEFAULT_STYLE_LAYERS), sweep_init, **common)
             for i, r in enumerate(ratios)
         )
-        figures.append(Figure("fig4", TITLES["fig4"] + f", style {Path(style0).stem}", panels))
+        title = TITLES["fig4"]
+        if sweep_init != "random":
+            title = title.replace("white noise", f"the {sweep_init} image")
+        figures.append(Figure("fig4", title + f", style {Path(style0).stem}", panels))
     return figures
 
 

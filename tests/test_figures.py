@@ -117,5 +117,10 @@ def test_plan_validates_inputs(images):
     plans = figures.plan(images["content"], [images["a"], images["b"]], figures.FIGURES, size=48, iterations=1)
     assert [len(f.panels) for f in plans] == [5, 5, 2, len(figures.SWEEP_RATIOS)]
     assert plans[1].panels[2].style_layers == pytest.approx({"relu1_1": 1 / 3, "relu2_1": 1 / 3, "relu3_1": 1 / 3})
+    sweep = figures.plan(images["content"], [images["a"]], ["fig4"], size=48, iterations=1, ratios=[1e-3],
+                         sweep_init="content")
+    assert [p.init for p in sweep[0].panels] == ["content"] and "the content image" in sweep[0].title
+    with pytest.raises(InputError, match="sweep init"):
+        figures.plan(images["content"], [images["a"]], ["fig4"], size=48, iterations=1, sweep_init="blank")
     with pytest.raises(InputError, match="32 pixels"):
         figures.plan(images["content"], [images["a"]], ["fig4"], size=20, iterations=1)
