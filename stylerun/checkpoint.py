@@ -7,8 +7,10 @@ A checkpoint is one ``.npz`` file, readable with ``numpy.load(path, allow_pickle
 ``settings``   a JSON string: input paths, output, size, weights, layers, init, seed, ...
 ``iteration``  the last completed L-BFGS-B iteration (int64 scalar)
 ``image``      the best image so far, (H, W, 3) float32 in 0..255, exactly as optimized
+               ((H, W, 1), the luminance, with ``preserve_color`` "luminance")
 ``content``    the content image after resizing, (H, W, 3) uint8
-``style``      the style image after resizing, (H, W, 3) uint8
+``style``      the (first) style image after resizing, (h, w, 3) uint8, before any colour
+               matching; ``style.1``, ``style.2``, ... the further styles of a blend
 ``loss``       the loss of ``image`` (float64 scalar)
 ``history``    the loss after every completed iteration (float64)
 ``lbfgs.*``    optional: L-BFGS-B's whole state (point, gradient, curvature pairs, line
@@ -41,16 +43,22 @@ import numpy as np
 import scipy
 
 from .atomic import atomic_write
+from .color import check_mode
 from .errors import InputError
 from .forward import LayerSet
 from .images import check_output_path, check_requested_size, max_pixels, parse_color, same_file, to_uint8
 from .stylize import (
+    ADAM_LEARNING_RATE,
     LbfgsState,
     _check_weight,
     _given_model,
     _layer_weights,
     check_device,
+    check_optimizer,
     check_run_options,
+    check_style_blend,
+    check_style_scale,
+    scale_plan,
 )
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
@@ -85,6 +93,16 @@ class RunSettings:
     checkpoint_every: int = -1
     checkpoint: str | None = None
     lbfgs_memory: int = 10
+    style_blend: list[float] | None = None
+    style_scale: float | None = None
+    preserve_color: str = "none"
+    tv_weight: float = 0.0
+    optimizer: str = "lbfgs"
+    learning_rate: float = ADAM_LEARNING_RATE
+    scales: int = 1
+
+    def style_paths(self) -> list[str]:
+        return list(self.style) if isinstance(self.style, (list, tuple)) else [self.style]
 
     def validate(self, *, force: bool = False) -> LayerSet:
         """Every check that needs no decoding and no model: run before any work starts.
@@ -113,19 +131,29 @@ class RunSettings:
             if value == 0 or value < -1:
                 flag = "--" + name.replace("_", "-")
                 raise InputError(f"{flag} must be a positive number of iterations, or -1 for never; got {value}")
-        if self.lbfgs_memory < 1:
-            raise InputError(f"L-BFGS memory must be >= 1, got {self.lbfgs_memory}")
+        check_optimizer(self.optimizer, self.learning_rate, self.lbfgs_memory)
+        _check_weight(self.tv_weight, "tv-weight")
+        check_mode(self.preserve_color)
+        check_style_scale(self.style_scale)
+        check_style_blend(self.style_blend, len(self.style_paths()))
+        if self.scales != 1:
+            if self.size is None:
+                raise InputError("--scales needs a --size")
+            scale_plan(self.size, self.scales, self.iterations)
+            if self.checkpoint_every > 0:
+                raise InputError("--scales above 1 cannot be checkpointed (the image changes size between scales); "
+                                 "leave out --checkpoint-every, or use --scales 1")
         check_device(self.device)
         output = check_output_path(self.output)
         if not force:
-            for what, path in (("content", self.content), ("style", self.style)):
+            for what, path in (("content", self.content), *(("style", s) for s in self.style_paths())):
                 if path and same_file(output, path):
                     raise InputError(f"output {output} is the {what} image; choose another -o, or add --force")
         if self.checkpoint_every > 0:
             ckpt = self.checkpoint_path()
             if not ckpt.parent.is_dir():
                 raise InputError(f"checkpoint folder {ckpt.parent} does not exist; create it first")
-            if same_file(ckpt, output) or any(p and same_file(ckpt, p) for p in (self.content, self.style)):
+            if same_file(ckpt, output) or any(p and same_file(ckpt, p) for p in (self.content, *self.style_paths())):
                 raise InputError(
                     f"checkpoint {ckpt} would overwrite an input or the output; choose another --checkpoint"
                 )
@@ -164,9 +192,9 @@ def default_checkpoint_path(output: str | Path) -> Path:
 class Checkpoint:
     settings: RunSettings
     iteration: int
-    image: np.ndarray  # (H, W, 3) float32
+    image: np.ndarray  # (H, W, 3) float32, or (H, W, 1) in luminance mode
     content: np.ndarray  # (H, W, 3) uint8
-    style: np.ndarray  # (H, W, 3) uint8
+    style: np.ndarray | list[np.ndarray]  # (h, w, 3) uint8 each, as resized, before colour matching
     loss: float = math.nan
     history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lbfgs: LbfgsState | None = None
@@ -178,15 +206,17 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
     """Write `checkpoint` to `path` atomically."""
     path = Path(path)
     image = np.asarray(checkpoint.image, dtype=np.float32)
-    if image.ndim != 3 or image.shape[2] != 3 or not np.isfinite(image).all():
+    if image.ndim != 3 or image.shape[2] not in (1, 3) or not np.isfinite(image).all():
         raise InputError(f"refusing to write checkpoint {path}: the image is not a finite (H, W, 3) array")
+    styles = checkpoint.style if isinstance(checkpoint.style, (list, tuple)) else [checkpoint.style]
     arrays = {
         "format": np.array(FORMAT),
         "settings": np.array(checkpoint.settings.to_json()),
         "iteration": np.array(int(checkpoint.iteration), dtype=np.int64),
         "image": image,
         "content": to_uint8(checkpoint.content),
-        "style": to_uint8(checkpoint.style),
+        "style": to_uint8(styles[0]),
+        **{f"style.{i}": to_uint8(extra) for i, extra in enumerate(styles[1:], start=1)},
         "loss": np.array(float(checkpoint.loss), dtype=np.float64),
         "history": np.asarray(checkpoint.history, dtype=np.float64),
     }
@@ -211,17 +241,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
             arrays = {k: data[k] for k in _ARRAYS}
+            extra_styles = [data[f"style.{i}"] for i in range(1, 1 + sum(k.startswith("style.") for k in data.files))]
             lbfgs_arrays = {k[len("lbfgs."):]: data[k] for k in data.files if k.startswith("lbfgs.")}
         if str(arrays["format"]) != FORMAT:
             raise ValueError(f"format {str(arrays['format'])!r}, this stylerun reads {FORMAT!r}")
         settings = RunSettings.from_json(str(arrays["settings"]))
         iteration = int(arrays["iteration"])
         image = np.asarray(arrays["image"], dtype=np.float32)
-        content, style = arrays["content"], arrays["style"]
-        if image.ndim != 3 or image.shape[2] != 3 or content.shape != image.shape or style.shape != image.shape:
+        content, styles = arrays["content"], [arrays["style"], *extra_styles]
+        channels = 1 if settings.preserve_color == "luminance" else 3
+        if (image.ndim != 3 or image.shape[2] != channels or content.shape != image.shape[:2] + (3,)
+                or any(s.ndim != 3 or s.shape[2] != 3 for s in styles)):
             raise ValueError("image, content and style shapes disagree")
-        if content.dtype != np.uint8 or style.dtype != np.uint8:
+        if len(styles) != len(settings.style_paths()):
+            raise ValueError(f"{len(styles)} style images for {len(settings.style_paths())} style paths")
+        if content.dtype != np.uint8 or any(s.dtype != np.uint8 for s in styles):
             raise ValueError("content and style must be uint8")
+        style = styles if len(styles) > 1 else styles[0]
         if not np.isfinite(image).all():
             raise ValueError("the image has non-finite pixels")
         if not 0 <= iteration <= int(settings.iterations):

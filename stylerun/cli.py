@@ -23,11 +23,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, figures
 from .checkpoint import Checkpoint, RunSettings, load_checkpoint, save_checkpoint
+from .color import PRESERVE_COLOR
 from .errors import StylerunError
 from .export import export_vgg
 from .forward import LayerSet
 from .images import MAX_PIXELS, MAX_PIXELS_ENV, save_image
-from .stylize import INITS, StopSignals, StyleLoss, initial_image, intermediate_path, optimize
+from .stylize import (
+    ADAM_LEARNING_RATE,
+    INITS,
+    OPTIMIZERS,
+    Result,
+    StopSignals,
+    StyleLoss,
+    check_style_blend,
+    initial_image,
+    intermediate_path,
+    optimize,
+    resize_image,
+    scale_plan,
+)
 from .stylize import Progress as StepProgress
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
 from .weights import load_weights
@@ -107,7 +121,9 @@ RESUME_OVERRIDES = ("output", "device", "threads", "quiet", "checkpoint", "force
 def transfer_command(
     ctx: typer.Context,
     content: Path | None = typer.Argument(None, help="Content photo (not with --resume).", show_default=False),
-    style: Path | None = typer.Argument(None, help="Style painting (not with --resume).", show_default=False),
+    style: list[Path] | None = typer.Argument(
+        None, help="Style painting(s); several are blended (see --style-blend). Not with --resume.",
+        show_default=False),
     output: Path | None = typer.Option(None, "-o", "--output", help="Output image (.png, .jpg, ...).",
                                        show_default=False),
     size: int = typer.Option(512, "--size",
@@ -117,7 +133,7 @@ def transfer_command(
     alpha: float = typer.Option(1e-6, "--alpha", help="Content weight (the seed's alpha)."),
     beta: float = typer.Option(1.0, "--beta", help="Style weight (the seed's beta)."),
     init: str = typer.Option("content", "--init", help=f"Starting image: {', '.join(INITS)}."),
-    iterations: int = typer.Option(500, "--iterations", "-n", help="L-BFGS-B iterations."),
+    iterations: int = typer.Option(500, "--iterations", "-n", help="Iterations (L-BFGS-B iterations, or Adam steps)."),
     save_every: int = typer.Option(-1, "--save-every",
                                    help="Also save OUTPUT_NNNN.ext every N iterations; -1 for never."),
     checkpoint_every: int = typer.Option(
@@ -146,8 +162,26 @@ def transfer_command(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu or cuda."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for onnxruntime (default: all cores)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    style_blend: str | None = typer.Option(
+        None, "--style-blend", show_default=False,
+        help="Weights of several STYLE images, e.g. 0.7,0.3 (normalized to sum 1; default equal)."),
+    style_scale: float | None = typer.Option(
+        None, "--style-scale", show_default=False,
+        help="Style size relative to the output: its longest side becomes S x the output's, keeping its aspect "
+             "(default: stretched to the output's size). Larger S, larger brush strokes."),
+    preserve_color: str = typer.Option(
+        "none", "--preserve-color",
+        help=f"Keep the photo's colours: {', '.join(PRESERVE_COLOR)} (luminance: style only the luminance; "
+             "histogram: recolour the style to the photo's palette first)."),
+    tv_weight: float = typer.Option(0.0, "--tv-weight", help="Total-variation weight: smooths the result."),
+    optimizer: str = typer.Option("lbfgs", "--optimizer", help=f"Optimizer: {' or '.join(OPTIMIZERS)}."),
+    learning_rate: float = typer.Option(ADAM_LEARNING_RATE, "--learning-rate",
+                                        help="Adam's step, in 0..255 pixel units."),
+    lbfgs_memory: int = typer.Option(10, "--lbfgs-memory", help="L-BFGS-B's history length (curvature pairs)."),
+    scales: int = typer.Option(1, "--scales",
+                               help="Optimize coarse to fine at SIZE/2^(N-1) ... SIZE, iterations split evenly."),
 ) -> None:
-    """Paint CONTENT in the style of STYLE and write the result to OUTPUT.
+    """Paint CONTENT in the style of STYLE (one or more) and write the result to OUTPUT.
 
     Ctrl-C or SIGTERM stops at the next evaluation and writes the best image so far (and a
     checkpoint, with --checkpoint-every). Exit status: 0 done, 2 bad input or option,
@@ -175,17 +209,23 @@ def transfer_command(
             logging.getLogger("stylerun").warning("%s; L-BFGS-B restarts its history", state.lbfgs_dropped)
         inputs = (state.content, state.style)
     else:
-        if content is None or style is None:
+        if content is None or not style:
             raise StylerunError("give a CONTENT and a STYLE image (or --resume CHECKPOINT)")
         if output is None:
             raise StylerunError("give an output image with -o OUTPUT (e.g. -o out.png)")
+        style_paths = [str(p.resolve()) for p in style]
         settings = RunSettings(
-            content=str(content.resolve()), style=str(style.resolve()), output=str(output.resolve()), size=size,
+            content=str(content.resolve()), style=style_paths[0] if len(style_paths) == 1 else style_paths,
+            output=str(output.resolve()), size=size,
             alpha=alpha, beta=beta, content_layers=content_layers, style_layers=style_layers, pooling=pooling,
             init=init, iterations=iterations, seed=seed, weights=str(weights.resolve()) if weights else None,
             model=str(model.resolve()) if model else None, device=device, threads=threads,
             background=background, max_pixels=max_pixels, save_every=save_every, checkpoint_every=checkpoint_every,
             checkpoint=str(checkpoint.resolve()) if checkpoint is not None else None,
+            lbfgs_memory=lbfgs_memory, style_blend=None if style_blend is None
+            else check_style_blend(style_blend, len(style)), style_scale=style_scale,
+            preserve_color=preserve_color, tv_weight=tv_weight, optimizer=optimizer, learning_rate=learning_rate,
+            scales=scales,
         )
         inputs = (content, style)
     settings.validate(force=force)  # every option, before any image is decoded or model exported
@@ -196,19 +236,23 @@ def transfer_command(
     try:
         with err.status("loading images and model (the first run with these layers exports VGG19)...") \
                 if not quiet else nullcontext():
-            loss = StyleLoss(*inputs, size=None if resume else settings.size, alpha=settings.alpha,
-                             beta=settings.beta, content_layers=settings.content_layers,
-                             style_layers=settings.style_layers, pooling=settings.pooling, weights=settings.weights,
-                             device=settings.device, model=settings.model, threads=settings.threads,
-                             background=settings.background, max_pixels=settings.max_pixels)
-            if start_image is None:
-                start_image = initial_image(settings.init, loss, settings.seed)
+            common = dict(alpha=settings.alpha, beta=settings.beta, content_layers=settings.content_layers,
+                          style_layers=settings.style_layers, pooling=settings.pooling, weights=settings.weights,
+                          device=settings.device, model=settings.model, threads=settings.threads,
+                          background=settings.background, max_pixels=settings.max_pixels,
+                          style_blend=settings.style_blend, style_scale=settings.style_scale,
+                          preserve_color=settings.preserve_color, tv_weight=settings.tv_weight)
+            loss = StyleLoss(*inputs, size=None if resume else settings.size, **common)
+            if settings.scales > 1:
+                scale_plan(settings.size, settings.scales, total, loss.shape)  # the coarsest image is big enough
+            if start_image is None and settings.scales == 1:
+                start_image = loss.to_variable(initial_image(settings.init, loss, settings.seed))
     except KeyboardInterrupt:
         _say("stylerun: interrupted before the first iteration; nothing written")
         raise typer.Exit(130) from None
 
     def write_checkpoint(image, iteration: int, value: float, state) -> None:
-        save_checkpoint(ckpt_path, Checkpoint(settings, iteration, image, loss.content_image, loss.style_image,
+        save_checkpoint(ckpt_path, Checkpoint(settings, iteration, image, loss.content_image, loss.style_images,
                                               value, np.asarray(history, dtype=np.float64), state))
 
     h, w, _ = loss.shape
@@ -219,32 +263,55 @@ def transfer_command(
         console=err, disable=quiet,
     )
 
+    current = {"loss": loss}  # the loss of the stage running now (--scales)
+
     def on_step(p: StepProgress) -> None:
         history.append(p.loss)
         rate = p.evaluations / p.elapsed if p.elapsed > 0 else 0.0
         bar.update(task, completed=p.iteration, loss=p.loss, content=p.content_loss, style=p.style_loss, rate=rate)
         # a full disk must not end the run: say so and go on, the final image is what matters
         if settings.save_every > 0 and p.iteration % settings.save_every == 0:
-            _keep_going(save_image, p.image, intermediate_path(out, p.iteration))
+            _keep_going(save_image, current["loss"].to_rgb(p.image), intermediate_path(out, p.iteration))
         if ckpt_path is not None and p.iteration % settings.checkpoint_every == 0:
             _keep_going(write_checkpoint, p.image, p.iteration, p.loss, p.lbfgs_state())
 
     with StopSignals() as stopper:
         if resume is not None and not quiet:
-            how = "where it stopped" if lbfgs is not None else "with a fresh L-BFGS-B history"
+            how = ("with fresh Adam moments" if settings.optimizer == "adam"
+                   else "where it stopped" if lbfgs is not None else "with a fresh L-BFGS-B history")
             _say(f"resuming {resume} at iteration {first_iteration} of {total}, {how}")
         if not quiet:
             _say(f"{w}x{h}, {total} iterations on {loss.provider}")
         with bar:
             task = bar.add_task("stylizing", total=total, completed=first_iteration, loss=float("nan"),
                                 content=float("nan"), style=float("nan"), rate=0.0)
-            result = optimize(loss, start_image, total, on_step, settings.lbfgs_memory,
-                              first_iteration=first_iteration, stop=stopper.requested, resume=lbfgs,
-                              init_loss=start_loss)
+            stopped: Result | None = None
+            if start_image is None:  # --scales N: the coarse stages, each from the last one upsampled
+                previous = None
+                for stage_size, end in scale_plan(settings.size, settings.scales, total)[:-1]:
+                    current["loss"] = coarse = StyleLoss(*inputs, size=stage_size, **common)
+                    begin = first_iteration
+                    start = (initial_image(settings.init, coarse, settings.seed) if previous is None
+                             else resize_image(previous, coarse.shape))
+                    stage = optimize(coarse.objective, coarse.to_variable(start), end, on_step,
+                                     settings.lbfgs_memory, first_iteration=begin, stop=stopper.requested,
+                                     optimizer=settings.optimizer, learning_rate=settings.learning_rate)
+                    previous, first_iteration = coarse.to_rgb(stage.image), end
+                    if stage.interrupted or stage.error:
+                        stopped, first_iteration = stage, stage.iterations
+                        break
+                current["loss"] = loss
+                start_image = loss.to_variable(resize_image(previous, loss.shape))
+            result = optimize(loss.objective, start_image, total if stopped is None else first_iteration, on_step,
+                              settings.lbfgs_memory, first_iteration=first_iteration, stop=stopper.requested,
+                              resume=lbfgs, init_loss=start_loss, optimizer=settings.optimizer,
+                              learning_rate=settings.learning_rate)
+            if stopped is not None:
+                result.interrupted, result.error = stopped.interrupted, stopped.error
         stopper.hurry = False  # from here on a signal must not cut the writing short
         wrote = math.isfinite(result.loss)  # False only when not one evaluation was finite
         if wrote:
-            _save_result(result.image, out)
+            _save_result(loss.to_rgb(result.image), out)
         if ckpt_path is not None and result.interrupted and math.isfinite(result.loss):
             write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
     resume_hint = f"; go on with: stylerun transfer --resume {ckpt_path}" if ckpt_path is not None else ""

@@ -107,3 +107,16 @@ def parse_layer_weights(spec: str, what: str = "layers") -> dict[str, float]:
 
 def format_layer_weights(weights: dict[str, float]) -> str:
     return ",".join(f"{name}:{w:g}" for name, w in weights.items())
+
+
+def spatial_size(layer: str, height: int, width: int) -> tuple[int, int]:
+    """(height, width) of `layer`'s feature map for an input of `height` x `width`.
+
+    Convolutions are 3x3 with padding 1 (size kept); each 2x2 stride-2 pool up to and
+    including `layer` halves both sides, rounding down (ONNX pooling without ceil mode).
+    """
+    index = _INDEX[check_layer(layer)]
+    for previous in LAYERS[: index + 1]:
+        if previous.kind == "pool":
+            height, width = height // 2, width // 2
+    return height, width
