@@ -47,6 +47,11 @@ _STORAGE_DTYPES = {
 class _StorageType:
     dtype: np.dtype
 
+    def __setstate__(self, state: Any) -> None:
+        # Without this, a pickle's BUILD opcode could rewrite the shared allow-listed
+        # instance (its __dict__) and change the dtype of every later load in the process.
+        raise WeightsError("refusing to load, the file tries to modify a torch storage type")
+
 
 @dataclass
 class _StorageRef:
@@ -108,16 +113,31 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only tensor-rebuild globals and refuses all others."""
+    """An unpickler that resolves only tensor-rebuild globals and refuses all others.
 
-    def __init__(self, file: BinaryIO, source: str, storages: dict[str, _StorageRef] | None = None):
-        super().__init__(file)
+    `allowed` replaces the tensor allow-list for other pickle-based formats (numpy's
+    object arrays, see `weight_formats`), so every pickle stylerun reads goes through
+    this one class and one refusal message. `encoding` is for Python 2 pickles, whose
+    byte strings must be decoded as latin-1 to survive.
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        source: str,
+        storages: dict[str, _StorageRef] | None = None,
+        *,
+        allowed: dict[tuple[str, str], Any] | None = None,
+        encoding: str = "ASCII",
+    ):
+        super().__init__(file, encoding=encoding)
         self._source = source
         self.storages = storages if storages is not None else {}
+        self._allowed = _ALLOWED_GLOBALS if allowed is None else allowed
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise WeightsError(
                 f"{self._source}: refusing to load, the file asks for the forbidden global "
@@ -143,6 +163,26 @@ def safe_unpickle(data: bytes, source: str = "pickle") -> Any:
     return SafeUnpickler(io.BytesIO(data), source).load()
 
 
+def _tensor_names(obj: Any, prefix: str = "") -> dict[str, str]:
+    """storage key -> the first tensor name that uses it, so errors can name the layer."""
+    names: dict[str, str] = {}
+    if isinstance(obj, _LazyTensor):
+        names[obj.storage.key] = prefix or "tensor"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            for key, name in _tensor_names(v, f"{prefix}.{k}" if prefix else str(k)).items():
+                names.setdefault(key, name)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            for key, name in _tensor_names(v, f"{prefix}[{i}]").items():
+                names.setdefault(key, name)
+    return names
+
+
+def _storage_label(key: str, names: dict[str, str]) -> str:
+    return f"storage {key!r} (tensor '{names[key]}')" if key in names else f"storage {key!r}"
+
+
 def _materialize(obj: Any) -> Any:
     if isinstance(obj, _LazyTensor):
         return obj.materialize()
@@ -163,15 +203,17 @@ def _load_zip(path: Path) -> Any:
         prefix = pkl[0][: -len("data.pkl")]
         unpickler = SafeUnpickler(io.BytesIO(zf.read(pkl[0])), source)
         obj = unpickler.load()
+        names = _tensor_names(obj)
         for key, ref in unpickler.storages.items():
             member = f"{prefix}data/{key}"
+            label = _storage_label(key, names)
             try:
                 info = zf.getinfo(member)
             except KeyError:
-                raise WeightsError(f"{source}: storage {key!r} is missing from the archive") from None
+                raise WeightsError(f"{source}: {label} is missing from the archive") from None
             expected = ref.numel * np.dtype(ref.dtype).itemsize
             if info.file_size != expected:
-                raise WeightsError(f"{source}: storage {key!r} holds {info.file_size} bytes, expected {expected}")
+                raise WeightsError(f"{source}: {label} holds {info.file_size} bytes, expected {expected}")
             ref.data = np.frombuffer(zf.read(member), dtype=np.dtype(ref.dtype).newbyteorder("<"))
     return _materialize(obj)
 
@@ -195,18 +237,20 @@ def _load_legacy(path: Path) -> Any:
         raise WeightsError(f"{source}: corrupt torch.save file ({exc})") from None
     if not isinstance(keys, list):
         raise WeightsError(f"{source}: corrupt torch.save file (storage key list)")
+    names = _tensor_names(obj)
     for key in keys:
         key = str(key)
+        label = _storage_label(key, names)
         header = f.read(8)
         if len(header) != 8:
-            raise WeightsError(f"{source}: truncated before storage {key!r}")
+            raise WeightsError(f"{source}: file truncated before {label}")
         (numel,) = struct.unpack("<q", header)
         ref = storages.get(key)
         if ref is None:
-            raise WeightsError(f"{source}: storage {key!r} is not referenced by any tensor")
+            raise WeightsError(f"{source}: {label} is not referenced by any tensor")
         nbytes = numel * np.dtype(ref.dtype).itemsize
         if numel < 0 or numel != ref.numel or f.tell() + nbytes > len(raw):
-            raise WeightsError(f"{source}: storage {key!r} is truncated or has a wrong size")
+            raise WeightsError(f"{source}: {label} is truncated or has a wrong size")
         start = f.tell()
         ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"), count=numel, offset=start)
         f.seek(start + nbytes)
