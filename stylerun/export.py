@@ -24,7 +24,7 @@ from .weights import VGG19Weights, bundled_path, file_sha256, load_weights
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.
-GRAPH_VERSION = "3"  # 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint
+GRAPH_VERSION = "4"  # 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint; 4: guided regions
 
 
 @dataclass(frozen=True)
@@ -104,4 +104,6 @@ def read_layers(path: str | Path) -> LayerSet:
     def names(key: str) -> list[str]:
         return [n for n in meta.get(key, "").split(",") if n]
 
-    return LayerSet.of(names("stylerun.content_layers"), names("stylerun.style_layers"), meta["stylerun.pooling"])
+    regions = int(meta.get("stylerun.regions", "0"))
+    content, style = names("stylerun.content_layers"), names("stylerun.style_layers")
+    return LayerSet.of(content, style, meta["stylerun.pooling"], regions)

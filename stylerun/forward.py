@@ -37,6 +37,7 @@ IMAGE = "image"
 LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", "tv_loss"
 CONTENT_WEIGHTS, STYLE_WEIGHTS, ALPHA, BETA = "content_weights", "style_weights", "alpha", "beta"
 TV_WEIGHT = "tv_weight"
+STYLE_GUIDE = "style_guide"
 
 
 def content_target_name(layer: str) -> str:
@@ -54,15 +55,18 @@ class LayerSet:
     content: tuple[str, ...]
     style: tuple[str, ...]
     pooling: str = "max"
+    regions: int = 0  # guided style: number of masked regions, each with its own Gram target; 0 = unguided
 
     @classmethod
-    def of(cls, content, style, pooling: str = "max") -> LayerSet:
+    def of(cls, content, style, pooling: str = "max", regions: int = 0) -> LayerSet:
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling '{pooling}'; use one of: {', '.join(POOLINGS)}")
         content_t, style_t = tuple(sort_layers(content)), tuple(sort_layers(style))
         if not content_t and not style_t:
             raise InputError("no content or style layers requested")
-        return cls(content_t, style_t, pooling)
+        if regions < 0:
+            raise InputError(f"number of guided regions must be >= 0, got {regions}")
+        return cls(content_t, style_t, pooling, int(regions))
 
     @property
     def deepest(self) -> str:
@@ -73,6 +77,7 @@ class LayerSet:
             "content_layers": ",".join(self.content),
             "style_layers": ",".join(self.style),
             "pooling": self.pooling,
+            "regions": str(self.regions),
         }
 
 
@@ -126,6 +131,36 @@ def _features(b: GraphBuilder, weights: VGG19Weights, layers: LayerSet) -> dict[
     return outputs
 
 
+def _guides(b: GraphBuilder, layers: LayerSet) -> dict[str, str]:
+    """STYLE_GUIDE (R, H, W) at every layer's resolution as (R, 1, h, w).
+
+    Masks follow the network's poolings with average pooling, so a layer's mask value is
+    the fraction of its receptive block that lies in the region.
+    """
+    mask = b.op("Unsqueeze", STYLE_GUIDE, b.const([1], "axis1", np.int64), hint="guide")
+    guides = {}
+    for layer in truncated(layers.content + layers.style):
+        if layer.kind == "pool":
+            mask = b.op("AveragePool", mask, kernel_shape=[2, 2], strides=[2, 2], hint=f"guide.{layer.name}")
+        guides[layer.name] = mask
+    return guides
+
+
+def _guided_grams(b: GraphBuilder, feature: str, guide: str, channels: int, layer: str, regions: int) -> list[str]:
+    """Per region r, the Gram of the masked features normalized by the mask's energy.
+
+    G_r = (F m_r)(F m_r)^T / sum(m_r^2): with a mask of ones this is G / M, so guided and
+    unguided losses agree; the normalization makes regions of any area comparable.
+    """
+    grams = []
+    for r in range(regions):
+        mask = b.op("Gather", guide, b.const([r], "region", np.int64), axis=0)  # (1, 1, h, w)
+        energy = b.op("Add", b.op("ReduceSumSquare", mask, keepdims=0), b.const(1e-8, "tiny"))
+        masked = b.op("Mul", feature, mask, hint=f"{layer}.masked{r}")
+        grams.append(b.op("Div", _gram(b, masked, channels, layer), energy, hint=f"{layer}.guided_gram{r}"))
+    return grams
+
+
 def _gram(b: GraphBuilder, feature: str, channels: int, layer: str) -> str:
     flat = b.op("Reshape", feature, b.const([channels, -1], "shape_c_m", np.int64), hint=f"{layer}.flat")
     return b.op("MatMul", flat, b.op("Transpose", flat, perm=[1, 0]), hint=f"{layer}.gram")
@@ -168,16 +203,29 @@ def _metadata(weights: VGG19Weights, layers: LayerSet, kind: str) -> dict[str, s
 
 
 def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
-    """image -> content_target.<l> (1, N, h, w) and style_target.<l> (N, N)."""
+    """image -> content_target.<l> (1, N, h, w) and style_target.<l> (N, N).
+
+    Guided (layers.regions = R > 0): also input style_guide (R, H, W), the style image's
+    masks, and style_target.<l> is (R, N, N), each region's normalized guided Gram.
+    """
     b = _new_builder()
     feats = _features(b, weights, layers)
+    guides = _guides(b, layers) if layers.regions else {}
+    if layers.regions:
+        b.add_input(STYLE_GUIDE, [layers.regions, "height", "width"])
     for layer in layers.content:
         b.rename_output(feats[layer], content_target_name(layer))
         b.add_output(content_target_name(layer), [1, None, None, None])
     for layer in layers.style:
         n = _channels(layer)
-        b.rename_output(_gram(b, feats[layer], n, layer), style_target_name(layer))
-        b.add_output(style_target_name(layer), [n, n])
+        if layers.regions:
+            grams = _guided_grams(b, feats[layer], guides[layer], n, layer, layers.regions)
+            stacked = [b.op("Unsqueeze", g, b.const([0], "axis0", np.int64)) for g in grams]
+            b.op("Concat", *stacked, axis=0, outputs=[style_target_name(layer)])
+            b.add_output(style_target_name(layer), [layers.regions, n, n])
+        else:
+            b.rename_output(_gram(b, feats[layer], n, layer), style_target_name(layer))
+            b.add_output(style_target_name(layer), [n, n])
     doc = "VGG19 content features and style Gram matrices"
     return make_model(b.graph, _metadata(weights, layers, "targets"), doc=doc)
 
@@ -193,13 +241,16 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
         b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])
     for layer in layers.style:
         n = _channels(layer)
-        b.add_input(style_target_name(layer), [n, n])
+        b.add_input(style_target_name(layer), [layers.regions, n, n] if layers.regions else [n, n])
+    if layers.regions:
+        b.add_input(STYLE_GUIDE, [layers.regions, "height", "width"])
     b.add_input(CONTENT_WEIGHTS, [len(layers.content)])
     b.add_input(STYLE_WEIGHTS, [len(layers.style)])
     b.add_input(ALPHA, [])
     b.add_input(BETA, [])
     b.add_input(TV_WEIGHT, [])
     feats = _features(b, weights, layers)
+    guides = _guides(b, layers) if layers.regions else {}
 
     def layer_weight(vector: str, i: int) -> str:
         return b.op("Gather", vector, b.const(i, "index", np.int64), axis=0)
@@ -213,10 +264,19 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
     style_terms = []
     for i, layer in enumerate(layers.style):
         n = _channels(layer)
-        gram = _gram(b, feats[layer], n, layer)
-        inv_norm = b.op("Reciprocal", b.op("Mul", _spatial_size(b, feats[layer]), b.const(2.0 * n, "two_n")))
-        diff = b.op("Mul", b.op("Sub", gram, style_target_name(layer)), inv_norm, hint=f"{layer}.style_diff")
-        sq = b.op("ReduceSumSquare", diff, keepdims=0)
+        if layers.regions:
+            # sum_r ((G_r - A_r) / (2N))^2 with normalized guided Grams (see _guided_grams)
+            squares = []
+            for r, gram in enumerate(_guided_grams(b, feats[layer], guides[layer], n, layer, layers.regions)):
+                target = b.op("Gather", style_target_name(layer), b.const(r, "index", np.int64), axis=0)
+                diff = b.op("Mul", b.op("Sub", gram, target), b.const(0.5 / n, "half_over_n"))
+                squares.append(b.op("ReduceSumSquare", diff, keepdims=0))
+            sq = b.op("Sum", *squares)
+        else:
+            gram = _gram(b, feats[layer], n, layer)
+            inv_norm = b.op("Reciprocal", b.op("Mul", _spatial_size(b, feats[layer]), b.const(2.0 * n, "two_n")))
+            diff = b.op("Mul", b.op("Sub", gram, style_target_name(layer)), inv_norm, hint=f"{layer}.style_diff")
+            sq = b.op("ReduceSumSquare", diff, keepdims=0)
         style_terms.append(b.op("Mul", sq, layer_weight(STYLE_WEIGHTS, i), hint=f"{layer}.style"))
 
     def total(terms: list[str], name: str) -> str:
