@@ -1,6 +1,6 @@
 """Loss-term magnitudes behind the alpha/beta question (no optimization; CPU friendly).
 
-Usage: python docs/figures/alpha_beta.py CONTENT STYLE [FIG_DIR] > docs/figures/alpha_beta.json
+Usage: python tools/alpha_beta.py CONTENT STYLE [FIG_DIR] > docs/figures/alpha_beta.json
 
 For each size, measures at three starting images (white noise, the content photo, the
 style painting resized to the photo) the content term (relu4_2, weight 1) and the style
