@@ -54,6 +54,7 @@ from .stylize import (
     _given_model,
     _layer_weights,
     check_device,
+    check_masks,
     check_optimizer,
     check_run_options,
     check_style_blend,
@@ -100,6 +101,8 @@ class RunSettings:
     optimizer: str = "lbfgs"
     learning_rate: float = ADAM_LEARNING_RATE
     scales: int = 1
+    content_masks: list[str] | None = None
+    style_masks: list[str] | None = None
 
     def style_paths(self) -> list[str]:
         return list(self.style) if isinstance(self.style, (list, tuple)) else [self.style]
@@ -114,7 +117,8 @@ class RunSettings:
         _check_weight(self.beta, "beta")
         self.content_layers = _layer_weights(self.content_layers, DEFAULT_CONTENT_LAYERS, "--content-layers")
         self.style_layers = _layer_weights(self.style_layers, DEFAULT_STYLE_LAYERS, "--style-layers")
-        layers = LayerSet.of(self.content_layers, self.style_layers, self.pooling)
+        regions = check_masks(self.content_masks, self.style_masks, len(self.style_paths()), self.style_blend)
+        layers = LayerSet.of(self.content_layers, self.style_layers, self.pooling, regions)
         check_run_options(init=self.init, iterations=self.iterations, seed=self.seed)
         if self.max_pixels is not None:
             max_pixels(self.max_pixels)

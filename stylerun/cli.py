@@ -180,6 +180,13 @@ def transfer_command(
     lbfgs_memory: int = typer.Option(10, "--lbfgs-memory", help="L-BFGS-B's history length (curvature pairs)."),
     scales: int = typer.Option(1, "--scales",
                                help="Optimize coarse to fine at SIZE/2^(N-1) ... SIZE, iterations split evenly."),
+    content_mask: list[Path] | None = typer.Option(
+        None, "--content-mask", show_default=False,
+        help="Region guidance: a mask image (white = in) per STYLE, in order, saying where in the output that "
+             "style goes."),
+    style_mask: list[Path] | None = typer.Option(
+        None, "--style-mask", show_default=False,
+        help="Region guidance: a mask per STYLE saying which part of that style image to take the style from."),
 ) -> None:
     """Paint CONTENT in the style of STYLE (one or more) and write the result to OUTPUT.
 
@@ -226,6 +233,8 @@ def transfer_command(
             else check_style_blend(style_blend, len(style)), style_scale=style_scale,
             preserve_color=preserve_color, tv_weight=tv_weight, optimizer=optimizer, learning_rate=learning_rate,
             scales=scales,
+            content_masks=[str(p.resolve()) for p in content_mask] if content_mask else None,
+            style_masks=[str(p.resolve()) for p in style_mask] if style_mask else None,
         )
         inputs = (content, style)
     settings.validate(force=force)  # every option, before any image is decoded or model exported
@@ -241,7 +250,8 @@ def transfer_command(
                           device=settings.device, model=settings.model, threads=settings.threads,
                           background=settings.background, max_pixels=settings.max_pixels,
                           style_blend=settings.style_blend, style_scale=settings.style_scale,
-                          preserve_color=settings.preserve_color, tv_weight=settings.tv_weight)
+                          preserve_color=settings.preserve_color, tv_weight=settings.tv_weight,
+                          content_masks=settings.content_masks, style_masks=settings.style_masks)
             loss = StyleLoss(*inputs, size=None if resume else settings.size, **common)
             if settings.scales > 1:
                 scale_plan(settings.size, settings.scales, total, loss.shape)  # the coarsest image is big enough

@@ -16,7 +16,18 @@ import onnxruntime as ort
 
 from .errors import InputError
 from .export import GRAD, ModelFiles
-from .forward import ALPHA, BETA, CONTENT_LOSS, CONTENT_WEIGHTS, IMAGE, LOSS, STYLE_LOSS, STYLE_WEIGHTS, TV_WEIGHT
+from .forward import (
+    ALPHA,
+    BETA,
+    CONTENT_LOSS,
+    CONTENT_WEIGHTS,
+    IMAGE,
+    LOSS,
+    STYLE_GUIDE,
+    STYLE_LOSS,
+    STYLE_WEIGHTS,
+    TV_WEIGHT,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -122,10 +133,16 @@ class LossModel:
             self._targets_session = create_session(*self._targets_args)
         return self._targets_session
 
-    def targets(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Content features and style Gram matrices of an (H, W, 3) RGB 0..255 image."""
+    def targets(self, image: np.ndarray, guide: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Content features and style Gram matrices of an (H, W, 3) RGB 0..255 image.
+
+        Guided models also take `guide`, the (R, H, W) masks under which each region's Gram is taken.
+        """
         names = [o.name for o in self.targets_session.get_outputs()]
-        values = self.targets_session.run(names, {IMAGE: np.ascontiguousarray(image, dtype=np.float32)})
+        feeds = {IMAGE: np.ascontiguousarray(image, dtype=np.float32)}
+        if guide is not None:
+            feeds[STYLE_GUIDE] = np.ascontiguousarray(guide, dtype=np.float32)
+        values = self.targets_session.run(names, feeds)
         return dict(zip(names, values, strict=True))
 
     def bind(

@@ -23,7 +23,7 @@ from scipy.optimize import Bounds, minimize
 from . import color
 from .errors import InputError, StylerunError
 from .export import ModelFiles, cached_export, read_layers, targets_path
-from .forward import LayerSet, content_target_name, style_target_name
+from .forward import STYLE_GUIDE, LayerSet, content_target_name, style_target_name
 from .images import (
     MIN_SIDE,
     WHITE,
@@ -135,9 +135,32 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_masks(content_masks, style_masks, n_styles: int, style_blend) -> int:
+    """Guided regions asked for: one per style when any masks are given, else 0."""
+    if content_masks is None and style_masks is None:
+        return 0
+    for flag, masks in (("--content-mask", content_masks), ("--style-mask", style_masks)):
+        if masks is not None and len(masks) != n_styles:
+            raise InputError(f"{flag} given {len(masks)} times for {n_styles} style image(s); give one per style, "
+                             "in the order of the styles")
+    if style_blend is not None:
+        raise InputError("--style-blend does not apply with masks: each style paints its own --content-mask region")
+    return n_styles
+
+
+def load_mask(source, size: tuple[int, int], **load) -> np.ndarray:
+    """A mask image as (h, w) float32 in 0..1 (its luminance), resized to `size` = (w, h)."""
+    img = as_image(source, **load) if not isinstance(source, np.ndarray) or source.ndim == 3 else \
+        Image.fromarray(np.clip(np.rint(source * 255.0), 0, 255).astype(np.uint8)).convert("RGB")
+    return np.asarray(resize(img, size).convert("L"), dtype=np.float32) / 255.0
+
+
 def check_model(model: str | Path, layers: LayerSet) -> LayerSet:
     """The layer set of an exported model, refused unless it has every layer and the pooling asked for."""
     exported = read_layers(model)
+    if exported.regions != layers.regions:
+        raise InputError(f"model {model} was exported for {exported.regions} guided regions, but {layers.regions} "
+                         "were asked (one per style when masks are given); leave out --model")
     if exported.pooling != layers.pooling:
         raise InputError(f"model {model} was exported with {exported.pooling} pooling, but {layers.pooling} was asked")
     for kind, asked, has in (("content", layers.content, exported.content), ("style", layers.style, exported.style)):
@@ -198,6 +221,8 @@ class StyleLoss:
         style_scale: float | None = None,
         preserve_color: str = "none",
         tv_weight: float = 0.0,
+        content_masks=None,
+        style_masks=None,
     ):
         # every option is checked before an image is decoded or a model exported
         self.alpha = _check_weight(alpha, "alpha")
@@ -205,6 +230,7 @@ class StyleLoss:
         self.tv_weight = _check_weight(tv_weight, "tv-weight")
         self.preserve_color = color.check_mode(preserve_color)
         styles = style_list(style)
+        self.regions = check_masks(content_masks, style_masks, len(styles), style_blend)
         self.style_blend = check_style_blend(style_blend, len(styles))
         self.style_scale = check_style_scale(style_scale)
         self.content_layers = _layer_weights(content_layers, DEFAULT_CONTENT_LAYERS, "content layers")
@@ -215,7 +241,7 @@ class StyleLoss:
             raise InputError(f"--threads must be >= 1, got {threads}")
         check_device(device)
         background = parse_color(background)
-        asked = LayerSet.of(self.content_layers, self.style_layers, pooling)
+        asked = LayerSet.of(self.content_layers, self.style_layers, pooling, self.regions)
         files = _given_model(asked, model, weights)
 
         self.content_image = load_image(content, size, background=background, limit=max_pixels,
@@ -228,9 +254,13 @@ class StyleLoss:
 
         self.model = LossModel(files or cached_export(asked, weights), device, threads)
         layers = self.model.layers
-        content_targets = self.model.targets(self.seen(self.content_image))
+        content_targets = self.model.targets(self.seen(self.content_image), self._guide(None, None, h, w))
         targets = {content_target_name(n): content_targets[content_target_name(n)] for n in layers.content}
+        if self.regions:
+            targets.update(self._guided_targets(content_masks, style_masks, background, max_pixels))
         for weight, image in zip(self.style_blend, self.style_images, strict=True):
+            if self.regions:
+                break  # each style paints its own region: no blend
             if not layers.style or weight == 0:
                 continue
             sh, sw, _ = image.shape
@@ -253,6 +283,36 @@ class StyleLoss:
         self.targets = targets
         self.shape = self.content_image.shape
         self.last_terms = (math.nan, math.nan)
+
+    def _guide(self, index: int | None, masks, h: int, w: int, **load) -> np.ndarray | None:
+        """The (R, h, w) style_guide input: mask `index` of `masks` in every row, or each mask in its
+        own row (index None); a missing list means the whole image. None when unguided."""
+        if not self.regions:
+            return None
+
+        def one(i: int) -> np.ndarray:
+            if masks is None:
+                return np.ones((h, w), np.float32)
+            return load_mask(masks[i], (w, h), **load)
+
+        rows = [one(index)] * self.regions if index is not None else [one(i) for i in range(self.regions)]
+        return np.stack(rows).astype(np.float32)
+
+    def _guided_targets(self, content_masks, style_masks, background, limit) -> dict[str, np.ndarray]:
+        """Style i's guided Grams, taken under its --style-mask, become region i's target;
+        the content masks say where in the output each region lies."""
+        h, w, _ = self.content_image.shape
+        load = {"background": background, "limit": limit}
+        per_style = []
+        for i, image in enumerate(self.style_images):
+            sh, sw, _ = image.shape
+            guide = self._guide(i, style_masks, sh, sw, **load)
+            per_style.append(self.model.targets(self.seen(self.style_for_targets(image)), guide))
+        targets = {STYLE_GUIDE: self._guide(None, content_masks, h, w, **load)}
+        for n in self.model.layers.style:
+            name = style_target_name(n)
+            targets[name] = np.stack([grams[name][i] for i, grams in enumerate(per_style)])
+        return targets
 
     def _fit_style(self, img: Image.Image, limit: int | None) -> np.ndarray:
         h, w, _ = self.content_image.shape
@@ -748,6 +808,8 @@ def transfer(
     learning_rate: float = ADAM_LEARNING_RATE,
     lbfgs_memory: int = 10,
     scales: int = 1,
+    content_masks=None,
+    style_masks=None,
 ) -> Image.Image:
     """Paint `content` in the style of `style`; the Python twin of `stylerun transfer`.
 
@@ -772,7 +834,8 @@ def transfer(
         loss = StyleLoss(content, style, size=stage_size, alpha=alpha, beta=beta, content_layers=content_layers,
                          style_layers=style_layers, pooling=pooling, weights=weights, device=device, model=model,
                          threads=threads, background=background, max_pixels=max_pixels, style_blend=style_blend,
-                         style_scale=style_scale, preserve_color=preserve_color, tv_weight=tv_weight)
+                         style_scale=style_scale, preserve_color=preserve_color, tv_weight=tv_weight,
+                         content_masks=content_masks, style_masks=style_masks)
         start = initial_image(init, loss, seed) if previous is None else resize_image(previous, loss.shape)
         result = optimize(loss.objective, loss.to_variable(start), end, callback, lbfgs_memory,
                           first_iteration=begin, optimizer=optimizer, learning_rate=learning_rate)

@@ -300,3 +300,48 @@ def test_cli_multiscale_and_adam(capsys, monkeypatch, tmp_path, content_path, st
     code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "--scales", "2",
                         "--checkpoint-every", "2", "-o", str(tmp_path / "x.png"))
     assert code == 2 and "--scales above 1 cannot be checkpointed" in err
+
+
+def test_region_masks_guide_each_style_to_its_region(content_path, style_path, shipwreck):
+    """--content-mask: a style whose region is the whole image acts exactly like that style alone
+    (the other region is empty and adds only a constant); masks of the wrong count are refused."""
+    other = shipwreck
+    kw = dict(size=48, alpha=1e-3, style_layers="relu1_1,relu2_1")
+    plain = StyleLoss(content_path, style_path, **kw)
+    h, w, _ = plain.shape
+    ones, zeros = np.ones((h, w), np.float32), np.zeros((h, w), np.float32)
+    guided = StyleLoss(content_path, [style_path, other], content_masks=[ones, zeros], **kw)
+    assert guided.targets["style_target.relu1_1"].shape == (2, 64, 64)
+    x = plain.content_image * 0.7 + 20
+    _, g_plain = plain.loss_and_grad(x)
+    _, g_guided = guided.loss_and_grad(x)
+    np.testing.assert_allclose(g_guided, g_plain, rtol=1e-4, atol=1e-4 * np.abs(g_plain).max())
+
+    left = np.zeros((h, w), np.float32)
+    left[:, : w // 2] = 1
+    split = StyleLoss(content_path, [style_path, other], content_masks=[left, 1 - left], **kw)
+    _, g_split = split.loss_and_grad(x)
+    # each half of the gradient is driven by its own style only
+    assert not np.allclose(g_split, g_plain, rtol=1e-2)
+    with pytest.raises(InputError, match="one per style"):
+        StyleLoss(content_path, [style_path, other], content_masks=[left], **kw)
+    with pytest.raises(InputError, match="style-blend"):
+        StyleLoss(content_path, [style_path, other], content_masks=[left, 1 - left], style_blend=[1, 1], **kw)
+
+
+def test_cli_region_masks(content_path, style_path, shipwreck, tmp_path):
+    import subprocess
+
+    left = np.zeros((40, 60), np.uint8)
+    left[:, :30] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    Image.fromarray(255 - left).save(tmp_path / "right.png")
+    out = tmp_path / "masked.png"
+    base = [sys.executable, "-m", "stylerun", "transfer", str(content_path), str(style_path), str(shipwreck),
+            "-o", str(out), "--size", "48", "-n", "2", "-q", "--content-mask", str(tmp_path / "left.png")]
+    ok = subprocess.run(base + ["--content-mask", str(tmp_path / "right.png")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert out.is_file()
+    bad = subprocess.run(base, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "one per style" in bad.stderr.strip().splitlines()[-1]
