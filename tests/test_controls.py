@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from stylerun import cli, color
@@ -32,14 +33,6 @@ from stylerun.vgg import spatial_size
 
 LAYERS = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
 CLI_LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
-
-
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["stylerun", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    code = info.value.code
-    return (0 if code is None else int(code)), capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from stylerun import checkpoint as ckpt_mod
@@ -33,15 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
 SMALL = ["--size", "48", *LAYERS]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
-    """`stylerun ARGS` in this process: (exit status, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["stylerun", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    code = info.value.code
-    return (0 if code is None else int(code)), capsys.readouterr().err
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> str:
