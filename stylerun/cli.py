@@ -44,6 +44,7 @@ from .stylize import (
 )
 from .stylize import Progress as StepProgress
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
+from .weight_formats import detect_format
 from .weights import load_weights
 
 app = typer.Typer(
@@ -238,6 +239,10 @@ def transfer_command(
         )
         inputs = (content, style)
     settings.validate(force=force)  # every option, before any image is decoded or model exported
+    if settings.weights:  # an unsupported file is refused here, before any work
+        weights_format = detect_format(settings.weights)
+        if not quiet:
+            _say(f"weights: {settings.weights} ({weights_format})")
     out = output if output is not None else Path(settings.output)
     ckpt_path = settings.checkpoint_path() if settings.checkpoint_every > 0 else None
     total = settings.iterations

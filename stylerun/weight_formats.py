@@ -87,6 +87,14 @@ def load_any(path: str | Path) -> VGG19Weights:
         raise WeightsError(f"{path}: corrupt or unsupported {kind} file ({detail})") from None
 
 
+def detect_format(path: str | Path) -> str:
+    """The format of a weights file, from its first bytes only (cheap; WeightsError if unsupported)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    return _detect(path)[0]
+
+
 def _detect(path: Path) -> tuple[str, Callable[[Path], VGG19Weights]]:
     """Name the format from magic numbers (and, for protobuf, the shape of its fields)."""
     with open(path, "rb") as f:

@@ -148,3 +148,12 @@ def test_package_has_no_framework_imports():
         text = path.read_text()
         for framework in ("import torch", "from torch", "import tensorflow", "import jax"):
             assert framework not in text, f"{path} imports a deep-learning framework"
+
+
+def test_unsupported_weights_file_is_refused_before_work(content_path, style_path, tmp_path):
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(b"not a weights file at all")
+    result = run_cli("transfer", str(content_path), str(style_path), "-o", str(tmp_path / "o.png"),
+                     "--weights", str(bad))
+    assert_user_error(result, "unrecognised weights format")
+    assert not (tmp_path / "o.png").exists()
