@@ -47,9 +47,9 @@ from .color import check_mode
 from .errors import InputError
 from .forward import LayerSet
 from .images import check_output_path, check_requested_size, max_pixels, parse_color, same_file, to_uint8
+from .optimizers import LbfgsState
 from .stylize import (
     ADAM_LEARNING_RATE,
-    LbfgsState,
     _check_weight,
     _given_model,
     _layer_weights,

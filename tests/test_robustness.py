@@ -28,7 +28,8 @@ from stylerun.checkpoint import Checkpoint, RunSettings, load_checkpoint, save_c
 from stylerun.errors import InputError
 from stylerun.export import export_vgg
 from stylerun.forward import LayerSet
-from stylerun.stylize import LbfgsState, NumericError, StopSignals, StyleLoss, initial_image, optimize
+from stylerun.optimizers import LbfgsState
+from stylerun.stylize import NumericError, StopSignals, StyleLoss, initial_image, optimize
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
@@ -361,12 +362,12 @@ def test_driver_takes_the_same_steps_as_minimize(monkeypatch):
     loss = Quadratic(shape=(12, 12, 3), seed=3)
     start = np.zeros(loss.shape, np.float32)
     driven = optimize(loss, start, 15)
-    monkeypatch.setattr(stylize, "_setulb", lambda: None)
+    monkeypatch.setattr(stylize, "lbfgsb_driver", lambda: None)
     assert optimize(loss, start, 15).history == driven.history
 
 
 def test_without_the_driver_a_resume_restarts_the_history(monkeypatch):
-    monkeypatch.setattr(stylize, "_setulb", lambda: None)
+    monkeypatch.setattr(stylize, "lbfgsb_driver", lambda: None)
     loss = Quadratic(shape=(16, 16, 3))
     start = np.full(loss.shape, 128, np.float32)
     first = optimize(loss, start, 30, stop=stop_after_evaluations(9))
