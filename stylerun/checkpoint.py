@@ -48,12 +48,12 @@ from .errors import InputError
 from .forward import LayerSet
 from .images import check_output_path, check_requested_size, max_pixels, parse_color, same_file, to_uint8
 from .optimizers import LbfgsState
+from .runtime import check_device
 from .stylize import (
     ADAM_LEARNING_RATE,
     _check_weight,
     _given_model,
     _layer_weights,
-    check_device,
     check_masks,
     check_optimizer,
     check_run_options,

@@ -68,12 +68,10 @@ def _session_options(threads: int | None, profile_prefix: str | None = None) -> 
     return options
 
 
-def create_session(
-    path: Path, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
-) -> ort.InferenceSession:
-    """A session on `device`; `auto` takes CUDA when it works here and falls back quietly."""
+def check_device(device: str) -> str:
+    """Refuse an unknown device, or `cuda` where this onnxruntime has no CUDA provider, before any work."""
     if device not in DEVICES:
-        raise InputError(f"unknown device '{device}'; use one of: {', '.join(DEVICES)}")
+        raise InputError(f"unknown --device '{device}'; use one of: {', '.join(DEVICES)}")
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
         raise InputError(
@@ -81,7 +79,15 @@ def create_session(
             f"(available: {', '.join(available)}); install onnxruntime-gpu with "
             "`pip install 'stylerun[cuda]'`, or use --device cpu"
         )
-    providers = [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
+    return device
+
+
+def create_session(
+    path: Path, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
+) -> ort.InferenceSession:
+    """A session on `device`; `auto` takes CUDA when it works here and falls back quietly."""
+    check_device(device)
+    providers = [CUDA, CPU] if device != "cpu" and CUDA in ort.get_available_providers() else [CPU]
     options = _session_options(threads, profile_prefix)
     # onnxruntime prints its own fallback notice (stdout) and log lines (stderr) when the
     # CUDA libraries are missing; the provider actually in use is reported instead.

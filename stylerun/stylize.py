@@ -36,7 +36,7 @@ from .images import (
     to_array,
 )
 from .optimizers import LbfgsState, adam, drive_lbfgsb, lbfgsb_driver, start_state
-from .runtime import CUDA, DEVICES, LossModel
+from .runtime import LossModel, check_device
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, parse_layer_weights, spatial_size
 
 INITS = ("content", "style", "white", "random")
@@ -116,23 +116,6 @@ def check_optimizer(optimizer: str = "lbfgs", learning_rate: float = ADAM_LEARNI
         raise InputError(f"--learning-rate must be a finite number > 0, got {learning_rate}")
     if isinstance(lbfgs_memory, bool) or not isinstance(lbfgs_memory, (int, np.integer)) or lbfgs_memory < 1:
         raise InputError(f"--lbfgs-memory must be a whole number >= 1, got {lbfgs_memory}")
-
-
-def check_device(device: str) -> str:
-    """Refuse an unknown device, or `cuda` where this onnxruntime has no CUDA provider, before any work."""
-    if device not in DEVICES:
-        raise InputError(f"unknown --device '{device}'; use one of: {', '.join(DEVICES)}")
-    if device == "cuda":
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if CUDA not in available:
-            raise InputError(
-                "--device cuda: this onnxruntime has no CUDA provider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu with "
-                "`pip install 'stylerun[cuda]'`, or use --device cpu"
-            )
-    return device
 
 
 def check_masks(content_masks, style_masks, n_styles: int, style_blend) -> int:
