@@ -132,18 +132,8 @@ def _pickled_long(value: int) -> bytes:
 
 
 def _finish(path: Path, convs: Convs, convention: InputConvention, fmt: str) -> VGG19Weights:
-    """Validate (naming the bad layer, hinting at VGG16) and wrap, fingerprinted by the file's bytes."""
-    _validate(convs, str(path))
+    """Wrap, fingerprinted by the file's bytes; VGG19Weights validates (naming the bad layer)."""
     return VGG19Weights(convs, convention, source=str(path), format=fmt, fingerprint=file_sha256(path))
-
-
-def _validate(convs: Convs, source: str) -> None:
-    try:
-        validate(convs, source)
-    except WeightsError as exc:
-        if len(convs) == 13:
-            raise WeightsError(f"{exc} (the file has 13 convolutions, like VGG16; stylerun needs VGG19)") from None
-        raise
 
 
 # --------------------------------------------------------------------------- array helpers
@@ -252,7 +242,7 @@ def _torchvision_convs(state: dict[str, Any], source: str) -> Convs:
         if "bias" not in entry:
             raise WeightsError(f"{source}: layer '{name}' (features.{index}) has no bias")
         convs[name] = (_oihw(entry["weight"], name, source), _bias(entry["bias"], name, source))
-    _validate(convs, source)
+    validate(convs, source)  # shapes first: a VGG16 file is named as such, not by a misplaced index
     for name, index, expected in zip(CONV_NAMES, indices, _TORCHVISION_INDEX, strict=False):
         if index != expected:
             raise WeightsError(

@@ -77,8 +77,17 @@ def validate(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> No
     """Refuse weights that are not VGG19's, naming the first layer that is wrong.
 
     A truncated file (a prefix of the conv layers) is accepted: it can still serve the
-    layers it holds.
+    layers it holds. A file with VGG16's 13 convolutions gets a hint saying so.
     """
+    try:
+        _check_vgg19(convs, source)
+    except WeightsError as exc:
+        if len(convs) == 13:
+            raise WeightsError(f"{exc} (the file has 13 convolutions, like VGG16; stylerun needs VGG19)") from None
+        raise
+
+
+def _check_vgg19(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
     if not convs:
         raise WeightsError(f"{source}: no convolution weights found")
     present = [n for n in CONV_NAMES if n in convs]
