@@ -91,14 +91,6 @@ class Panel:
         init = "noise" if self.init == "random" else self.init
         return f"alpha={_g(self.alpha)} beta={_g(self.beta)} from {init}"
 
-    def layers_text(self) -> str:
-        parts = []
-        if self.alpha and self.content_layers:
-            parts.append("content " + format_layer_weights(self.content_layers))
-        if self.beta and self.style_layers:
-            parts.append("style " + format_layer_weights(self.style_layers))
-        return "; ".join(parts)
-
 
 @dataclass(frozen=True)
 class Figure:

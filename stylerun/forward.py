@@ -81,6 +81,11 @@ class LayerSet:
         }
 
 
+def _rgb_index(channel_order: str) -> list[int]:
+    """For each network input channel, the RGB channel it reads."""
+    return [2, 1, 0] if channel_order == "BGR" else [0, 1, 2]
+
+
 def _first_conv_folded(weights: VGG19Weights) -> tuple[np.ndarray, np.ndarray]:
     """conv1_1's kernel rewritten to take RGB 0..255 minus `rgb_mean` directly.
 
@@ -89,10 +94,9 @@ def _first_conv_folded(weights: VGG19Weights) -> tuple[np.ndarray, np.ndarray]:
     linear maps that move into the kernel exactly.
     """
     conv = weights.convention
-    order = [2, 1, 0] if conv.channel_order == "BGR" else [0, 1, 2]  # network channel -> RGB index
     kernel, bias = weights.convs["conv1_1"]
     folded = np.empty_like(kernel)
-    for net_c, rgb_c in enumerate(order):
+    for net_c, rgb_c in enumerate(_rgb_index(conv.channel_order)):
         folded[:, rgb_c] = kernel[:, net_c] * (conv.scale / conv.std[net_c])
     return folded.astype(np.float32), bias
 
@@ -100,9 +104,8 @@ def _first_conv_folded(weights: VGG19Weights) -> tuple[np.ndarray, np.ndarray]:
 def rgb_mean(weights: VGG19Weights) -> np.ndarray:
     """The convention's mean in RGB order and 0..255 units, shaped for NCHW broadcast."""
     conv = weights.convention
-    order = [2, 1, 0] if conv.channel_order == "BGR" else [0, 1, 2]
     mean = np.zeros(3, dtype=np.float64)
-    for net_c, rgb_c in enumerate(order):
+    for net_c, rgb_c in enumerate(_rgb_index(conv.channel_order)):
         mean[rgb_c] = conv.mean[net_c] / conv.scale
     return mean.reshape(1, 3, 1, 1).astype(np.float32)
 
