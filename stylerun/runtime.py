@@ -7,6 +7,8 @@ each evaluation moves only the image in and the loss and gradient out.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import os
 from pathlib import Path
@@ -97,12 +99,28 @@ def create_session(
             session = ort.InferenceSession(str(path), options, providers=providers)
     finally:
         ort.set_default_logger_severity(2)
+    release_free_memory()  # loading and optimizing the graph leaves ~190 MiB of freed heap at 512 px
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise InputError(
             "--device cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not found); "
             "install them with `pip install 'stylerun[cuda]'`, or use --device cpu"
         )
     return session
+
+
+def release_free_memory() -> None:
+    """Hand memory that was freed back to the operating system (glibc only; elsewhere a no-op).
+
+    Session creation and the targets pass free a few hundred MiB that glibc keeps mapped;
+    trimming after each lowers a 512 px run's peak RSS by ~110 MiB.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return
+    if trim is not None:
+        trim(0)
 
 
 def _device_of(session: ort.InferenceSession) -> tuple[str, int]:
@@ -149,7 +167,9 @@ class LossModel:
         if guide is not None:
             feeds[STYLE_GUIDE] = np.ascontiguousarray(guide, dtype=np.float32)
         values = self.targets_session.run(names, feeds)
-        return dict(zip(names, values, strict=True))
+        # Copies: the arrays onnxruntime returns live in the session's arena and would keep
+        # all of it (~140 MiB at 512 px) resident after the targets session is dropped.
+        return {name: np.array(value, copy=True) for name, value in zip(names, values, strict=True)}
 
     def bind(
         self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float,
@@ -179,6 +199,7 @@ class LossModel:
         self._binding.clear_binding_outputs()
         for name in self.OUTPUTS:
             self._binding.bind_output(name, "cpu")
+        release_free_memory()
 
     def loss_and_grad(self, image: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
