@@ -24,7 +24,9 @@ from .weights import VGG19Weights, bundled_path, file_sha256, load_weights
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.
-GRAPH_VERSION = "4"  # 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint; 4: guided regions
+# 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint; 4: guided regions;
+# 5: HardSigmoid Relu mask, applied at pooled size before MaxUnpool
+GRAPH_VERSION = "5"
 
 
 @dataclass(frozen=True)

@@ -113,13 +113,28 @@ def _close(got, want):
     [
         {"GRAM_ADJOINT": "single"},
         {"RELU_ADJOINT": "sign"},
+        {"RELU_ADJOINT": "hardsigmoid", "POOL_ADJOINT": "separate"},
+        {"RELU_ADJOINT": "where", "POOL_ADJOINT": "fused"},
         {"CONV_ADJOINT": "conv_transpose"},
         {},  # the defaults, whatever they are
     ],
-    ids=["gram-single", "relu-sign", "conv-transpose", "defaults"],
+    ids=["gram-single", "relu-sign", "relu-hardsigmoid", "pool-fused-where", "conv-transpose", "defaults"],
 )
 def test_rule_flavours_match_reference(weights, feeds, reference, flavours):
     _close(_run(_session(_loss_model(weights, **flavours), "disable"), feeds), reference)
+
+
+def test_pooled_relu_mask_is_exact_on_ties(weights, feeds):
+    """Flat regions make equal maxima in a pooling window and zero Relu outputs; the fused
+    pooling adjoint (mask at pooled size) must still give the reference gradient exactly."""
+    image = np.full(SHAPE, 200.0, np.float32)
+    image[:12, :16] = np.random.default_rng(1).uniform(0, 255, (12, 16, 3))
+    image[20:, 30:] = 0.0
+    flat = {**feeds, IMAGE: image}
+    want = _run(_session(_loss_model(weights, optimize=False), "disable"), flat)
+    for relu in ("where", "hardsigmoid"):
+        got = _run(_session(_loss_model(weights, RELU_ADJOINT=relu, POOL_ADJOINT="fused"), "all"), flat)
+        _close(got, want)
 
 
 @pytest.mark.parametrize("level", ["basic", "extended", "all"])

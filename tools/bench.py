@@ -48,7 +48,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--graph", default="optimized", choices=("optimized", "unoptimized"),
                     help="unoptimized: the reference graph with every autodiff optimization off")
     ap.add_argument("--variants", help="A/B mode: 'NAME:key=val,key=val;NAME:...' alternated run by run; keys: "
-                    "optimize=0|1, conv=conv|conv_transpose, relu=where|sign, gram=single|generic, "
+                    "optimize=0|1, conv=conv|conv_transpose, relu=where|sign|hardsigmoid, gram=single|generic, "
+                    "pool=fused|separate, "
                     "level=disable|basic|extended|all, arena=0|1, pattern=0|1, spin=0|1")
     ap.add_argument("--session", default="", help="session settings for every stylerun run, e.g. 'arena=0,spin=0' "
                     "(keys as in --variants)")
@@ -202,7 +203,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- A/B variants -------------------------------------------------------------------------
 
-_GRAPH_KEYS = {"conv": "CONV_ADJOINT", "relu": "RELU_ADJOINT", "gram": "GRAM_ADJOINT"}
+_GRAPH_KEYS = {"conv": "CONV_ADJOINT", "relu": "RELU_ADJOINT", "gram": "GRAM_ADJOINT", "pool": "POOL_ADJOINT"}
 _SESSION_KEYS = {"level": "GRAPH_OPTIMIZATION", "arena": "CPU_MEM_ARENA", "pattern": "MEM_PATTERN",
                  "spin": "ALLOW_SPINNING"}
 
