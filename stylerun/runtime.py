@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import io
 import os
 from pathlib import Path
@@ -108,17 +108,21 @@ def create_session(
     return session
 
 
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc, already loaded in this process
+    except (OSError, AttributeError, TypeError):  # not glibc, or no dlopen(NULL) (Windows)
+        return None
+
+
 def release_free_memory() -> None:
     """Hand memory that was freed back to the operating system (glibc only; elsewhere a no-op).
 
     Session creation and the targets pass free a few hundred MiB that glibc keeps mapped;
     trimming after each lowers a 512 px run's peak RSS by ~110 MiB.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
