@@ -5,12 +5,15 @@
     image.save("out.png")
 """
 
-__version__ = "0.1.0"
-
-from .errors import InputError, StylerunError, WeightsError  # noqa: E402
-from .stylize import Progress, Result, StyleLoss, optimize, transfer  # noqa: E402
+from .api import transfer
+from .engine import Job, Listener, Outcome, run
+from .errors import InputError, NumericError, OptionError, StylerunError, WeightsError
+from .loss import StyleLoss
+from .optimizers import Progress, Result, optimize
+from .options import TransferOptions
+from .version import __version__
 
 __all__ = [
-    "InputError", "Progress", "Result", "StyleLoss", "StylerunError", "WeightsError", "__version__", "optimize",
-    "transfer",
+    "InputError", "Job", "Listener", "NumericError", "OptionError", "Outcome", "Progress", "Result", "StyleLoss",
+    "StylerunError", "TransferOptions", "WeightsError", "__version__", "optimize", "run", "transfer",
 ]

@@ -13,6 +13,7 @@ gradient, so nothing is computed that the optimizer would not use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,22 +24,38 @@ from .graph import GraphBuilder
 Rule = Callable[["_Pass", onnx.NodeProto, list], list]
 ADJOINTS: dict[str, Rule] = {}
 
-#: Conv adjoint flavour: "conv" (forward Conv with the flipped, transposed kernel, folded to a
-#: constant by onnxruntime at load) or "conv_transpose" (ConvTranspose with the same kernel).
-CONV_ADJOINT = "conv"
-#: Relu adjoint flavour: "where" (Where(Greater(y, 0), dy, 0)), "sign" (Mul(dy, Sign(y))) or
-#: "hardsigmoid" (Mul(dy, HardSigmoid(y)), a 0/1 mask computed in the convolutions' layout).
-RELU_ADJOINT = "hardsigmoid"
-#: "fused": a Relu followed only by MaxPool is masked after the pooling adjoint, at pooled size;
-#: "separate": the Relu mask is applied at full size after MaxUnpool.
-POOL_ADJOINT = "fused"
-#: Gram adjoint: "single" gives G = MatMul(F, Transpose(F)) one product, dF = (dG + dG^T) F;
-#: "generic" differentiates the MatMul and the Transpose separately (two products and an
-#: (M, N) transpose). Both are exact; see docs/performance.md for the measurements.
-GRAM_ADJOINT = "single"
-#: The flavours `add_gradient(optimize=False)` uses: the plain graph every optimization is
-#: checked against (tests/test_perf_equivalence.py).
-REFERENCE_FLAVOURS = {"conv": "conv", "relu": "where", "gram": "generic", "pool": "separate"}
+@dataclass(frozen=True)
+class Flavours:
+    """Which of several exact adjoint rules to emit, chosen by measurement (docs/performance.md).
+
+    conv: "conv" (forward Conv with the flipped, transposed kernel, folded to a constant by
+    onnxruntime at load) or "conv_transpose" (ConvTranspose with the same kernel).
+    relu: "where" (Where(Greater(y, 0), dy, 0)), "sign" (Mul(dy, Sign(y))) or "hardsigmoid"
+    (Mul(dy, HardSigmoid(y)), a 0/1 mask computed in the convolutions' layout).
+    gram: "single" gives G = MatMul(F, Transpose(F)) one product, dF = (dG + dG^T) F;
+    "generic" differentiates the MatMul and the Transpose separately.
+    pool: "fused" masks a Relu followed only by MaxPool after the pooling adjoint, at pooled
+    size; "separate" applies the Relu mask at full size after MaxUnpool.
+    A value is part of the model cache key, so graphs built with other flavours never mix.
+    """
+
+    conv: str = "conv"
+    relu: str = "hardsigmoid"
+    gram: str = "single"
+    pool: str = "fused"
+
+    def __post_init__(self) -> None:
+        allowed = {"conv": ("conv", "conv_transpose"), "relu": ("where", "sign", "hardsigmoid"),
+                   "gram": ("single", "generic"), "pool": ("fused", "separate")}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise ValueError(f"{name} adjoint flavour must be one of {values}, got {getattr(self, name)!r}")
+
+
+#: The measured-fastest flavours: what `stylerun export-vgg` and the cache use.
+FASTEST = Flavours()
+#: The plain graph every optimization is checked against (tests/test_perf_equivalence.py).
+REFERENCE = Flavours(conv="conv", relu="where", gram="generic", pool="separate")
 
 
 def adjoint(*op_types: str) -> Callable[[Rule], Rule]:
@@ -51,10 +68,9 @@ def adjoint(*op_types: str) -> Callable[[Rule], Rule]:
 
 
 class _Pass:
-    def __init__(self, model: onnx.ModelProto, flavours: dict[str, str] | None = None):
+    def __init__(self, model: onnx.ModelProto, flavours: Flavours = FASTEST):
         self.model = model
-        self.flavours = flavours or {"conv": CONV_ADJOINT, "relu": RELU_ADJOINT, "gram": GRAM_ADJOINT,
-                                   "pool": POOL_ADJOINT}
+        self.flavours = flavours
         self.producer = {o: node for node in model.graph.node for o in node.output}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
@@ -193,10 +209,10 @@ def _slice(p: _Pass, node, dys):
 
 def _positive_part(p: _Pass, y: str, dy: str) -> str:
     """dy where y > 0, else 0: the Relu adjoint's mask, taken from the Relu's output (y >= 0)."""
-    if p.flavours["relu"] == "sign":
+    if p.flavours.relu == "sign":
         # Sign(y) is exactly 1 where y > 0 and 0 elsewhere
         return p.op("Mul", dy, p.op("Sign", y))
-    if p.flavours["relu"] == "hardsigmoid":
+    if p.flavours.relu == "hardsigmoid":
         # min(1, y * FLT_MAX): exactly 1 for every y >= 2.9e-39 and 0 at y = 0. Mul runs ~10x
         # faster than Where in onnxruntime's CPU kernels, and HardSigmoid runs on the blocked
         # NCHWc output of the fused Conv+Relu, so the mask costs no layout reorder.
@@ -212,7 +228,7 @@ def _pool_of_relu(p: _Pass, relu: onnx.NodeProto) -> onnx.NodeProto | None:
     mask is a quarter of the size (2x2 pooling).
     """
     consumers = p.consumers.get(relu.output[0], [])
-    if p.flavours["pool"] == "fused" and len(consumers) == 1 and consumers[0].op_type == "MaxPool":
+    if p.flavours.pool == "fused" and len(consumers) == 1 and consumers[0].op_type == "MaxPool":
         return consumers[0]
     return None
 
@@ -233,7 +249,7 @@ def _conv(p: _Pass, node, dys):
     w = node.input[1]
     if _attr(node, "group", 1) != 1 or any(s != 1 for s in _attr(node, "strides", [1, 1])):
         raise NotImplementedError("Conv adjoint supports group=1, stride 1 only")
-    if p.flavours["conv"] == "conv_transpose":
+    if p.flavours.conv == "conv_transpose":
         dx = p.op("ConvTranspose", dys[0], w, **_spatial_attrs(node))
     else:
         # dX = Conv(dY, W'), W'[i, o] = W[o, i] rotated 180 degrees; padding k-1-p keeps the
@@ -295,7 +311,7 @@ def _matmul(p: _Pass, node, dys):
     if len(p.shapes.get(a) or ()) != 2 or len(p.shapes.get(b) or ()) != 2:
         raise NotImplementedError("MatMul adjoint supports 2-D operands only")
     src = p.producer.get(b)
-    if (p.flavours["gram"] == "single" and src is not None and src.op_type == "Transpose"
+    if (p.flavours.gram == "single" and src is not None and src.op_type == "Transpose"
             and src.input[0] == a and list(_attr(src, "perm", [1, 0])) == [1, 0]):
         # A Gram product G = F F^T: dF = dG F + dG^T F = (dG + dG^T) F, one (N, N) x (N, M)
         # product instead of two plus an (M, N) transpose. The symmetrization costs O(N^2)
@@ -359,13 +375,14 @@ def _depends_on(graph: onnx.GraphProto, wrt: str) -> set[str]:
     return live
 
 
-def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str, optimize: bool = True) -> onnx.ModelProto:
+def add_gradient(model: onnx.ModelProto, of: str, wrt: str, grad_name: str,
+                 flavours: Flavours = FASTEST) -> onnx.ModelProto:
     """Append d`of`/d`wrt` to `model` (in place) as output `grad_name`; return the model.
 
-    `optimize=False` builds the plain reference graph (`REFERENCE_FLAVOURS`) instead of the
-    measured-fastest rule flavours.
+    `flavours` picks among exact adjoint rules: `FASTEST` (the default) or the plain
+    `REFERENCE` graph that every optimization is tested against.
     """
-    p = _Pass(model, None if optimize else dict(REFERENCE_FLAVOURS))
+    p = _Pass(model, flavours)
     graph = model.graph
     live = p.live = _depends_on(graph, wrt)
     if of not in live:

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-
-PRESERVE_COLOR = ("none", "luminance", "histogram")
-
 # NTSC YIQ; Y weights are the Rec. 601 luma weights.
 _RGB_TO_YIQ = np.array(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]], dtype=np.float64
@@ -92,9 +88,3 @@ class LuminanceObjective:
         y = np.asarray(y, dtype=np.float32).reshape(self.shape)
         value, grad = self.rgb_loss.loss_and_grad(np.repeat(y, 3, axis=2))
         return value, grad.sum(axis=2, keepdims=True)
-
-
-def check_mode(mode: str) -> str:
-    if mode not in PRESERVE_COLOR:
-        raise InputError(f"unknown --preserve-color '{mode}'; use one of: {', '.join(PRESERVE_COLOR)}")
-    return mode

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import onnx
 
-from . import __version__
 from .atomic import atomic_write
-from .autodiff import add_gradient
+from .autodiff import FASTEST, Flavours, add_gradient
 from .errors import InputError
 from .forward import IMAGE, LOSS, LayerSet, build_loss_model, build_targets_model
-from .weights import VGG19Weights, bundled_path, file_sha256, load_weights
+from .version import __version__
+from .weight_formats import load_weights
+from .weights import VGG19Weights, bundled_path, file_sha256
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.
@@ -47,17 +48,19 @@ def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
         f.write(model.SerializeToString())
 
 
-def build_models(weights: VGG19Weights, layers: LayerSet) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def build_models(weights: VGG19Weights, layers: LayerSet, flavours: Flavours = FASTEST
+                 ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(loss-and-gradient model, targets model), in memory."""
-    loss = add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD)
+    loss = add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD, flavours=flavours)
     return loss, build_targets_model(weights, layers)
 
 
-def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path) -> ModelFiles:
+def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path, flavours: Flavours = FASTEST
+               ) -> ModelFiles:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist")
-    loss, targets = build_models(weights, layers)
+    loss, targets = build_models(weights, layers, flavours)
     # targets first: a loss file on disk always has its targets file beside it
     _atomic_save(targets, targets_path(path))
     _atomic_save(loss, path)
@@ -72,20 +75,25 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "stylerun"
 
 
-def cached_export(layers: LayerSet, weights_path: str | Path | None = None) -> ModelFiles:
-    """The exported model for `layers`, from the cache or exported now and cached."""
+def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flavours: Flavours = FASTEST
+                  ) -> ModelFiles:
+    """The exported model for `layers`, from the cache or exported now and cached.
+
+    The key holds everything that decides the graph: stylerun's and the graph's version,
+    the weights' content, the layer set and the adjoint flavours.
+    """
     source = Path(weights_path) if weights_path is not None else bundled_path()
     if not source.is_file():
         raise InputError(f"weights file {source} not found")
     key = hashlib.sha256(
-        "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers)]).encode()
+        "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers), repr(flavours)]).encode()
     ).hexdigest()[:20]
     directory = cache_dir()
     path = directory / f"vgg19-{layers.deepest}-{layers.pooling}-{key}.onnx"
     if path.is_file() and targets_path(path).is_file():
         return ModelFiles(path, targets_path(path), layers)
     directory.mkdir(parents=True, exist_ok=True)
-    return export_vgg(load_weights(weights_path), layers, path)
+    return export_vgg(load_weights(weights_path), layers, path, flavours)
 
 
 def read_layers(path: str | Path) -> LayerSet:

@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__
+from .engine import CallbackListener, Job, run
 from .errors import InputError
 from .images import check_size, fit_longest_side, open_image, save_image, to_uint8
-from .stylize import INITS, Progress, StyleLoss, initial_image, optimize
+from .optimizers import Progress
+from .options import INITS, TransferOptions
+from .version import __version__
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
@@ -247,6 +249,13 @@ def finished(out: Path, panel: Panel) -> PanelRecord | None:
     return record if record.settings == panel.settings() else None
 
 
+def panel_options(panel: Panel, device: str = "auto", threads: int | None = None) -> TransferOptions:
+    """A panel as a set of transfer options for the run engine."""
+    return TransferOptions(size=panel.size, alpha=panel.alpha, beta=panel.beta, content_layers=panel.content_layers,
+                           style_layers=panel.style_layers, pooling=panel.pooling, init=panel.init,
+                           iterations=panel.iterations, seed=panel.seed, device=device, threads=threads)
+
+
 def run_panel(
     panel: Panel,
     out: Path,
@@ -256,18 +265,17 @@ def run_panel(
     callback: Callable[[Progress], None] | None = None,
 ) -> PanelRecord:
     """Optimize one panel and store its image and record; Ctrl-C propagates, storing nothing."""
-    loss = StyleLoss(panel.content, panel.style, size=panel.size, alpha=panel.alpha, beta=panel.beta,
-                     content_layers=panel.content_layers, style_layers=panel.style_layers,
-                     pooling=panel.pooling, device=device, threads=threads)
-    result = optimize(loss, initial_image(panel.init, loss, panel.seed), panel.iterations, callback)
-    if result.interrupted:
+    job = Job(panel.content, (panel.style,), panel_options(panel, device, threads))
+    outcome = run(job, CallbackListener(callback))
+    if outcome.interrupted:
         raise KeyboardInterrupt
-    image = to_uint8(result.image)
+    image = to_uint8(outcome.image)
     # The losses of the image as saved (rounded to 0..255 integers), so the PNG reproduces them.
+    loss = outcome.loss_object
     total, _ = loss.loss_and_grad(image.astype(np.float32))
     content_loss, style_loss = loss.last_terms
-    record = PanelRecord(panel.settings(), content_loss, style_loss, total, result.iterations, result.evaluations,
-                         round(result.elapsed, 2), result.error)
+    record = PanelRecord(panel.settings(), content_loss, style_loss, total, outcome.iterations, outcome.evaluations,
+                         round(outcome.elapsed, 2), outcome.error)
     png, meta = panel_paths(out, panel)
     png.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, png)

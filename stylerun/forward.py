@@ -22,14 +22,15 @@ kernel, which costs nothing at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from . import __version__
 from .errors import InputError
 from .graph import GraphBuilder, make_model
+from .version import __version__
 from .vgg import POOLINGS, layer_by_name, sort_layers, truncated
 from .weights import VGG19Weights
 
@@ -199,7 +200,8 @@ def _metadata(weights: VGG19Weights, layers: LayerSet, kind: str) -> dict[str, s
         "stylerun.kind": kind,
         "stylerun.version": __version__,
         **{f"stylerun.{k}": v for k, v in layers.metadata().items()},
-        "stylerun.weights": weights.source,
+        # the file's name only: a model shared with others must not reveal the exporter's folders
+        "stylerun.weights": Path(weights.source).name,
         "stylerun.weights_sha256": weights.fingerprint,
         "stylerun.input_convention": f"{weights.convention.name}: {weights.convention.describe()}",
     }

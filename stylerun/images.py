@@ -19,14 +19,16 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from . import deep_images
 from .atomic import atomic_write
-from .errors import InputError
+from .errors import DeepImageError, InputError, OptionError, mention
 
 log = logging.getLogger("stylerun")
 
@@ -45,7 +47,7 @@ _16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 def max_pixels(override: int | None = None) -> int:
     """The decompression-bomb limit: `override`, else $STYLERUN_MAX_PIXELS, else `MAX_PIXELS`."""
     if override is not None:
-        value, source = override, "--max-pixels"
+        value, source = override, "max_pixels"
     else:
         text = os.environ.get(MAX_PIXELS_ENV, "").strip()
         if not text:
@@ -58,7 +60,7 @@ def max_pixels(override: int | None = None) -> int:
                 f"{MAX_PIXELS_ENV} must be a whole number of pixels such as 100000000, got '{text}'"
             ) from None
     if value < 1:
-        raise InputError(f"{source} must be a positive number of pixels, got {value}")
+        raise OptionError(source, f"must be a positive number of pixels, got {value}")
     return value
 
 
@@ -206,7 +208,7 @@ def open_image(
 def _too_large(name: str, what: str, limit: int) -> InputError:
     return InputError(
         f"{name}: image is {what}, over the {limit:,} pixel limit that guards against decompression bombs; "
-        f"if you trust the file, raise it with --max-pixels N or {MAX_PIXELS_ENV}=N"
+        f"if you trust the file, raise it with {mention('max_pixels')} or {MAX_PIXELS_ENV}=N"
     )
 
 
@@ -234,6 +236,83 @@ def _array_rgb(array: np.ndarray) -> np.ndarray:
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 
 
+#: A decoded picture: an 8-bit RGB PIL image, or a float32 (H, W, 3) array when the source
+#: had more precision than 8 bits (float arrays, 16-bit files), which is kept as it is.
+Picture = Image.Image | np.ndarray
+
+
+def decode(source, *, background: tuple[int, int, int] | str = WHITE, limit: int | None = None) -> Picture:
+    """Any image source as a `Picture`: 8-bit sources as RGB PIL images, deeper ones as float arrays."""
+    if isinstance(source, np.ndarray) and source.dtype != np.uint8:
+        array = np.clip(_array_rgb(source), 0, 255).astype(np.float32)
+        h, w, _ = array.shape
+        if w * h > max_pixels(limit):
+            raise _too_large("image array", f"{w}x{h} = {w * h:,} pixels", max_pixels(limit))
+        return array
+    if isinstance(source, (str, os.PathLike)):
+        deep = _decode_deep(Path(source), parse_color(background), max_pixels(limit))
+        if deep is not None:
+            return deep
+    return as_image(source, background=background, limit=limit)
+
+
+def _decode_deep(path: Path, background: tuple[int, int, int], limit: int) -> np.ndarray | None:
+    """A 16-bit PNG or uncompressed 16-bit RGB TIFF as float32 RGB, precision kept; None for other files."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+            if deep_images.is_png16(head):
+                return _flatten(deep_images.read_png16(head + f.read(), limit), background)
+        if head[:4] not in (b"II*\x00", b"MM\x00*"):
+            return None
+        with Image.open(path) as img:
+            tile = img.tile
+            if img.mode != "RGB" or len(tile) != 1 or tile[0][0] != "raw" or not str(tile[0][3][0]).startswith(
+                    "RGB;16"):
+                return None
+            if img.size[0] * img.size[1] > limit:
+                raise _too_large(str(path), f"{img.size[0]}x{img.size[1]} pixels", limit)
+            return deep_images.read_tiff16(path, tile[0][2], tile[0][3][0], img.size)
+    except DeepImageError as exc:
+        raise InputError(f"{path}: cannot read 16-bit image ({exc})") from None
+    except (OSError, ValueError, Image.UnidentifiedImageError, struct.error):
+        return None  # not readable as such: the 8-bit path below says what is wrong
+
+
+def _flatten(values: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """(H, W, C) grey, grey+alpha, RGB or RGBA in 0..255 as RGB, alpha composited on `background`."""
+    channels = values.shape[2]
+    color = values[..., :3] if channels >= 3 else np.repeat(values[..., :1], 3, axis=2)
+    if channels in (2, 4):
+        alpha = values[..., -1:] / 255.0
+        color = color * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
+    return np.ascontiguousarray(color, dtype=np.float32)
+
+
+def picture_size(picture: Picture) -> tuple[int, int]:
+    """(width, height)."""
+    return picture.size if isinstance(picture, Image.Image) else (picture.shape[1], picture.shape[0])
+
+
+def fit(picture: Picture, size: tuple[int, int]) -> np.ndarray:
+    """`picture` at (width, height) as float32 RGB: 8-bit ones resized as 8-bit (Lanczos), deeper ones in float."""
+    if isinstance(picture, Image.Image):
+        return to_array(resize(picture, size))
+    return resize_array(picture, size, Image.Resampling.LANCZOS)
+
+
+def resize_array(image: np.ndarray, size: tuple[int, int],
+                 resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """An (h, w, c) float image at (width, height), per channel in float (no rounding), clipped to 0..255."""
+    image = np.asarray(image, dtype=np.float32)
+    w, h = size
+    if image.shape[:2] == (h, w):
+        return image.copy()
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((w, h), resample))
+                for c in range(image.shape[2])]
+    return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.float32)
+
+
 def load_image(
     source,
     size: int | None = None,
@@ -242,32 +321,32 @@ def load_image(
     limit: int | None = None,
     what: str = "the image",
 ) -> np.ndarray:
-    """`as_image`, scaled so its longest side is `size`, as an (H, W, 3) float32 array in 0..255.
+    """`decode`, scaled so its longest side is `size`, as an (H, W, 3) float32 array in 0..255.
 
     Raises `InputError` when the result would be smaller than the network takes
     (`MIN_SIDE` on each side) or larger than the pixel limit.
     """
-    img = as_image(source, background=background, limit=limit)
-    if size is not None:
-        check_requested_size(size, img.size, limit)
-        target = fit_longest_side(img.size, size)
-        check_size(*target, what, original=img.size, longest=size)
-        img = resize(img, target)
-    else:
-        check_size(*img.size, what)
-    return to_array(img)
+    picture = decode(source, background=background, limit=limit)
+    shape = picture_size(picture)
+    if size is None:
+        check_size(*shape, what)
+        return fit(picture, shape)
+    check_requested_size(size, shape, limit)
+    target = fit_longest_side(shape, size)
+    check_size(*target, what, original=shape, longest=size)
+    return fit(picture, target)
 
 
 def check_requested_size(size: int, shape: tuple[int, int] | None = None, limit: int | None = None) -> int:
-    """Refuse a --size that is not a positive pixel count, or that would exceed the pixel limit."""
+    """Refuse a size that is not a positive pixel count, or that would exceed the pixel limit."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise InputError(f"--size must be a positive number of pixels (the output's longest side), got {size}")
+        raise OptionError("size", f"must be a positive number of pixels (the output's longest side), got {size}")
     width, height = fit_longest_side(shape, size) if shape else (size, size)
     cap = max_pixels(limit)
     if width * height > cap:
-        raise InputError(
-            f"--size {size} means a {width}x{height} image, over the {cap:,} pixel limit; "
-            f"use a smaller --size, or raise the limit with --max-pixels N or {MAX_PIXELS_ENV}=N"
+        raise OptionError(
+            "size", f"{size} means a {width}x{height} image, over the {cap:,} pixel limit; use a smaller "
+            f"{mention('size')}, or raise the limit with {mention('max_pixels')} or {MAX_PIXELS_ENV}=N"
         )
     return int(size)
 
@@ -306,28 +385,44 @@ def check_size(
     longest: int | None = None,
 ) -> None:
     if min(width, height) < MIN_SIDE:
-        scaled = f"{original[0]}x{original[1]}, which is {width}x{height} at --size {longest}" if original else (
-            f"{width}x{height}"
-        )
-        hint = "; use a larger --size or a less elongated image" if original else ""
+        scaled = f"{original[0]}x{original[1]}, which is {width}x{height} at {mention('size')} {longest}" \
+            if original else f"{width}x{height}"
+        hint = f"; use a larger {mention('size')} or a less elongated image" if original else ""
         raise InputError(f"{what} is {scaled}; the network needs at least {MIN_SIDE} pixels on each side{hint}")
 
 
-def save_image(array: np.ndarray, path: str | Path) -> Path:
+#: Output formats that hold 16 bits per channel, and their writers.
+DEEP_WRITERS = {".png": deep_images.write_png16, ".tif": deep_images.write_tiff16, ".tiff": deep_images.write_tiff16}
+
+
+def save_image(array: np.ndarray, path: str | Path, bit_depth: int = 8) -> Path:
     """Write atomically: readers never see a half-written file, a crash leaves the old one.
 
-    Refuses (with `InputError`) an array with NaN or infinite values rather than writing
-    a silently blackened picture.
+    `bit_depth` 16 writes 16-bit RGB PNG or TIFF. Refuses (with `InputError`) an array
+    with NaN or infinite values rather than writing a silently blackened picture.
     """
     path = Path(path)
     array = np.asarray(array)
     if array.dtype != np.uint8 and not np.isfinite(array).all():
         raise InputError(f"refusing to write {path}: the image has NaN or infinite pixels")
+    if bit_depth == 16:
+        write = check_deep_output(path)
+        with atomic_write(path) as f:
+            write(f, array)
+        return path
     img = Image.fromarray(to_uint8(array))
     fmt = _format_for(path)
     with atomic_write(path) as f:
         img.save(f, format=fmt)
     return path
+
+
+def check_deep_output(path: Path):
+    """The 16-bit writer for `path`'s extension; other extensions are refused."""
+    write = DEEP_WRITERS.get(path.suffix.lower())
+    if write is None:
+        raise OptionError("bit_depth", f"16 needs a .png or .tif output, not '{path.suffix}'")
+    return write
 
 
 def _format_for(path: Path) -> str:

@@ -1,6 +1,6 @@
-"""The pixel optimizers: SciPy's L-BFGS-B driven one step at a time, and Adam.
+"""The optimizer: minimize a loss over the pixels with SciPy's L-BFGS-B (or Adam).
 
-`stylize.optimize` runs one of them over a loss. L-BFGS-B is driven through SciPy's own
+`optimize` runs one of them over a loss object. L-BFGS-B is driven through SciPy's own
 reverse-communication routine rather than `scipy.optimize.minimize`, so that its complete
 state (`LbfgsState`: iterate, curvature pairs, line-search counters) can be checkpointed and
 a resumed run takes exactly the steps an uninterrupted one would.
@@ -9,11 +9,17 @@ a resumed run takes exactly the steps an uninterrupted one would.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import Bounds, minimize
+
+from .errors import InputError, NumericError, mention
+from .options import ADAM_LEARNING_RATE, TransferOptions
 
 
 @dataclass
@@ -165,3 +171,183 @@ def drive_lbfgsb(setulb, st: LbfgsState, fun, on_iteration, done: Callable[[], b
         else:  # converged, or the line search could not go on
             return
         step()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class Objective(Protocol):
+    """What `optimize` minimizes: a `StyleLoss`, its luminance `objective`, or anything alike."""
+
+    shape: tuple[int, ...]
+    last_terms: tuple[float, float]
+
+    def loss_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+
+@dataclass
+class Progress:
+    """What a progress callback sees after each iteration.
+
+    `image` is the best variable so far as the optimizer holds it ((H, W, 1) luminance in
+    luminance mode); `rgb()` gives it as an (H, W, 3) RGB image in 0..255 in every mode.
+    `eta_s` is the estimated seconds left (the run engine fills it in for the whole run,
+    scales included), `stage`/`stages` the scale being optimized.
+    """
+
+    iteration: int
+    iterations: int
+    loss: float
+    content_loss: float
+    style_loss: float
+    evaluations: int
+    elapsed: float
+    image: np.ndarray = field(repr=False)
+    #: A copy of the optimizer's state now (None where SciPy's routine cannot be driven): for checkpoints.
+    lbfgs_state: Callable[[], LbfgsState | None] = field(default=lambda: None, repr=False)
+    eta_s: float = math.nan
+    stage: int = 1
+    stages: int = 1
+    to_rgb: Callable[[np.ndarray], np.ndarray] = field(default=lambda x: x, repr=False)
+
+    def rgb(self) -> np.ndarray:
+        return self.to_rgb(self.image)
+
+
+@dataclass
+class Result:
+    image: np.ndarray  # the best image seen, as the optimizer's variable, float32
+    loss: float
+    iterations: int
+    evaluations: int
+    elapsed: float
+    interrupted: bool = False
+    error: str | None = None
+    history: list[float] = field(default_factory=list)
+    #: Where the optimizer stood when it stopped (when interrupted), to go on exactly from there.
+    lbfgs: LbfgsState | None = field(default=None, repr=False)
+
+
+class _Stopped(Exception):
+    """Raised inside the optimizer loop when a stop was requested (signal, caller)."""
+
+
+class _Tracker:
+    """The bookkeeping around the objective: best image, counters, history, stop and NaN checks."""
+
+    def __init__(self, loss: Objective, x0: np.ndarray, init_loss: float, first: int, iterations: int,
+                 callback: Callable[[Progress], None] | None, stop: Callable[[], bool] | None):
+        self.loss, self.shape, self.callback, self.stop = loss, loss.shape, callback, stop
+        self.best_loss, self.best_x = (init_loss if math.isfinite(init_loss) else math.inf), x0.copy()
+        self.evals, self.iteration, self.iterations, self.value = 0, first, iterations, math.nan
+        self.history: list[float] = []
+        self.lbfgs: LbfgsState | None = None  # the L-BFGS-B state being driven, kept for an interrupted run
+        self.start = time.perf_counter()
+
+    def fun(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        if self.stop is not None and self.stop():
+            raise _Stopped
+        image = x.reshape(self.shape).astype(np.float32)
+        if not np.isfinite(image).all():
+            raise NumericError(f"the image became non-finite at evaluation {self.evals + 1}")
+        value, grad = self.loss.loss_and_grad(image)
+        self.evals += 1
+        hint = f"try a smaller {mention('alpha')}/{mention('beta')} or layer weights, or check the model file"
+        if not math.isfinite(value):
+            raise NumericError(f"the loss became {value} at evaluation {self.evals} "
+                               f"(iteration {self.iteration + 1}); {hint}")
+        if not np.isfinite(grad).all():
+            raise NumericError(f"the gradient became non-finite at evaluation {self.evals} "
+                               f"(iteration {self.iteration + 1}) while the loss was finite; {hint}")
+        if value < self.best_loss:
+            self.best_loss, self.best_x = value, image
+        self.value = value
+        return value, grad.ravel().astype(np.float64)
+
+    def on_iteration(self, lbfgs_state: Callable[[], LbfgsState | None] = lambda: None) -> None:
+        self.iteration += 1
+        self.history.append(self.value)
+        if self.callback is not None:
+            content, style = self.loss.last_terms
+            self.callback(Progress(self.iteration, self.iterations, self.value, content, style, self.evals,
+                                   time.perf_counter() - self.start, self.best_x, lbfgs_state))
+        if self.stop is not None and self.stop():
+            raise _Stopped
+
+
+def optimize(
+    loss: Objective,
+    init: np.ndarray,
+    iterations: int,
+    callback: Callable[[Progress], None] | None = None,
+    lbfgs_memory: int = 10,
+    *,
+    first_iteration: int = 0,
+    stop: Callable[[], bool] | None = None,
+    resume: LbfgsState | None = None,
+    init_loss: float = math.inf,
+    optimizer: str = "lbfgs",
+    learning_rate: float = ADAM_LEARNING_RATE,
+) -> Result:
+    """Minimize `loss` from `init` with L-BFGS-B (or Adam) until iteration `iterations`.
+
+    `loss` is anything with ``shape``, ``loss_and_grad`` and ``last_terms``: a
+    `StyleLoss`, or its `StyleLoss.objective`. With ``optimizer="adam"`` each iteration
+    is one evaluation and one Adam step of `learning_rate` (0..255 pixel units), clipped
+    to 0..255; Adam's moments are not kept in `Result` (a resumed run restarts them).
+
+    `first_iteration` is where a resumed run starts counting (iterations
+    ``first_iteration + 1 .. iterations`` are run). With `resume`, the optimizer state of
+    an earlier `Result.lbfgs` or `Progress.lbfgs_state()`, the run goes on exactly where
+    that one stood; `init` is then that run's best image and `init_loss` its loss. Without
+    it (or where SciPy's routine cannot be driven) the curvature history starts afresh.
+
+    `stop` is polled before every evaluation and after every iteration; when it returns
+    True the run ends as if interrupted. Ctrl-C (KeyboardInterrupt), `stop` and a
+    non-finite loss or gradient end the run early; in every case the best image seen so
+    far is returned, never a NaN one (`Result.interrupted` or `Result.error` says why it
+    ended). When not a single evaluation was finite, `Result.loss` is NaN and
+    `Result.image` is `init`.
+    """
+    TransferOptions(iterations=iterations, optimizer=optimizer, learning_rate=learning_rate,
+                    lbfgs_memory=lbfgs_memory)  # the option model's checks, before any work
+    if not 0 <= first_iteration <= iterations:
+        raise InputError(f"first iteration {first_iteration} is outside 0..{iterations}")
+    x0 = np.asarray(init, dtype=np.float32)
+    if x0.shape != loss.shape or not np.isfinite(x0).all():
+        raise InputError(f"the starting image must be a finite array of shape {loss.shape}")
+    track = _Tracker(loss, x0, init_loss, first_iteration, iterations, callback, stop)
+    interrupted, error = False, None
+    try:
+        _run(track, x0, iterations - first_iteration, optimizer, learning_rate, lbfgs_memory, resume)
+    except (KeyboardInterrupt, _Stopped):
+        interrupted = True
+    except NumericError as exc:
+        error = str(exc)
+    if not math.isfinite(track.best_loss) and error is None:
+        value, _ = loss.loss_and_grad(track.best_x)  # no evaluation finished: the loss of the start
+        track.best_loss = value if math.isfinite(value) else math.nan
+    elif not math.isfinite(track.best_loss):
+        track.best_loss = math.nan
+    return Result(track.best_x, track.best_loss, track.iteration, track.evals, time.perf_counter() - track.start,
+                  interrupted, error, track.history, track.lbfgs if interrupted else None)
+
+
+def _run(track: _Tracker, x0: np.ndarray, remaining: int, optimizer: str, learning_rate: float, memory: int,
+         resume: LbfgsState | None) -> None:
+    """Run the chosen optimizer for `remaining` iterations (or until stopped)."""
+    if remaining <= 0:
+        return
+    if optimizer == "adam":
+        adam(track.fun, track.on_iteration, x0, remaining, float(learning_rate))
+        return
+    maxfun = remaining * 20 + 20
+    setulb = lbfgsb_driver()
+    if setulb is None:
+        minimize(track.fun, x0.astype(np.float64).ravel(), jac=True, method="L-BFGS-B", bounds=Bounds(0.0, 255.0),
+                 callback=lambda intermediate_result=None: track.on_iteration(),
+                 options={"maxiter": remaining, "maxfun": maxfun, "maxcor": memory, "ftol": 0.0, "gtol": 0.0})
+        return
+    track.lbfgs = start_state(resume, x0, memory)
+    drive_lbfgsb(setulb, track.lbfgs, track.fun, track.on_iteration,
+                 lambda: track.iteration >= track.iterations or track.evals > maxfun)

@@ -11,12 +11,13 @@ import ctypes
 import functools
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import InputError
+from .errors import ModelError, OptionError
 from .export import GRAD, ModelFiles
 from .forward import (
     ALPHA,
@@ -30,21 +31,30 @@ from .forward import (
     STYLE_WEIGHTS,
     TV_WEIGHT,
 )
+from .options import DEVICES
 
-DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-#: Session settings, each chosen by measurement (docs/performance.md, tools/bench.py --variants).
-GRAPH_OPTIMIZATION = "all"  # "disable", "basic", "extended" or "all"
-CPU_MEM_ARENA = True
-#: Off: the pre-planned pattern block raised a 512 px transfer's peak RSS from ~1.0 to ~1.5 GiB
-#: for no measurable speed (A/B 0.98-1.01).
-MEM_PATTERN = False
-#: Off: busy-waiting intra-op threads steal the core the other thread (or another process)
-#: needs on small machines; A/B 0.97 (256 px) and 0.92 (512 px) with it off.
-ALLOW_SPINNING = False
+@dataclass(frozen=True)
+class SessionSettings:
+    """onnxruntime session settings, each chosen by measurement (docs/performance.md,
+    tools/bench.py --variants). Passed as a value, never changed globally.
+
+    mem_pattern off: the pre-planned pattern block raised a 512 px transfer's peak RSS from
+    ~1.0 to ~1.5 GiB for no measurable speed (A/B 0.98-1.01). spinning off: busy-waiting
+    intra-op threads steal the core the other thread (or another process) needs on small
+    machines; A/B 0.97 (256 px) and 0.92 (512 px) with it off.
+    """
+
+    level: str = "all"  # graph optimization: "disable", "basic", "extended" or "all"
+    arena: bool = True
+    mem_pattern: bool = False
+    spinning: bool = False
+
+
+MEASURED = SessionSettings()
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -54,15 +64,16 @@ _LEVELS = {
 }
 
 
-def _session_options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None, settings: SessionSettings = MEASURED,
+                    profile_prefix: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    options.graph_optimization_level = _LEVELS[GRAPH_OPTIMIZATION]
-    options.enable_cpu_mem_arena = CPU_MEM_ARENA
-    options.enable_mem_pattern = MEM_PATTERN
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ALLOW_SPINNING else "0")
+    options.graph_optimization_level = _LEVELS[settings.level]
+    options.enable_cpu_mem_arena = settings.arena
+    options.enable_mem_pattern = settings.mem_pattern
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -73,37 +84,45 @@ def _session_options(threads: int | None, profile_prefix: str | None = None) -> 
 def check_device(device: str) -> str:
     """Refuse an unknown device, or `cuda` where this onnxruntime has no CUDA provider, before any work."""
     if device not in DEVICES:
-        raise InputError(f"unknown --device '{device}'; use one of: {', '.join(DEVICES)}")
+        raise OptionError("device", f"must be one of: {', '.join(DEVICES)}; got {device!r}")
     available = ort.get_available_providers()
     if device == "cuda" and CUDA not in available:
-        raise InputError(
-            "--device cuda: this onnxruntime has no CUDA provider "
+        raise OptionError(
+            "device", "cuda: this onnxruntime has no CUDA provider "
             f"(available: {', '.join(available)}); install onnxruntime-gpu with "
-            "`pip install 'stylerun[cuda]'`, or use --device cpu"
+            "`pip install 'stylerun[cuda]'`, or use device cpu"
         )
     return device
 
 
 def create_session(
-    path: Path, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
+    path: Path, device: str = "auto", threads: int | None = None, settings: SessionSettings = MEASURED,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    """A session on `device`; `auto` takes CUDA when it works here and falls back quietly."""
+    """A session on `device`; `auto` takes CUDA when it works here and falls back quietly.
+
+    A model onnxruntime refuses (unknown op, invalid graph, external data it may not read)
+    raises `ModelError` naming the file and onnxruntime's reason.
+    """
     check_device(device)
     providers = [CUDA, CPU] if device != "cpu" and CUDA in ort.get_available_providers() else [CPU]
-    options = _session_options(threads, profile_prefix)
+    options = session_options(threads, settings, profile_prefix)
     # onnxruntime prints its own fallback notice (stdout) and log lines (stderr) when the
     # CUDA libraries are missing; the provider actually in use is reported instead.
     ort.set_default_logger_severity(4)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile/... types
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load model {path}: {reason}") from None
     finally:
         ort.set_default_logger_severity(2)
     release_free_memory()  # loading and optimizing the graph leaves ~190 MiB of freed heap at 512 px
     if device == "cuda" and session.get_providers()[0] != CUDA:
-        raise InputError(
-            "--device cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not found); "
-            "install them with `pip install 'stylerun[cuda]'`, or use --device cpu"
+        raise OptionError(
+            "device", "cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not "
+            "found); install them with `pip install 'stylerun[cuda]'`, or use device cpu"
         )
     return session
 
@@ -137,15 +156,16 @@ class LossModel:
     OUTPUTS = (LOSS, CONTENT_LOSS, STYLE_LOSS, GRAD)
 
     def __init__(
-        self, files: ModelFiles, device: str = "auto", threads: int | None = None, profile_prefix: str | None = None
+        self, files: ModelFiles, device: str = "auto", threads: int | None = None,
+        settings: SessionSettings = MEASURED, profile_prefix: str | None = None,
     ):
         self.files = files
         self.layers = files.layers
         # profile_prefix: onnxruntime's profiler on the loss session (tools/bench.py --profile)
-        self.session = create_session(files.loss, device, threads, profile_prefix)
+        self.session = create_session(files.loss, device, threads, settings, profile_prefix)
         # The targets session is needed only before `bind`: made on first use, dropped by
         # `bind` so its weights and buffers do not stay resident through the optimization.
-        self._targets_args = (files.targets, device, threads)
+        self._targets_args = (files.targets, device, threads, settings)
         self._targets_session: ort.InferenceSession | None = None
         self.device = _device_of(self.session)
         self._binding = self.session.io_binding()
@@ -191,7 +211,7 @@ class LossModel:
         wanted = {i.name for i in self.session.get_inputs()} - {IMAGE}
         missing = wanted - set(fixed)
         if missing:
-            raise InputError(f"model {self.files.loss} needs inputs that were not given: {sorted(missing)}")
+            raise ModelError(f"model {self.files.loss} needs inputs that were not given: {sorted(missing)}")
         self._targets_session = None
         kind, index = self.device
         self._binding.clear_binding_inputs()

@@ -40,7 +40,16 @@ import numpy as np
 from .errors import WeightsError
 from .torchfile import LEGACY_MAGIC, SafeUnpickler, load_torch_file
 from .vgg import CONV_NAMES
-from .weights import CAFFE, InputConvention, VGG19Weights, dequantize, file_sha256, load_quantized_npz, validate
+from .weights import (
+    CAFFE,
+    InputConvention,
+    VGG19Weights,
+    dequantize,
+    file_sha256,
+    load_bundled,
+    load_quantized_npz,
+    validate,
+)
 
 Convs = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -70,6 +79,11 @@ _MALFORMED = (
 
 
 # --------------------------------------------------------------------------- dispatch
+
+
+def load_weights(path: str | Path | None = None) -> VGG19Weights:
+    """The bundled weights, or a user's weight file of any supported format (by content)."""
+    return load_bundled() if path is None else load_any(Path(path))
 
 
 def load_any(path: str | Path) -> VGG19Weights:

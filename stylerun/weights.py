@@ -119,7 +119,7 @@ def bundled_path() -> Path:
         if candidate.is_file():
             return candidate
     raise WeightsError(
-        f"bundled weights {BUNDLED_NAME} not found; reinstall stylerun or pass --weights PATH"
+        f"bundled weights {BUNDLED_NAME} not found; reinstall stylerun or give a weights file (`weights`)"
     )
 
 
@@ -155,15 +155,6 @@ def file_sha256(path: str | Path) -> str:
 
 def load_bundled() -> VGG19Weights:
     return load_quantized_npz(bundled_path())
-
-
-def load_weights(path: str | Path | None = None) -> VGG19Weights:
-    """The bundled weights, or a user's weight file of any supported format (by content)."""
-    if path is None:
-        return load_bundled()
-    from .weight_formats import load_any
-
-    return load_any(Path(path))
 
 
 def write_quantized_npz(path: str | Path, layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:

@@ -7,6 +7,7 @@ A shallow layer set at 48-64 px keeps every run to a second or two.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -16,19 +17,14 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from stylerun import cli, color
-from stylerun.checkpoint import RunSettings, load_checkpoint
+from stylerun import color, engine, transfer
+from stylerun.checkpoint import load_checkpoint, parse_settings
+from stylerun.engine import scale_plan
 from stylerun.errors import InputError
 from stylerun.forward import content_target_name, style_target_name
-from stylerun.stylize import (
-    ADAM_LEARNING_RATE,
-    StyleLoss,
-    initial_image,
-    optimize,
-    resize_image,
-    scale_plan,
-    transfer,
-)
+from stylerun.loss import StyleLoss, initial_image, resize_to
+from stylerun.optimizers import optimize
+from stylerun.options import ADAM_LEARNING_RATE, TransferOptions
 from stylerun.vgg import spatial_size
 
 LAYERS = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
@@ -104,7 +100,7 @@ def test_style_scale_sets_the_style_size_and_keeps_its_aspect(content_path, styl
     sw, sh = Image.open(style_path).size
     h, w, _ = loss.style_image.shape
     assert max(h, w) == 96 and abs(w / h - sw / sh) < 0.03
-    with pytest.raises(InputError, match="--style-scale"):
+    with pytest.raises(InputError, match="style_scale"):
         StyleLoss(content_path, style_path, size=64, style_scale=0.2, **LAYERS)
 
 
@@ -158,7 +154,7 @@ def test_histogram_matching_gives_the_style_the_contents_colour_statistics(conte
     plain = StyleLoss(content_path, style_path, size=64, **LAYERS)
     name = style_target_name("relu1_1")
     assert not np.allclose(plain.targets[name], loss.targets[name])
-    with pytest.raises(InputError, match="preserve-color"):
+    with pytest.raises(InputError, match="preserve_color"):
         StyleLoss(content_path, style_path, size=64, preserve_color="chroma", **LAYERS)
 
 
@@ -184,9 +180,9 @@ def test_adam_lowers_the_loss_and_stays_in_range(content_path, style_path):
     assert ADAM_LEARNING_RATE == 10.0 and [p.iteration for p in seen] == list(range(1, 13))
     assert result.evaluations == 12 and result.loss < 0.5 * loss.loss_and_grad(start)[0]
     assert 0 <= result.image.min() and result.image.max() <= 255
-    with pytest.raises(InputError, match="--optimizer"):
+    with pytest.raises(InputError, match="optimizer"):
         optimize(loss, start, 1, optimizer="sgd")
-    with pytest.raises(InputError, match="--learning-rate"):
+    with pytest.raises(InputError, match="learning_rate"):
         optimize(loss, start, 1, optimizer="adam", learning_rate=0)
 
 
@@ -206,15 +202,15 @@ def test_lbfgs_memory_reaches_scipy(content_path, style_path):
 def test_scale_plan_splits_sizes_and_iterations():
     assert scale_plan(256, 1, 100) == [(256, 100)]
     assert scale_plan(256, 3, 100) == [(64, 33), (128, 66), (256, 100)]
-    with pytest.raises(InputError, match="--scales"):
+    with pytest.raises(InputError, match="scales"):
         scale_plan(64, 2, 10, (42, 64, 3))  # 21 px short side at the coarse scale
-    with pytest.raises(InputError, match="--scales"):
+    with pytest.raises(InputError, match="scales"):
         scale_plan(64, 0, 10)
 
 
 def test_resize_image_keeps_values_and_shape():
     image = np.random.default_rng(0).uniform(0, 255, (20, 30, 1)).astype(np.float32)
-    up = resize_image(image, (40, 60, 3))
+    up = resize_to(image, (40, 60, 3))
     assert up.shape == (40, 60, 1) and up.dtype == np.float32 and 0 <= up.min() and up.max() <= 255
     assert abs(up.mean() - image.mean()) < 2
 
@@ -240,11 +236,11 @@ def test_transfer_keywords(content_path, style_path, shipwreck):
 
 
 def test_settings_round_trip_and_old_checkpoints_get_defaults():
-    settings = RunSettings("c.jpg", ["a.jpg", "b.jpg"], "o.png", style_blend=[0.7, 0.3], style_scale=2.0,
-                           preserve_color="luminance", tv_weight=0.5, optimizer="adam", learning_rate=3.0,
-                           lbfgs_memory=7, scales=2)
-    assert RunSettings.from_json(settings.to_json()) == settings
-    old = RunSettings.from_json('{"content": "c.jpg", "style": "s.jpg", "output": "o.png"}')
+    settings = TransferOptions(style_blend=[0.7, 0.3], style_scale=2.0, preserve_color="luminance", tv_weight=0.5,
+                               optimizer="adam", learning_rate=3.0, lbfgs_memory=7, scales=2)
+    assert TransferOptions.from_dict(json.loads(settings.to_json())) == settings
+    old, inputs = parse_settings('{"content": "c.jpg", "style": "s.jpg", "output": "o.png"}')
+    assert inputs == {"content": "c.jpg", "style": "s.jpg", "output": "o.png"}
     assert (old.style_blend, old.style_scale, old.preserve_color, old.tv_weight, old.optimizer, old.scales,
             old.lbfgs_memory) == (None, None, "none", 0.0, "lbfgs", 1, 10)
 
@@ -260,18 +256,18 @@ def test_cli_controls_checkpoint_and_resume_exactly(capsys, monkeypatch, tmp_pat
     full = load_checkpoint(tmp_path / "full.ckpt.npz")
     assert full.image.shape == (32, 48, 1) and len(full.style) == 2
     assert [max(s.shape[:2]) for s in full.style] == [72, 72]  # 1.5 x 48, each keeping its aspect
-    assert full.settings.style_blend == [0.7, 0.3] and full.settings.lbfgs_memory == 5
+    assert full.options.style_blend == (0.7, 0.3) and full.options.lbfgs_memory == 5
     assert full.lbfgs is not None and full.lbfgs.m == 5
 
-    real_save = cli.save_checkpoint
+    real_save = engine.save_checkpoint
 
     def save_then_interrupt(path, checkpoint):
         real_save(path, checkpoint)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(cli, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_interrupt)
     code, err = run_cli(capsys, monkeypatch, *args, "-o", str(tmp_path / "run.png"))
-    monkeypatch.setattr(cli, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert code == 130, err
     resumed_out = tmp_path / "resumed.png"
     code, err = run_cli(capsys, monkeypatch, "transfer", "--resume", str(tmp_path / "run.ckpt.npz"),
@@ -318,7 +314,7 @@ def test_region_masks_guide_each_style_to_its_region(content_path, style_path, s
     assert not np.allclose(g_split, g_plain, rtol=1e-2)
     with pytest.raises(InputError, match="one per style"):
         StyleLoss(content_path, [style_path, other], content_masks=[left], **kw)
-    with pytest.raises(InputError, match="style-blend"):
+    with pytest.raises(InputError, match="style_blend"):
         StyleLoss(content_path, [style_path, other], content_masks=[left, 1 - left], style_blend=[1, 1], **kw)
 
 

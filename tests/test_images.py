@@ -277,7 +277,7 @@ def test_decompression_bomb_is_refused_with_the_limit_and_the_fix(tmp_path, monk
         open_image(path)
     message = str(info.value)
     assert "bomb.png" in message and "100000x100000" in message and f"{images.MAX_PIXELS:,}" in message
-    assert "decompression bomb" in message and "--max-pixels" in message and "STYLERUN_MAX_PIXELS" in message
+    assert "decompression bomb" in message and "`max_pixels`" in message and "STYLERUN_MAX_PIXELS" in message
 
 
 def test_pixel_limit_can_be_raised_and_lowered(monkeypatch):
@@ -304,17 +304,17 @@ def test_too_small_after_resizing_says_why():
     with pytest.raises(InputError) as info:
         load_image(long_thin, 64, what="the content image")
     assert str(info.value) == (
-        "the content image is 1000x20, which is 64x1 at --size 64; the network needs at least 32 pixels on each "
-        "side; use a larger --size or a less elongated image"
+        "the content image is 1000x20, which is 64x1 at `size` 64; the network needs at least 32 pixels on each "
+        "side; use a larger `size` or a less elongated image"
     )
     assert load_image(long_thin, 1600).shape == (32, 1600, 3)
 
 
 def test_requested_size_is_checked():
     for bad in (0, -3):
-        with pytest.raises(InputError, match="--size must be a positive number"):
+        with pytest.raises(InputError, match="size must be a positive number"):
             images.check_requested_size(bad)
-    with pytest.raises(InputError, match="--size 100000 means a 100000x100000 image, over the"):
+    with pytest.raises(InputError, match="size 100000 means a 100000x100000 image, over the"):
         images.check_requested_size(100_000)
 
 

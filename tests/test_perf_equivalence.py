@@ -1,12 +1,14 @@
 """Every performance optimization against the unoptimized graph: same loss, same gradient.
 
-The reference is `autodiff.add_gradient(..., optimize=False)` (the plain per-op rules) run
+The reference is `autodiff.add_gradient(..., flavours=REFERENCE)` (the plain per-op rules) run
 with onnxruntime's graph optimizations off; each variant is one rule flavour or session
 setting switched on, and the default export with the default session settings is checked
 too. Tiny images and a shallow layer set keep this well under 30 s.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx
@@ -59,15 +61,7 @@ def feeds(weights):
 
 
 def _session(model: onnx.ModelProto, level: str, **settings) -> ort.InferenceSession:
-    saved = {k: getattr(runtime, k) for k in ("GRAPH_OPTIMIZATION", *settings)}
-    try:
-        runtime.GRAPH_OPTIMIZATION = level
-        for k, v in settings.items():
-            setattr(runtime, k, v)
-        options = runtime._session_options(1)
-    finally:
-        for k, v in saved.items():
-            setattr(runtime, k, v)
+    options = runtime.session_options(1, dataclasses.replace(runtime.MEASURED, level=level, **settings))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -78,15 +72,10 @@ def _run(session: ort.InferenceSession, feeds: dict) -> tuple[float, np.ndarray]
 
 
 def _loss_model(weights, optimize: bool = True, **flavours) -> onnx.ModelProto:
-    saved = {k: getattr(autodiff, k) for k in flavours}
-    try:
-        for k, v in flavours.items():
-            setattr(autodiff, k, v)
-        return autodiff.add_gradient(build_loss_model(weights, LAYERS), of=LOSS, wrt=IMAGE, grad_name=GRAD,
-                                     optimize=optimize)
-    finally:
-        for k, v in saved.items():
-            setattr(autodiff, k, v)
+    """The loss graph with the fastest flavours changed by `flavours`, or the plain reference graph."""
+    chosen = dataclasses.replace(autodiff.FASTEST, **flavours) if optimize else autodiff.REFERENCE
+    return autodiff.add_gradient(build_loss_model(weights, LAYERS), of=LOSS, wrt=IMAGE, grad_name=GRAD,
+                                 flavours=chosen)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +100,11 @@ def _close(got, want):
 @pytest.mark.parametrize(
     "flavours",
     [
-        {"GRAM_ADJOINT": "single"},
-        {"RELU_ADJOINT": "sign"},
-        {"RELU_ADJOINT": "hardsigmoid", "POOL_ADJOINT": "separate"},
-        {"RELU_ADJOINT": "where", "POOL_ADJOINT": "fused"},
-        {"CONV_ADJOINT": "conv_transpose"},
+        {"gram": "single"},
+        {"relu": "sign"},
+        {"relu": "hardsigmoid", "pool": "separate"},
+        {"relu": "where", "pool": "fused"},
+        {"conv": "conv_transpose"},
         {},  # the defaults, whatever they are
     ],
     ids=["gram-single", "relu-sign", "relu-hardsigmoid", "pool-fused-where", "conv-transpose", "defaults"],
@@ -133,7 +122,7 @@ def test_pooled_relu_mask_is_exact_on_ties(weights, feeds):
     flat = {**feeds, IMAGE: image}
     want = _run(_session(_loss_model(weights, optimize=False), "disable"), flat)
     for relu in ("where", "hardsigmoid"):
-        got = _run(_session(_loss_model(weights, RELU_ADJOINT=relu, POOL_ADJOINT="fused"), "all"), flat)
+        got = _run(_session(_loss_model(weights, relu=relu, pool="fused"), "all"), flat)
         _close(got, want)
 
 
@@ -144,11 +133,11 @@ def test_session_optimization_levels_match_reference(weights, feeds, reference, 
 
 @pytest.mark.parametrize(
     "settings",
-    [{"CPU_MEM_ARENA": False}, {"MEM_PATTERN": False}, {"ALLOW_SPINNING": False}],
+    [{"arena": False}, {"mem_pattern": False}, {"spinning": False}],
     ids=["no-arena", "no-mem-pattern", "no-spinning"],
 )
 def test_session_settings_match_reference(weights, feeds, reference, settings):
-    _close(_run(_session(_loss_model(weights), runtime.GRAPH_OPTIMIZATION, **settings), feeds), reference)
+    _close(_run(_session(_loss_model(weights), runtime.MEASURED.level, **settings), feeds), reference)
 
 
 def test_optimized_graph_has_fewer_products(weights):

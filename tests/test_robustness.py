@@ -23,13 +23,15 @@ from helpers import run_cli
 from PIL import Image
 
 from stylerun import checkpoint as ckpt_mod
-from stylerun import cli, stylize
-from stylerun.checkpoint import Checkpoint, RunSettings, load_checkpoint, save_checkpoint
-from stylerun.errors import InputError
+from stylerun import engine, loss, optimizers, transfer
+from stylerun.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from stylerun.errors import InputError, NumericError
 from stylerun.export import export_vgg
 from stylerun.forward import LayerSet
-from stylerun.optimizers import LbfgsState
-from stylerun.stylize import NumericError, StopSignals, StyleLoss, initial_image, optimize
+from stylerun.loss import StyleLoss, initial_image
+from stylerun.optimizers import LbfgsState, optimize
+from stylerun.options import TransferOptions
+from stylerun.signals import StopSignals
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
@@ -55,8 +57,8 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work started before the options were checked")
 
-    for name in ("load_image", "as_image", "cached_export", "LossModel"):
-        monkeypatch.setattr(stylize, name, work)
+    for name in ("load_image", "decode", "cached_export", "LossModel"):
+        monkeypatch.setattr(loss, name, work)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def shallow_model(tmp_path_factory, bundled_weights) -> Path:
         (["--style-layers", "relu1_1:nan"], "weight of layer 'relu1_1' must be a finite number >= 0"),
         (["--content-layers", "relu9_9"], "unknown layer 'relu9_9'; VGG19 layers are conv1_1..conv5_4"),
         (["--init", "noise"], "unknown --init 'noise'; use one of: content, style, white, random"),
-        (["--pooling", "median"], "unknown pooling 'median'; use one of: max, avg"),
+        (["--pooling", "median"], "unknown --pooling 'median'; use one of: max, avg"),
         (["-n", "-1"], "--iterations must be a whole number >= 0, got -1"),
         (["--save-every", "0"], "--save-every must be a positive number of iterations, or -1 for never"),
         (["--checkpoint-every", "-2"], "--checkpoint-every must be a positive number of iterations"),
@@ -221,8 +223,8 @@ def test_bad_images_are_one_line_errors(capsys, monkeypatch, tmp_path, content_p
     def no_export(*args, **kwargs):
         raise AssertionError("the model was exported before the images were read")
 
-    monkeypatch.setattr(stylize, "cached_export", no_export)
-    monkeypatch.setattr(stylize, "LossModel", no_export)
+    monkeypatch.setattr(loss, "cached_export", no_export)
+    monkeypatch.setattr(loss, "LossModel", no_export)
     path, needle = bad_images(tmp_path, content_path)[kind]
     if role == "style" and kind == "thin":
         needle = ""  # a thin style image is fine: it is resized to the content's shape
@@ -271,7 +273,7 @@ def test_non_finite_loss_stops_with_the_best_finite_image(bad, needle):
     loss = Quadratic(nan_at=7, bad=bad)
     seen = []
     result = optimize(loss, np.full(loss.shape, 128, np.float32), 50, seen.append)
-    assert result.error and needle in result.error and "--alpha/--beta" in result.error
+    assert result.error and needle in result.error and "`alpha`/`beta`" in result.error
     assert not result.interrupted and result.iterations == len(seen) < 50
     assert np.isfinite(result.image).all() and math.isfinite(result.loss)
     assert result.loss == min(p.loss for p in seen)  # the best image seen, not the last one tried
@@ -292,7 +294,7 @@ def test_huge_weights_give_a_numeric_error_not_a_nan_image(content_path, style_p
     result = optimize(loss, initial_image("white", loss), 5)
     assert result.error and "the loss became inf at evaluation 1" in result.error
     with pytest.raises(NumericError):
-        stylize.transfer(content_path, style_path, size=48, alpha=1e38, init="white", iterations=3,
+        transfer(content_path, style_path, size=48, alpha=1e38, init="white", iterations=3,
                          content_layers="relu2_2", style_layers="relu1_1,relu2_1")
 
 
@@ -362,12 +364,12 @@ def test_driver_takes_the_same_steps_as_minimize(monkeypatch):
     loss = Quadratic(shape=(12, 12, 3), seed=3)
     start = np.zeros(loss.shape, np.float32)
     driven = optimize(loss, start, 15)
-    monkeypatch.setattr(stylize, "lbfgsb_driver", lambda: None)
+    monkeypatch.setattr(optimizers, "lbfgsb_driver", lambda: None)
     assert optimize(loss, start, 15).history == driven.history
 
 
 def test_without_the_driver_a_resume_restarts_the_history(monkeypatch):
-    monkeypatch.setattr(stylize, "lbfgsb_driver", lambda: None)
+    monkeypatch.setattr(optimizers, "lbfgsb_driver", lambda: None)
     loss = Quadratic(shape=(16, 16, 3))
     start = np.full(loss.shape, 128, np.float32)
     first = optimize(loss, start, 30, stop=stop_after_evaluations(9))
@@ -383,10 +385,9 @@ def test_real_loss_resumes_within_two_percent_through_a_checkpoint_file(tmp_path
     full = optimize(loss, start, 24)
     half = optimize(loss, start, 24, stop=stop_after_evaluations(13))
     assert half.interrupted and 0 < half.iterations < 24
-    settings = RunSettings(content=str(content_path), style=str(style_path), output=str(tmp_path / "o.png"),
-                           size=48, iterations=24)
+    settings = TransferOptions(size=48, iterations=24)
     path = save_checkpoint(tmp_path / "run.ckpt.npz", Checkpoint(settings, half.iterations, half.image,
-                           loss.content_image, loss.style_image, half.loss, np.array(half.history), half.lbfgs))
+                           loss.content_image, [loss.style_image], half.loss, np.array(half.history), half.lbfgs))
     back = load_checkpoint(path)
     assert back.lbfgs is not None and back.lbfgs_dropped is None
     resumed = optimize(loss, back.image, 24, first_iteration=back.iteration, resume=back.lbfgs,
@@ -399,12 +400,11 @@ def test_real_loss_resumes_within_two_percent_through_a_checkpoint_file(tmp_path
 
 
 def test_checkpoint_file_is_plain_arrays_and_json(tmp_path):
-    settings = RunSettings(content="/a.jpg", style="/b.jpg", output="/o.png", alpha=0.5, init="random",
-                           lbfgs_memory=3)
+    settings = TransferOptions(alpha=0.5, init="random", lbfgs_memory=3)
     state = LbfgsState.fresh(np.zeros(12), 3)
     state.task[0] = LbfgsState.NEW_X
     image = np.full((2, 2, 3), 7.25, np.float32)
-    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, image, 1.5, np.ones(4), state))
+    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, [image], 1.5, np.ones(4), state))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary file left
     with np.load(path, allow_pickle=False) as data:
         import json
@@ -413,17 +413,17 @@ def test_checkpoint_file_is_plain_arrays_and_json(tmp_path):
         assert json.loads(str(data["settings"]))["alpha"] == 0.5
         assert int(data["iteration"]) == 4 and data["image"].dtype == np.float32
     back = load_checkpoint(path)
-    assert back.settings == settings and back.iteration == 4 and np.array_equal(back.image, image)
+    assert back.options == settings and back.iteration == 4 and np.array_equal(back.image, image)
     assert back.loss == 1.5 and back.lbfgs is not None and np.array_equal(back.lbfgs.wa, state.wa)
 
 
 def test_checkpoint_from_another_scipy_restarts_the_history(tmp_path, monkeypatch):
-    settings = RunSettings(content="/a.jpg", style="/b.jpg", output="/o.png")
+    settings = TransferOptions()
     state = LbfgsState.fresh(np.zeros(12), 10)
     state.task[0] = LbfgsState.FG
     image = np.zeros((2, 2, 3), np.float32)
     monkeypatch.setattr(ckpt_mod.scipy, "__version__", "0.1")
-    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, image, 1.0, np.ones(4), state))
+    path = save_checkpoint(tmp_path / "c.npz", Checkpoint(settings, 4, image, image, [image], 1.0, np.ones(4), state))
     monkeypatch.undo()
     back = load_checkpoint(path)
     assert back.lbfgs is None and "written by SciPy 0.1" in back.lbfgs_dropped
@@ -459,7 +459,7 @@ def test_cli_interrupt_checkpoint_and_resume_match_the_uninterrupted_run(capsys,
     assert full.iteration == 16 and len(full.history) == 16
 
     # the same run, sent SIGINT (in this process) right after its first checkpoint
-    real_save = cli.save_checkpoint
+    real_save = engine.save_checkpoint
     sent = []
 
     def save_then_interrupt(path, checkpoint):
@@ -468,10 +468,10 @@ def test_cli_interrupt_checkpoint_and_resume_match_the_uninterrupted_run(capsys,
             sent.append(checkpoint.iteration)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(cli, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_interrupt)
     out = tmp_path / "run.png"
     code, err = run_cli(capsys, monkeypatch, *args, "-o", str(out))
-    monkeypatch.setattr(cli, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
     assert code == 130 and sent == [4], err
     assert "stylerun: SIGINT at iteration 4 of 16" in err and f"--resume {tmp_path / 'run.ckpt.npz'}" in err
     stopped = load_checkpoint(tmp_path / "run.ckpt.npz")

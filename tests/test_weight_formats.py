@@ -41,8 +41,8 @@ from stylerun.forward import (
 )
 from stylerun.torchfile import LEGACY_MAGIC
 from stylerun.vgg import CONV_NAMES, CONV_SHAPES
-from stylerun.weight_formats import TORCHVISION, VGG_MEAN_RGB, load_any
-from stylerun.weights import CAFFE, InputConvention, VGG19Weights, load_weights, write_quantized_npz
+from stylerun.weight_formats import TORCHVISION, VGG_MEAN_RGB, load_any, load_weights
+from stylerun.weights import CAFFE, InputConvention, VGG19Weights, write_quantized_npz
 
 LAYERS = ("conv1_1", "conv1_2", "conv2_1")
 TORCHVISION_INDEX = dict(zip(CONV_NAMES, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True))

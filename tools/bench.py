@@ -7,7 +7,7 @@
 Prints, per size: seconds per loss-and-gradient evaluation (median of --repeats, after
 one warm-up), analytic GFLOP/s and its share of this machine's float32 matmul peak
 (numpy, measured in the same run), L-BFGS-B seconds per iteration of a short
-`stylize.optimize` run, and the process's peak RSS so far.
+`optimizers.optimize` run, and the process's peak RSS so far.
 
 With --compare-torch (needs torch importable; skipped cleanly otherwise) the same loss in
 PyTorch (tools/torch_reference.py) is timed on the same images with the same threads,
@@ -23,6 +23,7 @@ with whatever else runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -165,24 +166,18 @@ def load_images(args, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def export_unoptimized(layers: LayerSet, directory: Path) -> Path:
     """The loss model with every autodiff optimization switched off, for --graph unoptimized."""
-    from stylerun import autodiff
-    from stylerun.export import GRAD, _atomic_save, targets_path
-    from stylerun.forward import IMAGE, LOSS, build_loss_model, build_targets_model
+    from stylerun.autodiff import REFERENCE
+    from stylerun.export import export_vgg
     from stylerun.weights import load_bundled
 
-    weights = load_bundled()
-    path = directory / "unoptimized.onnx"
-    loss = autodiff.add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD,
-                                 optimize=False)
-    _atomic_save(build_targets_model(weights, layers), targets_path(path))
-    _atomic_save(loss, path)
-    return path
+    return export_vgg(load_bundled(), layers, directory / "unoptimized.onnx", REFERENCE).loss
 
 
 def make_stylerun_loss(args, content, style, threads, model=None):
-    from stylerun.stylize import StyleLoss
+    from stylerun.loss import StyleLoss
 
-    return StyleLoss(content, style, size=None, device=args.device, threads=threads or None, model=model)
+    return StyleLoss(content, style, size=None, device=args.device, threads=threads or None, model=model,
+                     session=args.session_settings)
 
 
 def make_torch_loss(content, style, threads):
@@ -203,9 +198,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- A/B variants -------------------------------------------------------------------------
 
-_GRAPH_KEYS = {"conv": "CONV_ADJOINT", "relu": "RELU_ADJOINT", "gram": "GRAM_ADJOINT", "pool": "POOL_ADJOINT"}
-_SESSION_KEYS = {"level": "GRAPH_OPTIMIZATION", "arena": "CPU_MEM_ARENA", "pattern": "MEM_PATTERN",
-                 "spin": "ALLOW_SPINNING"}
+_GRAPH_KEYS = ("conv", "relu", "gram", "pool")
+_SESSION_KEYS = {"level": "level", "arena": "arena", "pattern": "mem_pattern", "spin": "spinning"}
 
 
 def parse_variants(spec: str) -> dict[str, dict[str, str]]:
@@ -220,35 +214,28 @@ def parse_variants(spec: str) -> dict[str, dict[str, str]]:
     return variants
 
 
+def session_settings(opts: dict[str, str]):
+    """The measured session settings with the keys of `opts` (level=..., arena=0|1, ...) changed."""
+    from stylerun.runtime import MEASURED
+
+    changes = {_SESSION_KEYS[k]: (v if k == "level" else v == "1") for k, v in opts.items() if k in _SESSION_KEYS}
+    return dataclasses.replace(MEASURED, **changes)
+
+
 def make_variant_loss(opts: dict[str, str], content, style, threads, directory: Path, device: str):
     """A StyleLoss on a graph exported with the variant's autodiff flavours and session settings."""
-    from stylerun import autodiff, runtime
-    from stylerun.export import GRAD, _atomic_save, targets_path
-    from stylerun.forward import IMAGE, LOSS, build_loss_model, build_targets_model
-    from stylerun.stylize import StyleLoss
+    from stylerun.autodiff import FASTEST, REFERENCE
+    from stylerun.export import export_vgg
+    from stylerun.loss import StyleLoss
     from stylerun.weights import load_bundled
 
     layers = LayerSet.of(DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
-    saved = {k: getattr(autodiff, v) for k, v in _GRAPH_KEYS.items()}
-    saved_rt = {k: getattr(runtime, v) for k, v in _SESSION_KEYS.items()}
-    try:
-        for k, v in opts.items():
-            if k in _GRAPH_KEYS:
-                setattr(autodiff, _GRAPH_KEYS[k], v)
-            elif k in _SESSION_KEYS:
-                setattr(runtime, _SESSION_KEYS[k], v if k == "level" else v == "1")
-        weights = load_bundled()
-        path = directory / f"variant{len(list(directory.iterdir()))}.onnx"
-        loss = autodiff.add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD,
-                                     optimize=opts.get("optimize", "1") == "1")
-        _atomic_save(build_targets_model(weights, layers), targets_path(path))
-        _atomic_save(loss, path)
-        return StyleLoss(content, style, size=None, device=device, threads=threads, model=path)
-    finally:
-        for k, v in saved.items():
-            setattr(autodiff, _GRAPH_KEYS[k], v)
-        for k, v in saved_rt.items():
-            setattr(runtime, _SESSION_KEYS[k], v)
+    base = FASTEST if opts.get("optimize", "1") == "1" else REFERENCE
+    flavours = dataclasses.replace(base, **{k: v for k, v in opts.items() if k in _GRAPH_KEYS})
+    path = directory / f"variant{len(list(directory.iterdir()))}.onnx"
+    export_vgg(load_bundled(), layers, path, flavours)
+    return StyleLoss(content, style, size=None, device=device, threads=threads, model=path,
+                     session=session_settings(opts))
 
 
 def run_variants(args, threads: int) -> int:
@@ -291,7 +278,8 @@ def profile_by_op(args, content, style, threads, model_path=None, runs: int = 3)
     files = cached_export(layers) if model_path is None else ModelFiles(
         Path(model_path), targets_path(Path(model_path)), read_layers(model_path))
     with tempfile.TemporaryDirectory() as tmp:
-        model = runtime.LossModel(files, args.device, threads or None, profile_prefix=str(Path(tmp) / "ort"))
+        model = runtime.LossModel(files, args.device, threads or None, args.session_settings,
+                                  profile_prefix=str(Path(tmp) / "ort"))
         t_c, t_s = model.targets(content), model.targets(style)
         targets = {content_target_name(n): t_c[content_target_name(n)] for n in layers.content}
         targets.update({style_target_name(n): t_s[style_target_name(n)] for n in layers.style})
@@ -314,19 +302,18 @@ def profile_by_op(args, content, style, threads, model_path=None, runs: int = 3)
 # --- whole-transfer children -------------------------------------------------------------
 
 
-def apply_session_settings(spec: str) -> None:
-    from stylerun import runtime
-
-    for item in filter(None, (i.strip() for i in spec.split(","))):
-        k, _, v = item.partition("=")
-        if k not in _SESSION_KEYS:
-            raise SystemExit(f"--session: unknown key {k!r}")
-        setattr(runtime, _SESSION_KEYS[k], v if k == "level" else v == "1")
+def parse_session(spec: str):
+    """--session level=...,arena=0|1,... as session settings."""
+    opts = dict(item.partition("=")[::2] for item in filter(None, (i.strip() for i in spec.split(","))))
+    unknown = set(opts) - set(_SESSION_KEYS)
+    if unknown:
+        raise SystemExit(f"--session: unknown key(s) {sorted(unknown)}")
+    return session_settings(opts)
 
 
 def child(args) -> None:
     """One whole transfer in this fresh process; prints one JSON line."""
-    from stylerun.stylize import optimize
+    from stylerun.optimizers import optimize
 
     size = args.child_size
     content, style = load_images(args, size)
@@ -416,12 +403,12 @@ def machine_description(compare: bool) -> str:
 
 
 def main(args) -> int:
-    apply_session_settings(args.session)
+    args.session_settings = parse_session(args.session)
     if args.child:
         child(args)
         return 0
+    from stylerun.optimizers import optimize
     from stylerun.runtime import default_threads
-    from stylerun.stylize import optimize
 
     threads = args.threads or default_threads()
     args.threads = threads

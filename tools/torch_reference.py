@@ -9,7 +9,7 @@ places torch may appear. It rebuilds exactly what `stylerun.forward` exports:
   scale folded into conv1_1's kernel (`forward._first_conv_folded`);
 * the same loss formulas (see forward.py's docstring), with the gradient from autograd.
 
-`TorchLoss` has the duck type `stylerun.stylize.optimize` needs (``shape``,
+`TorchLoss` has the duck type `stylerun.optimizers.optimize` needs (``shape``,
 ``loss_and_grad``, ``last_terms``), so the very same L-BFGS-B loop runs on it.
 """
 

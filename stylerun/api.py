@@ -1,0 +1,74 @@
+"""The Python API: `transfer`, the twin of `stylerun transfer`, over the same run engine.
+
+Its keywords are the transfer options (`TransferOptions`) by their API names, with the
+same defaults as the CLI's flags; `callback`, `stop` and `resume` take the place of the
+progress bar, Ctrl-C and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .engine import CallbackListener, Job, resume_job, run
+from .errors import NumericError
+from .optimizers import Progress
+from .options import TransferOptions
+
+
+def transfer(
+    content: Any = None,
+    style: Any = None,
+    output: str | Path | None = None,
+    *,
+    callback: Callable[[Progress], None] | None = None,
+    stop: Callable[[], bool] | threading.Event | None = None,
+    resume: str | Path | None = None,
+    trust_checkpoint_paths: bool = False,
+    **options: Any,
+) -> Image.Image:
+    """Paint `content` in the style of `style` and return the result as an 8-bit RGB image.
+
+    `content` and `style` are paths, PIL images or (H, W, 3) arrays in 0..255 (float
+    arrays are used at full precision); `style` may be a list, blended by `style_blend`.
+    Every other keyword is a transfer option, as `stylerun transfer --help` lists them
+    (``--lbfgs-memory`` is ``lbfgs_memory``). With `output` the result is also written
+    there (atomically, `bit_depth` 8 or 16), and `save_every` / `checkpoint_every` write
+    numbered images and checkpoints beside it.
+
+    `callback` gets a `Progress` after every iteration (``p.rgb()`` is the current
+    image); `stop` (a callable or a `threading.Event`) ends the run at the next
+    evaluation, as Ctrl-C does, and the best image so far is returned. `resume` goes on
+    from a checkpoint exactly where it stopped (`content` and `style` then come from it).
+    A non-finite loss raises `NumericError`.
+    """
+    if resume is not None:
+        job, state = resume_job(resume, output, trust_paths=trust_checkpoint_paths, **options)
+    else:
+        job, state = Job.of(content, style, output, **options), None
+    outcome = run(job, CallbackListener(callback), stop, resume=state)
+    if outcome.error:
+        raise NumericError(outcome.error)
+    return Image.fromarray(np.clip(np.rint(outcome.image), 0, 255).astype(np.uint8))
+
+
+def _signature() -> inspect.Signature:
+    """`transfer`'s signature with every option spelled out, so help() and editors show them."""
+    base = inspect.signature(transfer)
+    params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    defaults = TransferOptions()
+    for f in fields(TransferOptions):
+        default = getattr(defaults, f.name) if f.default is MISSING else f.default
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=f.type))
+    return base.replace(parameters=params)
+
+
+transfer.__signature__ = _signature()

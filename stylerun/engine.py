@@ -1,0 +1,393 @@
+"""The run engine: one function from a job (inputs + options) to a finished image.
+
+`run` does everything a transfer needs around the optimizer: the coarse-to-fine scales,
+resuming from a checkpoint, checkpoints and intermediate images every N iterations, stop
+requests, NaN handling, progress events with an ETA, and writing the result atomically.
+Every front end (the CLI, `stylerun.transfer`, figures, and later batch jobs, the HTTP
+service and video) is a thin layer over it: it builds a `Job`, passes a `Listener` and a
+stop flag, and maps the `Outcome` to an exit status or a response.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
+from .errors import InputError, OptionError, StylerunError, mention
+from .images import (
+    MIN_SIDE,
+    check_output_path,
+    check_requested_size,
+    load_image,
+    max_pixels,
+    same_file,
+    save_image,
+)
+from .loss import StyleLoss, initial_image, resize_to
+from .optimizers import Progress, Result, optimize
+from .options import RESUMABLE, TransferOptions
+from .weight_formats import detect_format
+
+#: Options naming files a checkpoint may carry; used on resume only when given again or trusted.
+PATH_OPTIONS = ("weights", "model", "content_masks", "style_masks")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One transfer: the inputs, the options, and where the result goes (None: not written).
+
+    `content` and each of `style` are paths, PIL images or (H, W, 3) arrays in 0..255.
+    """
+
+    content: Any
+    style: tuple[Any, ...]
+    options: TransferOptions = field(default_factory=TransferOptions)
+    output: Path | None = None
+
+    @classmethod
+    def of(cls, content: Any, style: Any, output: str | Path | None = None, **options: Any) -> Job:
+        styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
+        return cls(content, styles, TransferOptions().replace(**options), None if output is None else Path(output))
+
+
+@dataclass
+class Outcome:
+    """How a run ended. `image` is the best image seen, (H, W, 3) RGB float32 in 0..255."""
+
+    image: np.ndarray = field(repr=False)
+    loss: float
+    iterations: int
+    evaluations: int
+    elapsed: float
+    interrupted: bool = False
+    error: str | None = None
+    history: list[float] = field(default_factory=list, repr=False)
+    output: Path | None = None
+    checkpoint: Path | None = None
+    provider: str = ""
+    #: The loss object of the last stage, to evaluate other images against the same targets.
+    loss_object: StyleLoss | None = field(default=None, repr=False)
+
+    @property
+    def written(self) -> bool:
+        return self.output is not None
+
+
+class Listener:
+    """Hooks a front end gives `run`; every method is optional (no-op here)."""
+
+    def loading(self) -> None:
+        """Images are being decoded and the model prepared (the first run of a layer set exports VGG19)."""
+
+    def started(self, message: str) -> None:
+        """The optimization starts; `message` says what runs where."""
+
+    def notice(self, message: str) -> None:
+        """Something worth one line: the weights file detected."""
+
+    def warning(self, message: str) -> None:
+        """Something went wrong but the run goes on: an intermediate write failed, an optimizer state was dropped."""
+
+    def progress(self, progress: Progress) -> None:
+        """After every iteration."""
+
+    def finishing(self) -> None:
+        """The result is about to be written: a stop must not cut this short."""
+
+
+class CallbackListener(Listener):
+    """A plain progress callback as a listener (the Python API's `callback=`)."""
+
+    def __init__(self, callback: Callable[[Progress], None] | None):
+        self.callback = callback
+
+    def progress(self, progress: Progress) -> None:
+        if self.callback is not None:
+            self.callback(progress)
+
+
+def as_stop(stop: Callable[[], bool] | threading.Event | None) -> Callable[[], bool] | None:
+    """A stop flag: a callable returning True, or a `threading.Event` that is set."""
+    return stop.is_set if isinstance(stop, threading.Event) else stop
+
+
+def intermediate_path(output: Path, iteration: int) -> Path:
+    return output.with_name(f"{output.stem}_{iteration:04d}{output.suffix}")
+
+
+# --- checks before any work ------------------------------------------------------------------------
+
+
+def check_job(job: Job) -> int:
+    """Every check that needs no decoding and no model; returns the guided regions (0: unguided)."""
+    options = job.options
+    if not job.style:
+        raise InputError("give at least one style image")
+    regions = options.check_for(len(job.style))
+    max_pixels(options.max_pixels)  # a malformed STYLERUN_MAX_PIXELS is an error now, not after the export
+    if options.size is not None:
+        check_requested_size(options.size, limit=options.max_pixels)
+    if options.scales > 1:
+        scale_plan(options.size, options.scales, options.iterations)
+    _check_output(job)
+    return regions
+
+
+def _check_output(job: Job) -> None:
+    options = job.options
+    if job.output is None:
+        for name in ("save_every", "checkpoint_every"):
+            if getattr(options, name) > 0 and not (name == "checkpoint_every" and options.checkpoint):
+                raise OptionError(name, "needs an output file to name what it writes")
+        return
+    output = check_output_path(job.output)
+    inputs = [("content", job.content), *(("style", s) for s in job.style)]
+    if not options.force:
+        for what, source in inputs:
+            if isinstance(source, (str, os.PathLike)) and same_file(output, source):
+                raise InputError(f"output {output} is the {what} image; choose another {mention('output')}, or add "
+                                 f"{mention('force')}")
+    ckpt = checkpoint_path(job)
+    if ckpt is not None:
+        if not ckpt.parent.is_dir():
+            raise OptionError("checkpoint", f"folder {ckpt.parent} does not exist; create it first")
+        if same_file(ckpt, output) or any(isinstance(s, (str, os.PathLike)) and same_file(ckpt, s) for _, s in inputs):
+            raise OptionError("checkpoint", f"{ckpt} would overwrite an input or the output; choose another one")
+
+
+def checkpoint_path(job: Job) -> Path | None:
+    """Where checkpoints go, or None when none are written."""
+    if job.options.checkpoint_every <= 0:
+        return None
+    if job.options.checkpoint:
+        return Path(job.options.checkpoint)
+    return default_checkpoint_path(job.output) if job.output is not None else None
+
+
+def scale_plan(size: int, scales: int, iterations: int, shape: tuple[int, ...] | None = None
+               ) -> list[tuple[int, int]]:
+    """Coarse to fine: (longest side, last iteration) of each of `scales` stages.
+
+    Sizes are ``size / 2^(scales-1), ..., size / 2, size``; the iterations are split
+    evenly, the finest stage taking the remainder. Stage k runs iterations
+    ``previous last + 1 .. its last``, so the count runs on across stages. With `shape`
+    (the finest image's), a coarsest image under the network's minimum side is refused.
+    """
+    TransferOptions(size=size, scales=scales, iterations=iterations)
+    sizes = [max(1, round(size / 2 ** (scales - 1 - k))) for k in range(scales)]
+    short = sizes[0] if shape is None else round(min(shape[:2]) * sizes[0] / max(shape[:2]))
+    if scales > 1 and short < MIN_SIDE:
+        raise OptionError("scales", f"{scales} makes the coarsest image {short} px on its short side; the network "
+                                    f"needs at least {MIN_SIDE}: use fewer {mention('scales')} or a larger "
+                                    f"{mention('size')}")
+    per = iterations // scales
+    ends = [per * (k + 1) for k in range(scales - 1)] + [iterations]
+    return list(zip(sizes, ends, strict=True))
+
+
+# --- resume ----------------------------------------------------------------------------------------
+
+
+def resume_job(path: str | Path, output: str | Path | None = None, *, trust_paths: bool = False,
+               **overrides: Any) -> tuple[Job, Checkpoint]:
+    """The job a checkpoint describes, to pass to `run(job, resume=checkpoint)`.
+
+    A checkpoint comes from outside: only the options in `RESUMABLE` and the file options
+    in `PATH_OPTIONS` may be given again (the rest decide the picture and come from the
+    file). Without `output` the result goes next to the checkpoint (``NAME.ckpt.npz`` ->
+    ``NAME.png``), never to the output path stored inside it. Files the checkpoint names
+    (weights, model, masks) are used only when given again or when `trust_paths` is set.
+    """
+    path = Path(path)
+    allowed = set(RESUMABLE) | set(PATH_OPTIONS)
+    refused = [name for name in overrides if name not in allowed]
+    if refused:
+        raise OptionError(refused[0], "cannot change when resuming: the checkpoint's settings decide the picture "
+                                      f"(only {', '.join(mention(n) for n in sorted(allowed))} and the output "
+                                      "may be given)")
+    state = load_checkpoint(path)
+    untrusted = [n for n in PATH_OPTIONS if getattr(state.options, n) is not None and n not in overrides]
+    if untrusted and not trust_paths:
+        names = ", ".join(mention(n) for n in untrusted)
+        raise OptionError(untrusted[0], f"is a path stored in checkpoint {path}; a checkpoint is not trusted to "
+                                        f"choose files: give {names} again, or confirm the stored paths with "
+                                        f"{mention('trust_checkpoint_paths')}")
+    checkpoint = state.options.checkpoint if "checkpoint" not in overrides else overrides.pop("checkpoint")
+    options = state.options.replace(checkpoint=str(checkpoint or path), **overrides)
+    target = Path(output) if output is not None else _beside(path)
+    if output is None and target.exists() and not options.force:
+        raise InputError(f"{target} exists (a resumed run without {mention('output')} writes beside its "
+                         f"checkpoint); give {mention('output')}, or add {mention('force')} to overwrite it")
+    job = Job(state.content, tuple(state.style), options.replace(size=None, scales=1), target)
+    return job, state
+
+
+def _beside(checkpoint: Path) -> Path:
+    name = checkpoint.name.removesuffix(".npz").removesuffix(".ckpt")
+    return checkpoint.with_name(f"{name}.png")
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stage:
+    loss: StyleLoss
+    start: np.ndarray  # the optimizer's variable to start from
+    first: int  # iterations already done before this stage
+    end: int  # the stage's last iteration
+
+
+class _Run:
+    """One call of `run`: the stages, the progress bookkeeping and the files written."""
+
+    def __init__(self, job: Job, listener: Listener, stop: Callable[[], bool] | None, resume: Checkpoint | None):
+        self.job, self.options, self.listener, self.stop, self.resume = job, job.options, listener, stop, resume
+        self.history: list[float] = list(resume.history) if resume is not None else []
+        self.ckpt = checkpoint_path(job)
+        self.begin = time.perf_counter()
+        self.plan: list[tuple[int | None, int]] = []
+        self.stage_index, self.stage_started, self.stage_first = 0, 0.0, 0
+        self.loss: StyleLoss | None = None
+
+    def build(self, size: int | None) -> StyleLoss:
+        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size))
+
+    def stages(self) -> list[tuple[int | None, int]]:
+        options = self.options
+        if self.resume is not None or options.scales == 1:
+            return [(options.size, options.iterations)]
+        shape = load_image(self.job.content, options.size, background=options.background,
+                           limit=options.max_pixels, what="the content image").shape
+        return scale_plan(options.size, options.scales, options.iterations, shape)  # the real aspect, checked
+
+    def eta(self, p: Progress) -> float:
+        """Seconds left: this stage's time per iteration, scaled by pixels for the finer stages still to come."""
+        done = p.iteration - self.stage_first
+        if done <= 0:
+            return math.nan
+        per = (time.perf_counter() - self.stage_started) / done
+        left = per * (self.plan[self.stage_index][1] - p.iteration)
+        here = self.plan[self.stage_index][0] or 1
+        for k in range(self.stage_index + 1, len(self.plan)):
+            size, end = self.plan[k]
+            left += per * ((size or here) / here) ** 2 * (end - self.plan[k - 1][1])
+        return left
+
+    def on_step(self, p: Progress) -> None:
+        loss = self.loss
+        p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb)
+        self.history.append(p.loss)
+        self.listener.progress(p)
+        output, options = self.job.output, self.options
+        if options.save_every > 0 and output is not None and p.iteration % options.save_every == 0:
+            _keep_going(self.listener, save_image, p.rgb(), intermediate_path(output, p.iteration),
+                        options.bit_depth)
+        if self.ckpt is not None and p.iteration % options.checkpoint_every == 0:
+            _keep_going(self.listener, self.write_checkpoint, p.image, p.iteration, p.loss, p.lbfgs_state())
+
+    def write_checkpoint(self, image: np.ndarray, iteration: int, value: float, lbfgs) -> None:
+        loss = self.loss
+        inputs = {"content": _name(self.job.content), "style": [_name(s) for s in self.job.style],
+                  "output": _name(self.job.output)}
+        save_checkpoint(self.ckpt, Checkpoint(self.options, iteration, image, loss.content_image, loss.style_images,
+                                              value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs))
+
+
+def _name(source: Any) -> str | None:
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def _keep_going(listener: Listener, write: Callable[..., Any], *args: Any) -> None:
+    """An intermediate write that fails (disk full) must not end the run: say so and go on."""
+    try:
+        write(*args)
+    except OSError as exc:
+        listener.warning(f"could not write an intermediate file ({exc}); going on")
+
+
+def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | threading.Event | None = None,
+        resume: Checkpoint | None = None) -> Outcome:
+    """Run `job` to the end, or until `stop` says so, Ctrl-C, or a non-finite loss.
+
+    In every case the best image so far is returned (and written, when the job has an
+    output); a stopped run with checkpoints enabled also writes a checkpoint to go on
+    from. With `resume` (see `resume_job`) the run goes on exactly where that one stood.
+    Bad options or inputs raise `StylerunError` before any optimization.
+    """
+    listener = listener or Listener()
+    check_job(job)
+    if job.options.weights is not None:
+        if not Path(job.options.weights).is_file():
+            raise OptionError("weights", f"file {job.options.weights} not found")
+        # an unsupported file is refused here, before any work
+        listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
+    state = _Run(job, listener, as_stop(stop), resume)
+    listener.loading()
+    state.plan = state.stages()
+    result = _optimize_stages(state)
+    return _finish(state, result)
+
+
+def _optimize_stages(state: _Run) -> Result:
+    options, resume = state.options, state.resume
+    previous: np.ndarray | None = None
+    first = resume.iteration if resume is not None else 0
+    result: Result | None = None
+    for index, (size, end) in enumerate(state.plan):
+        loss = state.build(size)
+        state.loss, state.stage_index = loss, index
+        if resume is not None:
+            start, lbfgs, init_loss = resume.image, resume.lbfgs, resume.loss
+            if resume.lbfgs_dropped:
+                state.listener.warning(f"{resume.lbfgs_dropped}; L-BFGS-B restarts its history")
+        else:
+            rgb = initial_image(options.init, loss, options.seed) if previous is None else resize_to(previous,
+                                                                                                     loss.shape)
+            start, lbfgs, init_loss = loss.to_variable(rgb), None, math.inf
+        if index == 0:
+            h, w, _ = loss.shape
+            state.listener.started(f"{w}x{h}, {options.iterations} iterations on {loss.provider}")
+        state.stage_started, state.stage_first = time.perf_counter(), first
+        result = optimize(loss.objective, start, end, state.on_step, options.lbfgs_memory, first_iteration=first,
+                          stop=state.stop, resume=lbfgs, init_loss=init_loss, optimizer=options.optimizer,
+                          learning_rate=options.learning_rate)
+        previous, first = loss.to_rgb(result.image), result.iterations
+        if result.interrupted or result.error:
+            break
+    return result
+
+
+def _finish(state: _Run, result: Result) -> Outcome:
+    loss, job = state.loss, state.job
+    state.listener.finishing()
+    image = loss.to_rgb(result.image)
+    written = None
+    if job.output is not None and math.isfinite(result.loss):  # not finite only when no evaluation was
+        written = _save_result(image, job.output, state.options.bit_depth)
+    ckpt = None
+    if state.ckpt is not None and result.interrupted and math.isfinite(result.loss):
+        state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
+        ckpt = state.ckpt
+    return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
+                   result.interrupted, result.error, state.history, written, ckpt or state.ckpt, loss.provider, loss)
+
+
+def _save_result(image: np.ndarray, output: Path, bit_depth: int) -> Path:
+    """Write the result; if that fails (disk full, folder removed), rescue it into the temp folder."""
+    try:
+        return save_image(image, output, bit_depth)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"stylerun-rescued-{os.getpid()}.png"
+        save_image(image, rescue, bit_depth)
+        raise StylerunError(f"cannot write {output} ({exc}); the result was saved to {rescue} instead") from None
