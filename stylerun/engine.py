@@ -61,17 +61,10 @@ class Job:
 
 
 @dataclass
-class Outcome:
-    """How a run ended. `image` is the best image seen, (H, W, 3) RGB float32 in 0..255."""
+class Outcome(Result):
+    """How a run ended: the optimizer's `Result`, with `image` as RGB (H, W, 3) float32 in
+    0..255, and what the run wrote."""
 
-    image: np.ndarray = field(repr=False)
-    loss: float
-    iterations: int
-    evaluations: int
-    elapsed: float
-    interrupted: bool = False
-    error: str | None = None
-    history: list[float] = field(default_factory=list, repr=False)
     output: Path | None = None
     checkpoint: Path | None = None
     provider: str = ""
@@ -380,7 +373,8 @@ def _finish(state: _Run, result: Result) -> Outcome:
         state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
         ckpt = state.ckpt
     return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
-                   result.interrupted, result.error, state.history, written, ckpt or state.ckpt, loss.provider, loss)
+                   result.interrupted, result.error, state.history, output=written, checkpoint=ckpt or state.ckpt,
+                   provider=loss.provider, loss_object=loss)
 
 
 def _save_result(image: np.ndarray, output: Path, bit_depth: int) -> Path:
