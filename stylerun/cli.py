@@ -390,12 +390,27 @@ def error_line(exc: BaseException) -> str:
     return mention_options(" ".join(str(exc).split()), spell)
 
 
+def _usage_error(exc: Exception) -> bool:
+    """Click's usage errors (a typo, a missing value), which Typer does not export by name."""
+    return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
+
+
 def main() -> None:
+    """Run the CLI; every error a user can cause is one line on stderr and a non-zero status."""
+    command = typer.main.get_command(app)
     try:
-        app()
+        status = command.main(prog_name="stylerun", standalone_mode=False)
     except (StylerunError, MemoryError, RecursionError) as exc:
         print(f"stylerun: error: {error_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        if not _usage_error(exc):
+            raise
+        where = f" (see 'stylerun {sys.argv[1]} --help')" if len(sys.argv) > 1 and sys.argv[1] in command.commands \
+            else " (see 'stylerun --help')"
+        print(f"stylerun: error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

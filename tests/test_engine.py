@@ -202,3 +202,9 @@ def test_library_errors_use_api_names_and_the_cli_maps_them(capsys, monkeypatch,
     assert code == 2 and err.strip() == "stylerun: error: --lbfgs-memory must be at most 100, got 20000"
     with pytest.raises(stylerun.InputError, match="unknown option 'iteratons' \\(did you mean iterations\\?\\)"):
         TransferOptions().replace(iteratons=5)
+
+
+def test_option_typos_are_one_line_with_a_suggestion(capsys, monkeypatch, tmp_path):
+    code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"), "--sise", "5")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("stylerun: error: No such option: --sise") and "--size" in err and "--help" in err
