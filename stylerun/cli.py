@@ -365,7 +365,7 @@ class _ConsoleLogHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        say(f"stylerun: warning: {record.getMessage()}", self.console)
+        say(f"stylerun: warning: {mention_options(record.getMessage(), spell)}", self.console)
 
 
 def _log_warnings_to(console: Console) -> None:

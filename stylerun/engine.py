@@ -26,10 +26,13 @@ from .checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, sa
 from .errors import InputError, OptionError, StylerunError, mention
 from .images import (
     MIN_SIDE,
+    check_deep_output,
     check_output_path,
     check_requested_size,
-    load_image,
+    decode,
+    fit_longest_side,
     max_pixels,
+    picture_size,
     same_file,
     save_image,
 )
@@ -144,6 +147,8 @@ def _check_output(job: Job) -> None:
                 raise OptionError(name, "needs an output file to name what it writes")
         return
     output = check_output_path(job.output)
+    if options.bit_depth == 16:
+        check_deep_output(output)
     inputs = [("content", job.content), *(("style", s) for s in job.style)]
     if not options.force:
         for what, source in inputs:
@@ -260,9 +265,9 @@ class _Run:
         options = self.options
         if self.resume is not None or options.scales == 1:
             return [(options.size, options.iterations)]
-        shape = load_image(self.job.content, options.size, background=options.background,
-                           limit=options.max_pixels, what="the content image").shape
-        return scale_plan(options.size, options.scales, options.iterations, shape)  # the real aspect, checked
+        picture = decode(self.job.content, background=options.background, limit=options.max_pixels)
+        width, height = fit_longest_side(picture_size(picture), options.size)
+        return scale_plan(options.size, options.scales, options.iterations, (height, width))  # the real aspect
 
     def eta(self, p: Progress) -> float:
         """Seconds left: this stage's time per iteration, scaled by pixels for the finer stages still to come."""
@@ -285,7 +290,7 @@ class _Run:
         output, options = self.job.output, self.options
         if options.save_every > 0 and output is not None and p.iteration % options.save_every == 0:
             _keep_going(self.listener, save_image, p.rgb(), intermediate_path(output, p.iteration),
-                        options.bit_depth)
+                        options.bit_depth, options.quality)
         if self.ckpt is not None and p.iteration % options.checkpoint_every == 0:
             _keep_going(self.listener, self.write_checkpoint, p.image, p.iteration, p.loss, p.lbfgs_state())
 
@@ -367,7 +372,7 @@ def _finish(state: _Run, result: Result) -> Outcome:
     image = loss.to_rgb(result.image)
     written = None
     if job.output is not None and math.isfinite(result.loss):  # not finite only when no evaluation was
-        written = _save_result(image, job.output, state.options.bit_depth)
+        written = _save_result(image, job.output, state.options)
     ckpt = None
     if state.ckpt is not None and result.interrupted and math.isfinite(result.loss):
         state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
@@ -377,11 +382,11 @@ def _finish(state: _Run, result: Result) -> Outcome:
                    provider=loss.provider, loss_object=loss)
 
 
-def _save_result(image: np.ndarray, output: Path, bit_depth: int) -> Path:
+def _save_result(image: np.ndarray, output: Path, options: TransferOptions) -> Path:
     """Write the result; if that fails (disk full, folder removed), rescue it into the temp folder."""
     try:
-        return save_image(image, output, bit_depth)
+        return save_image(image, output, options.bit_depth, options.quality)
     except OSError as exc:
         rescue = Path(tempfile.gettempdir()) / f"stylerun-rescued-{os.getpid()}.png"
-        save_image(image, rescue, bit_depth)
+        save_image(image, rescue, options.bit_depth)
         raise StylerunError(f"cannot write {output} ({exc}); the result was saved to {rescue} instead") from None

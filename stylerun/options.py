@@ -205,6 +205,9 @@ class TransferOptions:
     bit_depth: int = option(
         8, "Bits per channel of the output file: 8, or 16 (PNG and TIFF only).", IO, choice(*BIT_DEPTHS),
         cli=int, metavar="8|16", cli_default=8)
+    quality: int = option(
+        95, "JPEG/WebP quality, 1-100 (JPEG is written with full-resolution colour, 4:4:4).", IO,
+        whole(1, 100), cli=int, metavar="Q", cli_default=95)
     # Loss
     content_layers: dict[str, float] = option(
         lambda: dict(DEFAULT_CONTENT_LAYERS), f"Content layers and weights: {LAYER_SYNTAX}.", LOSS, layers,

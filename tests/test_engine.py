@@ -208,3 +208,32 @@ def test_option_typos_are_one_line_with_a_suggestion(capsys, monkeypatch, tmp_pa
     code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"), "--sise", "5")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("stylerun: error: No such option: --sise") and "--size" in err and "--help" in err
+
+
+def test_jpeg_output_is_high_quality_4_4_4_and_quality_is_checked(tmp_path, rng):
+    from PIL import JpegImagePlugin
+
+    image = rng.uniform(0, 255, (64, 64, 3)).astype(np.float32)
+    save_image(image, tmp_path / "a.jpg")
+    save_image(image, tmp_path / "b.jpg", quality=40)
+    with Image.open(tmp_path / "a.jpg") as a:
+        assert JpegImagePlugin.get_sampling(a) == 0  # 4:4:4
+        error_a = np.abs(np.asarray(a, np.float32) - image).mean()
+    with Image.open(tmp_path / "b.jpg") as b:
+        error_b = np.abs(np.asarray(b, np.float32) - image).mean()
+    assert error_a < error_b
+    with pytest.raises(OptionError, match="quality must be at most 100"):
+        TransferOptions(quality=101)
+
+
+def test_an_enlarged_photo_is_announced(tmp_path, style_path):
+    import subprocess
+    import sys
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 34), "gray").save(small)
+    done = subprocess.run([sys.executable, "-m", "stylerun", "transfer", str(small), str(style_path), "-o",
+                           str(tmp_path / "o.png"), *CLI_SMALL, "--size", "64", "-n", "1", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "stylerun: warning: the content image is 40x34; enlarging it to 64x54 (a smaller --size" in done.stderr
