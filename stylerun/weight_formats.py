@@ -22,7 +22,10 @@ truncated file fails with one line naming the layer. Fully connected layers are 
 Untrusted input: pickles (torch.save, numpy object arrays) go through the one restricted
 unpickler, `torchfile.SafeUnpickler`, which refuses every global it does not know by
 name; no loader calls `np.load(allow_pickle=True)` or bare `pickle`. Sizes written in a
-file are checked against what the file can hold before anything is allocated.
+file are checked against what the file can hold, and against the caps in `limits` (what
+VGG19 needs), before anything is allocated: zip members are inflated only when wanted and
+with a byte cap, MATLAB variables are walked (`_scan_mat`) before scipy reads them, and
+pickle walks are memoized. Only regular files are opened (a FIFO would block forever).
 """
 
 from __future__ import annotations
@@ -281,11 +284,8 @@ def _load_matconvnet(path: Path) -> VGG19Weights:
     import scipy.io
 
     source = str(path)
-    try:
-        names = {entry[0] for entry in scipy.io.whosmat(path)}
-    except NotImplementedError:
-        raise WeightsError(f"{source}: MATLAB v7.3 (HDF5) file; re-save it in MATLAB with save(..., '-v7')") from None
-    wanted = [n for n in ("layers", "params", "meta", "normalization", "net") if n in names]
+    names = _scan_mat(path, _MAT_VARIABLES)
+    wanted = [n for n in _MAT_VARIABLES if n in names]
     data = scipy.io.loadmat(path, variable_names=wanted, struct_as_record=False, squeeze_me=False)
     if "net" in data and "layers" not in data and "params" not in data:
         net = _mat_unwrap(data["net"])
@@ -318,6 +318,169 @@ def _load_matconvnet(path: Path) -> VGG19Weights:
     if mean is None:
         mean, fmt = VGG_MEAN_RGB, f"{fmt}, no averageImage in the file: the VGG mean is assumed"
     return _finish(path, convs, InputConvention("matconvnet", "RGB", 1.0, mean), fmt)
+
+
+#: The top-level variables of a MatConvNet file that are read; others are skipped unread.
+_MAT_VARIABLES = ("layers", "params", "meta", "normalization", "net")
+# MAT v5 data types and array classes ("MAT-File Format", MathWorks, tables 1-1 and 1-3).
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
+_MX_NUMERIC = range(6, 16)  # double, single, int8 ... uint64 (logical is uint8 with a flag)
+_MX_COMPLEX = 0x800
+#: Nesting MatConvNet needs: net struct > layers cell > layer struct > weights cell > array.
+_MAT_MAX_DEPTH = 16
+#: Elements of one cell or struct array (MatConvNet's layer list has 43).
+_MAT_MAX_ELEMENTS = 1 << 16
+_MAT_CHUNK = 1 << 20
+
+
+class _MatStream:
+    """The bytes of one top-level MAT variable, inflated when compressed, charged to a `Budget`.
+
+    Inflation streams in 1 MB pieces, so walking a compression bomb holds one piece, and
+    the budget stops it at `MAX_WHOLE_NET_BYTES`.
+    """
+
+    def __init__(self, f: BinaryIO, length: int, compressed: bool, budget: Budget) -> None:
+        self._f, self._left, self._budget = f, length, budget
+        self._z = zlib.decompressobj() if compressed else None
+        self._buf = bytearray()
+
+    def _fill(self) -> bool:
+        """Append the next piece to the buffer; False at the end of the variable."""
+        if self._z is not None and self._z.unconsumed_tail:
+            piece = self._z.decompress(self._z.unconsumed_tail, _MAT_CHUNK)
+        elif self._left and not (self._z is not None and self._z.eof):
+            raw = self._f.read(min(self._left, _MAT_CHUNK))
+            if not raw:
+                return False
+            self._left -= len(raw)
+            piece = raw if self._z is None else self._z.decompress(raw, _MAT_CHUNK)
+        else:
+            return False
+        self._budget.spend(len(piece), "a MATLAB variable")
+        self._buf += piece
+        return True
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if not self._fill():
+                raise _Overflow
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            if not self._buf and not self._fill():
+                raise _Overflow
+            step = min(n, len(self._buf))
+            del self._buf[:step]
+            n -= step
+
+
+def _scan_mat(path: Path, wanted: tuple[str, ...]) -> set[str]:
+    """The names of a MAT v5 file's variables, after walking the wanted ones without building them.
+
+    scipy's `loadmat` trusts sizes written in the file: a few compressed megabytes can
+    inflate to gigabytes, a cell or struct header claiming 65535 x 65535 elements makes it
+    allocate them all up front, an empty char array of such a size becomes that many
+    spaces, and deep nesting recurses in C. The walk checks, before `loadmat` runs, that
+    the wanted variables inflate to at most `MAX_WHOLE_NET_BYTES` all told, nest at most
+    `_MAT_MAX_DEPTH` deep, hold at most `_MAT_MAX_ELEMENTS` per cell or struct array and
+    only cells, structs, chars and numbers, and that every element they declare is really
+    in the file; so `loadmat` allocates no more than the bytes walked. Other variables
+    have their headers read, as `loadmat` reads them, and are skipped.
+    """
+    source, size = str(path), path.stat().st_size
+    budget = Budget(MAX_WHOLE_NET_BYTES, source)
+    names: set[str] = set()
+    with open(path, "rb") as f:
+        head = f.read(128)
+        order = {b"IM": "<", b"MI": ">"}.get(head[126:128])
+        if len(head) < 128 or order is None:
+            raise WeightsError(f"{source}: not a MATLAB 5 file (no byte-order mark in its header)")
+        (version,) = struct.unpack(order + "H", head[124:126])
+        if version == 0x0200:
+            raise WeightsError(f"{source}: MATLAB v7.3 (HDF5) file; re-save it in MATLAB with save(..., '-v7')")
+        if version != 0x0100:
+            raise WeightsError(f"{source}: MATLAB file version {version:#06x} is not supported")
+        pos = 128
+        while pos + 8 <= size:
+            f.seek(pos)
+            mdtype, nbytes = struct.unpack(order + "II", f.read(8))
+            if mdtype not in (_MI_MATRIX, _MI_COMPRESSED) or pos + 8 + nbytes > size:
+                raise WeightsError(f"{source}: MATLAB file is truncated or corrupt at byte {pos}")
+            if mdtype == _MI_MATRIX:
+                f.seek(pos)  # the walk reads the matrix tag itself
+            stream = _MatStream(f, nbytes + (8 if mdtype == _MI_MATRIX else 0), mdtype == _MI_COMPRESSED, budget)
+            try:
+                names.add(_mat_matrix(stream, order, 0, source, wanted))
+            except (_Overflow, zlib.error):
+                raise WeightsError(f"{source}: MATLAB variable at byte {pos} is truncated or corrupt") from None
+            pos += 8 + nbytes
+    return names
+
+
+def _mat_element(stream: _MatStream, order: str, keep: int | None) -> tuple[int, bytes]:
+    """(data type, payload) of one data element, small or regular format.
+
+    Payloads longer than `keep` bytes are refused; with `keep` None the payload is skipped.
+    """
+    tag = stream.read(8)
+    first, second = struct.unpack(order + "II", tag)
+    if first >> 16:  # small data element: the size in the tag's upper half, the payload in its second word
+        if first >> 16 > 4:
+            raise _Overflow
+        return first & 0xFFFF, tag[4 : 4 + (first >> 16)]
+    if keep is None:
+        stream.skip(second + (-second % 8))
+        return first, b""
+    if second > keep:
+        raise _Overflow
+    data = stream.read(second)
+    stream.skip(-second % 8)
+    return first, data
+
+
+def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted: tuple[str, ...] = ()) -> str:
+    """Walk one miMATRIX element (see `_scan_mat`); at the top level (`wanted` given) stop after the
+    header of a variable not wanted. Returns the array's name."""
+    mdtype, nbytes = struct.unpack(order + "II", stream.read(8))
+    if mdtype != _MI_MATRIX:
+        raise _Overflow
+    if nbytes == 0:  # an empty matrix
+        return ""
+    if depth > _MAT_MAX_DEPTH:
+        raise WeightsError(f"{source}: MATLAB data nested more than {_MAT_MAX_DEPTH} levels deep; not MatConvNet's")
+    flags = struct.unpack(order + "I", stream.read(16)[8:12])[0]
+    mclass = flags & 0xFF
+    if mclass not in (_MX_CELL, _MX_STRUCT, _MX_CHAR) and mclass not in _MX_NUMERIC:
+        raise WeightsError(f"{source}: MATLAB array of class {mclass} (objects, sparse, functions) is not read")
+    _, raw_dims = _mat_element(stream, order, 4 * 32)
+    dims = struct.unpack(f"{order}{len(raw_dims) // 4}i", raw_dims[: len(raw_dims) // 4 * 4])
+    name = _mat_element(stream, order, 4096)[1].decode("latin-1")
+    if depth == 0 and name not in wanted:
+        return name
+    if any(d < 0 for d in dims):
+        raise _Overflow
+    count = math.prod(dims)
+    if mclass in (_MX_CELL, _MX_STRUCT):
+        fields = 1
+        if mclass == _MX_STRUCT:
+            length = struct.unpack(order + "i", _mat_element(stream, order, 4)[1].ljust(4, b"\0"))[0]
+            fields = len(_mat_element(stream, order, 1 << 16)[1]) // length if length > 0 else 0
+        if count > _MAT_MAX_ELEMENTS:
+            raise WeightsError(f"{source}: MATLAB cell or struct array {name!r} of {count:,} elements; too many")
+        for _ in range(count * fields):
+            _mat_matrix(stream, order, depth + 1, source)
+        return name
+    if mclass == _MX_CHAR and count > _MAT_MAX_ELEMENTS:  # scipy pads an empty one with `count` spaces
+        raise WeightsError(f"{source}: MATLAB char array {name!r} of {count:,} characters; too many")
+    _mat_element(stream, order, None)  # the numbers (or characters), skipped
+    if mclass != _MX_CHAR and flags & _MX_COMPLEX:
+        _mat_element(stream, order, None)  # imaginary part
+    return name
 
 
 def _matconvnet_mean(data: dict[str, Any]) -> tuple[float, float, float] | None:
