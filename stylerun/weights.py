@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -188,11 +189,15 @@ def read_npy_header(f: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.
     header itself, at most 10,000 bytes), so a claimed shape can be checked first.
     """
     version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f)
-    raise WeightsError(f"{label}: .npy format version {version} is not supported")
+    if version not in ((1, 0), (2, 0)):
+        raise WeightsError(f"{label}: .npy format version {version} is not supported")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        return read(f)
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy tokenizes and literal_evals the header: a mangled one fails in any of these ways.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise WeightsError(f"{label}: malformed .npy header ({detail})") from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -215,12 +215,16 @@ def torch_bomb(folder: Path) -> Path:
 
 
 def lying_zip(folder: Path) -> Path:
-    """A torch zip whose 64-byte storage, as its headers say, really inflates to 256 MiB."""
+    """A torch zip whose 64-byte storage, as its headers say, really inflates to 1 GiB.
+
+    zipfile stops at the declared size, but its plain `read()` first inflates the whole
+    member into one buffer (the review saw 627 MB RSS here); a capped read inflates 4 KB.
+    """
     path = folder / "w.pth"
     obj = state_dict(**{"features.0.weight": tensor("0", 16, (16,), (1,), legacy=False)})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         zf.writestr("archive/data.pkl", dumps(obj))
-        zeros_member(zf, "archive/data/0", b"", 256 << 20)
+        zeros_member(zf, "archive/data/0", b"", BOMB)
     raw = bytearray(path.read_bytes())
     central = raw.rindex(b"PK\x01\x02")  # the last central directory entry: the storage
     assert raw[central + 46 : central + 60] == b"archive/data/0"
@@ -507,6 +511,22 @@ def test_contact_sheet_size_is_capped():
         figures.contact_sheet("t", [Image.new("L", (65000, 1)), Image.new("L", (1, 40000))], [["a"], ["b"]])
 
 
+@pytest.mark.parametrize("header", [b"{'descr': '|O', 'fortran_order': False, 'shape': (", b"[1, 2]",
+                                    b"{'descr': 'x', 'fortran_order': 1, 'shape': 5}", b"{'descr': __import__('os')}"])
+@pytest.mark.parametrize("where", ["tfvgg-npy", "npz-member"])
+def test_malformed_npy_headers_are_one_line(header, where, tmp_path):
+    """numpy parses npy headers by tokenizing and literal_eval: every way that fails is a WeightsError."""
+    raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + 1) + header + b"\n"
+    if where == "tfvgg-npy":
+        path = tmp_path / "vgg19.npy"
+        path.write_bytes(raw + bytes(64))
+    else:
+        path = npz(tmp_path, raw, 64)
+    with pytest.raises(WeightsError, match=r"malformed \.npy header") as info:
+        load_any(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
 # --------------------------------------------------------------------------- fuzzing the weight readers
 
 #: Every reader but Keras: HDF5's C library is not hardened against mutated files (it may crash the process).
@@ -540,13 +560,13 @@ def load_or_refuse(data: bytes) -> None:
 
 
 @FUZZ
-@given(case=st.sampled_from(FUZZED), edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
-                                                                st.integers(0, 255)), min_size=1, max_size=6),
-       cut=st.none() | st.floats(0, 1))
+@given(case=st.sampled_from(FUZZED), cut=st.none() | st.floats(0, 1),
+       edits=st.lists(st.tuples(st.booleans(), st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=6))
 def test_mutated_weight_files_load_or_are_refused(valid_files, case, edits, cut):
     data = bytearray(valid_files[case])
-    for where, byte in edits:
-        data[int(where * len(data))] = byte
+    for in_header, where, byte in edits:  # headers, pickles and tags sit in the first few hundred bytes
+        data[int(where * (min(len(data), 512) if in_header else len(data)))] = byte
     load_or_refuse(bytes(data[: int(cut * len(data))] if cut is not None else data))
 
 
