@@ -324,6 +324,10 @@ def _load_matconvnet(path: Path) -> VGG19Weights:
 _MAT_VARIABLES = ("layers", "params", "meta", "normalization", "net")
 # MAT v5 data types and array classes ("MAT-File Format", MathWorks, tables 1-1 and 1-3).
 _MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MI_INT8, _MI_INT32, _MI_UINT32 = frozenset({1}), frozenset({5}), 6
+#: Data types of numbers (int8 ... uint64, single, double) and of characters (those and UTF-8/16/32).
+_MI_NUMBERS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13})
+_MI_TEXT = _MI_NUMBERS | {16, 17, 18}
 _MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
 _MX_NUMERIC = range(6, 16)  # double, single, int8 ... uint64 (logical is uint8 with a flag)
 _MX_COMPLEX = 0x800
@@ -422,25 +426,26 @@ def _scan_mat(path: Path, wanted: tuple[str, ...]) -> set[str]:
     return names
 
 
-def _mat_element(stream: _MatStream, order: str, keep: int | None) -> tuple[int, bytes]:
-    """(data type, payload) of one data element, small or regular format.
+def _mat_element(stream: _MatStream, order: str, types: frozenset[int], keep: int | None) -> bytes:
+    """The payload of one data element (small or regular format) whose data type is one of `types`.
 
-    Payloads longer than `keep` bytes are refused; with `keep` None the payload is skipped.
+    scipy indexes C arrays by the data type, so an unknown one must never reach it. Payloads
+    longer than `keep` bytes are refused; with `keep` None the payload is skipped (b"").
     """
     tag = stream.read(8)
     first, second = struct.unpack(order + "II", tag)
-    if first >> 16:  # small data element: the size in the tag's upper half, the payload in its second word
-        if first >> 16 > 4:
-            raise _Overflow
-        return first & 0xFFFF, tag[4 : 4 + (first >> 16)]
-    if keep is None:
-        stream.skip(second + (-second % 8))
-        return first, b""
-    if second > keep:
+    small = first >> 16  # a small data element: its size in the tag's upper half, its payload in the second word
+    mdtype, size = (first & 0xFFFF, small) if small else (first, second)
+    if mdtype not in types or (small and size > 4) or (keep is not None and size > keep):
         raise _Overflow
-    data = stream.read(second)
-    stream.skip(-second % 8)
-    return first, data
+    if small:
+        return tag[4 : 4 + size] if keep is not None else b""
+    if keep is None:
+        stream.skip(size + (-size % 8))
+        return b""
+    data = stream.read(size)
+    stream.skip(-size % 8)
+    return data
 
 
 def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted: tuple[str, ...] = ()) -> str:
@@ -453,13 +458,16 @@ def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted:
         return ""
     if depth > _MAT_MAX_DEPTH:
         raise WeightsError(f"{source}: MATLAB data nested more than {_MAT_MAX_DEPTH} levels deep; not MatConvNet's")
-    flags = struct.unpack(order + "I", stream.read(16)[8:12])[0]
+    flags_tag = stream.read(16)
+    if struct.unpack(order + "II", flags_tag[:8]) != (_MI_UINT32, 8):  # array flags: two uint32
+        raise _Overflow
+    flags = struct.unpack(order + "I", flags_tag[8:12])[0]
     mclass = flags & 0xFF
     if mclass not in (_MX_CELL, _MX_STRUCT, _MX_CHAR) and mclass not in _MX_NUMERIC:
         raise WeightsError(f"{source}: MATLAB array of class {mclass} (objects, sparse, functions) is not read")
-    _, raw_dims = _mat_element(stream, order, 4 * 32)
+    raw_dims = _mat_element(stream, order, _MI_INT32, 4 * 32)
     dims = struct.unpack(f"{order}{len(raw_dims) // 4}i", raw_dims[: len(raw_dims) // 4 * 4])
-    name = _mat_element(stream, order, 4096)[1].decode("latin-1")
+    name = _mat_element(stream, order, _MI_INT8, 4096).decode("latin-1")
     if depth == 0 and name not in wanted:
         return name
     if any(d < 0 for d in dims):
@@ -468,8 +476,8 @@ def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted:
     if mclass in (_MX_CELL, _MX_STRUCT):
         fields = 1
         if mclass == _MX_STRUCT:
-            length = struct.unpack(order + "i", _mat_element(stream, order, 4)[1].ljust(4, b"\0"))[0]
-            fields = len(_mat_element(stream, order, 1 << 16)[1]) // length if length > 0 else 0
+            length = struct.unpack(order + "i", _mat_element(stream, order, _MI_INT32, 4).ljust(4, b"\0"))[0]
+            fields = len(_mat_element(stream, order, _MI_INT8, 1 << 16)) // length if length > 0 else 0
         if count > _MAT_MAX_ELEMENTS:
             raise WeightsError(f"{source}: MATLAB cell or struct array {name!r} of {count:,} elements; too many")
         for _ in range(count * fields):
@@ -477,9 +485,9 @@ def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted:
         return name
     if mclass == _MX_CHAR and count > _MAT_MAX_ELEMENTS:  # scipy pads an empty one with `count` spaces
         raise WeightsError(f"{source}: MATLAB char array {name!r} of {count:,} characters; too many")
-    _mat_element(stream, order, None)  # the numbers (or characters), skipped
+    _mat_element(stream, order, _MI_TEXT if mclass == _MX_CHAR else _MI_NUMBERS, None)  # the data, skipped
     if mclass != _MX_CHAR and flags & _MX_COMPLEX:
-        _mat_element(stream, order, None)  # imaginary part
+        _mat_element(stream, order, _MI_NUMBERS, None)  # imaginary part
     return name
 
 

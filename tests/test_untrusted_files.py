@@ -299,6 +299,12 @@ def mat_huge_cell(folder: Path) -> Path:
     return mat_file(folder / "w.mat", struct.pack("<II", 14, len(content)) + content)
 
 
+def mat_unknown_type(folder: Path) -> Path:
+    """'layers' as numbers of data type 49: scipy indexes a C array with it and crashes (SIGSEGV)."""
+    content = mat_header(6, (1, 4), b"layers") + struct.pack("<II", 49, 32) + bytes(32)
+    return mat_file(folder / "w.mat", struct.pack("<II", 14, len(content)) + content)
+
+
 def fifo(folder: Path) -> Path:
     path = folder / "pipe.png"
     os.mkfifo(path)
@@ -319,6 +325,7 @@ WEIGHT_CORPUS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "npy-terabyte-header": (terabyte_npy, ("conv1_1.codes.npy claims a (1000000000000,) float32 array",)),
     "mat-bomb": (mat_bomb, (f"past {MAX_WHOLE_NET_BYTES:,} bytes",)),
     "mat-huge-cell": (mat_huge_cell, ("cell or struct array 'layers' of 4,294,836,225 elements",)),
+    "mat-unknown-type": (mat_unknown_type, ("MATLAB variable at byte 128 is truncated or corrupt",)),
     "fifo-weights": (fifo, ("is a FIFO (named pipe), not a regular weights file",)),
 }
 
