@@ -48,6 +48,7 @@ import scipy
 
 from .atomic import atomic_write
 from .errors import InputError
+from .limits import check_regular_file
 from .optimizers import LbfgsState
 from .options import TransferOptions
 
@@ -154,6 +155,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise InputError(f"checkpoint {path} not found")
     if path.is_dir():
         raise InputError(f"checkpoint {path} is a folder, not a file")
+    check_regular_file(path, InputError, "checkpoint file")  # a FIFO would block
     try:
         arrays = _read(path)
         if str(arrays["format"]) != FORMAT:

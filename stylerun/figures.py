@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_write
 from .engine import CallbackListener, Job, run
 from .errors import InputError
-from .images import check_size, fit_longest_side, open_image, save_image, to_uint8
+from .images import MAX_PIXELS_ENV, check_size, fit_longest_side, max_pixels, open_image, save_image, to_uint8
+from .limits import check_regular_file
 from .optimizers import Progress
 from .options import INITS, TransferOptions
 from .version import __version__
@@ -238,15 +240,97 @@ def panel_paths(out: Path, panel: Panel) -> tuple[Path, Path]:
 
 
 def finished(out: Path, panel: Panel) -> PanelRecord | None:
-    """The stored record when this panel is done with these exact settings, else None."""
+    """The stored record when this panel is done with these exact settings, else None.
+
+    The output folder is re-checked like any input: a record that is not a regular file,
+    too large, malformed or wrongly typed, or an image that is not a decodable picture of
+    the panel's size, means "not finished", and the panel is run again over it.
+    """
+    stored = _stored(out, panel)
+    return None if stored is None else stored[0]
+
+
+#: Panel records and manifests are a few kilobytes; a bigger file is not one stylerun wrote.
+MAX_JSON_BYTES = 1 << 20
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+
+
+def _number(value: object) -> bool:
+    """A float (NaN and infinities included: a failed panel may store them) or a machine-sized int."""
+    return isinstance(value, float) or _int(value)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _dict(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _weights(value: object) -> bool:
+    return _dict(value) and all(_text(k) and _number(w) for k, w in value.items())  # type: ignore[union-attr]
+
+
+_RECORD_FIELDS: dict[str, Callable[[object], bool]] = {
+    "settings": _dict, "content_loss": _number, "style_loss": _number, "loss": _number, "iterations": _int,
+    "evaluations": _int, "elapsed": _number, "error": lambda v: v is None or _text(v), "extra": _dict,
+}
+_PANEL_FIELDS: dict[str, Callable[[object], bool]] = {
+    "name": _text, "label": _text, "content": _text, "style": _text, "alpha": _number, "beta": _number,
+    "content_layers": _weights, "style_layers": _weights, "init": _text, "size": _int, "iterations": _int,
+    "settings": _dict,
+}
+
+
+def _stored(out: Path, panel: Panel) -> tuple[PanelRecord, Image.Image] | None:
+    """(record, image) of a panel finished with these settings and still intact, else None."""
     png, meta = panel_paths(out, panel)
-    if not (png.is_file() and meta.is_file()):
+    record = _read_record(meta)
+    if record is None or record.settings != panel.settings():
         return None
+    try:  # at most the panel's square, and its longer side what `load_image` at --size gives
+        image = open_image(png, limit=panel.size * panel.size)
+    except InputError:
+        return None
+    return (record, image) if max(image.size) == panel.size else None
+
+
+def _read_record(path: Path) -> PanelRecord | None:
+    data = _read_json(path)
+    if not isinstance(data, dict) or set(data) - set(_RECORD_FIELDS):
+        return None
+    return PanelRecord(**data) if _typed(data, _RECORD_FIELDS, optional=("error", "extra")) else None
+
+
+def _read_json(path: Path) -> object:
+    """The JSON in `path`, or None when it is missing, not a regular file, over `MAX_JSON_BYTES` or malformed."""
+    text = _read_small(path)
     try:
-        record = PanelRecord(**json.loads(meta.read_text()))
-    except (ValueError, TypeError):
+        return None if text is None else json.loads(text)
+    except (ValueError, RecursionError):
         return None
-    return record if record.settings == panel.settings() else None
+
+
+def _read_small(path: Path) -> str | None:
+    """A text file of our output folder, or None when missing, not a regular file (a FIFO would block) or too big."""
+    try:
+        check_regular_file(path, InputError)
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except (InputError, OSError):
+        return None
+    return data.decode("utf-8", "replace") if len(data) <= MAX_JSON_BYTES else None
+
+
+def _typed(data: object, fields: dict[str, Callable[[object], bool]], optional: Sequence[str] = ()) -> bool:
+    """Whether `data` is a dict whose `fields` (all present, but for `optional` ones) pass their checks."""
+    if not isinstance(data, dict):
+        return False
+    return all(check(data[key]) if key in data else key in optional for key, check in fields.items())
 
 
 def panel_options(panel: Panel, device: str = "auto", threads: int | None = None) -> TransferOptions:
@@ -325,13 +409,21 @@ def panel_label(panel: Panel, record: PanelRecord | None) -> list[str]:
 
 
 def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Sequence[str]]) -> Image.Image:
-    """Panels on a white sheet in a grid, each labelled underneath, with a title on top."""
+    """Panels on a white sheet in a grid, each labelled underneath, with a title on top.
+
+    A sheet over `images.max_pixels()` is refused before it is allocated.
+    """
     if not images:
         raise InputError("a contact sheet needs at least one panel")
     w = max(im.width for im in images)
     h = max(im.height for im in images)
     columns, _ = grid(len(images))
-    sheet = Image.new("RGB", sheet_size(len(images), (w, h)), "white")
+    width, height = sheet_size(len(images), (w, h))
+    limit = max_pixels()
+    if width * height > limit:
+        raise InputError(f"a {width}x{height} contact sheet is over the {limit:,} pixel limit; "
+                         f"use a smaller --size, or raise the limit with {MAX_PIXELS_ENV}=N")
+    sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((PAD, 7), title, fill="black", font=_font(14))
     font = _font(11)
@@ -351,16 +443,19 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 
 def write_sheet(figure: Figure, out: Path) -> Path:
+    """The figure's contact sheet from its stored panels, each re-checked (see `finished`)."""
     images, labels = [], []
     for panel in figure.panels:
-        png, _ = panel_paths(out, panel)
-        with Image.open(png) as im:
-            images.append(im.convert("RGB"))
-        labels.append(panel_label(panel, finished(out, panel)))
+        stored = _stored(out, panel)
+        if stored is None:
+            raise InputError(f"{panel_paths(out, panel)[0]}: panel is missing or damaged; "
+                             "run the same command again to redo it")
+        images.append(stored[1])
+        labels.append(panel_label(panel, stored[0]))
     path = out / f"{figure.name}.png"
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    contact_sheet(figure.title, images, labels).save(tmp, optimize=True)
-    os.replace(tmp, path)
+    sheet = contact_sheet(figure.title, images, labels)
+    with atomic_write(path) as f:
+        sheet.save(f, format="PNG", optimize=True)
     return path
 
 
@@ -373,51 +468,66 @@ def _manifest(figure: Figure) -> dict:
 
 
 def write_report(out: Path) -> Path:
-    """DIR/report.md from every figure manifest in DIR (figures run earlier included)."""
+    """DIR/report.md from every figure manifest in DIR (figures run earlier included).
+
+    Manifests and records are re-checked (regular files, size, types): a damaged one is
+    reported as such, or its panel as not run, rather than stopping the report.
+    """
     lines = ["# Figure replication report", "",
              f"Generated by `stylerun figures` (stylerun {__version__}). Losses are those of each panel's own "
              "objective (`content = sum_l w_l 1/2 sum (F-P)^2`, `style = sum_l w_l sum ((G-A)/(2NM))^2`), "
              "evaluated on the saved 8-bit image. Pooling: max. Seeded white noise is uniform 0..255.", ""]
     for name in FIGURES:
         path = out / f"{name}.json"
-        if not path.is_file():
+        if not path.exists():
             continue
-        manifest = json.loads(path.read_text())
+        manifest = _read_json(path)
+        if not _manifest_ok(manifest):
+            lines += [f"## {name}", "", f"`{name}.json` is damaged; run the figure again to rebuild it.", ""]
+            continue
         lines += [f"## {manifest['title']}", "", f"![{name}]({name}.png)", ""]
         lines += ["| panel | content | style | alpha | beta | alpha/beta | layers | init | size | iterations run/asked "
                   "| evals | time s | final content loss | final style loss | alpha*content / beta*style |",
                   "|" + " --- |" * 15]
-        for p in manifest["panels"]:
-            rec_path = out / "panels" / f"{p['name']}.json"
-            rec = json.loads(rec_path.read_text()) if rec_path.is_file() else None
-            if rec is not None and rec["settings"] != p["settings"]:
-                rec = None
-            a, b = p["alpha"], p["beta"]
-            layers = []
-            if a and p["content_layers"]:
-                layers.append("content " + format_layer_weights(p["content_layers"]))
-            if b and p["style_layers"]:
-                layers.append("style " + format_layer_weights(p["style_layers"]))
-            ratio = _g(a / b) if b else "inf"
-            if rec is None:
-                tail = [f"0/{p['iterations']}", "-", "-", "not run", "-", "-"]
-            else:
-                c, s = rec["content_loss"], rec["style_loss"]
-                balance = _g(a * c / (b * s)) if b * s > 0 else "-"
-                note = f" ({rec['error']})" if rec.get("error") else ""
-                tail = [f"{rec['iterations']}/{p['iterations']}{note}", str(rec["evaluations"]),
-                        f"{rec['elapsed']:.0f}",
-                        f"{c:.4g}", f"{s:.4g}", balance]
-            lines.append("| " + " | ".join([
-                p["label"], Path(p["content"]).name, Path(p["style"]).name, _g(a), _g(b), ratio,
-                "; ".join(layers), p["init"], str(p["size"]), *tail]) + " |")
+        lines += [_report_row(out, p) for p in manifest["panels"]]
         lines.append("")
-    notes = out / "notes.md"
-    if notes.is_file():  # hand-written analysis, kept across re-runs
-        lines += [notes.read_text().rstrip(), ""]
+    notes = _read_small(out / "notes.md")
+    if notes is not None:  # hand-written analysis, kept across re-runs
+        lines += [notes.rstrip(), ""]
     path = out / "report.md"
     _write_text(path, "\n".join(lines))
     return path
+
+
+def _manifest_ok(manifest: object) -> bool:
+    """A figure manifest as `_manifest` writes it: a title, and panels whose fields have their types."""
+    if not _typed(manifest, {"title": _text, "panels": lambda v: isinstance(v, list)}):
+        return False
+    return all(_typed(p, _PANEL_FIELDS) for p in manifest["panels"])  # type: ignore[index]
+
+
+def _report_row(out: Path, p: dict) -> str:
+    """One panel's table row, from its manifest entry and its record when that is intact and current."""
+    rec = _read_record(out / "panels" / f"{Path(p['name']).name}.json")
+    if rec is not None and rec.settings != p["settings"]:
+        rec = None
+    a, b = p["alpha"], p["beta"]
+    layers = []
+    if a and p["content_layers"]:
+        layers.append("content " + format_layer_weights(p["content_layers"]))
+    if b and p["style_layers"]:
+        layers.append("style " + format_layer_weights(p["style_layers"]))
+    ratio = _g(a / b) if b else "inf"
+    if rec is None:
+        tail = [f"0/{p['iterations']}", "-", "-", "not run", "-", "-"]
+    else:
+        c, s = rec.content_loss, rec.style_loss
+        balance = _g(a * c / (b * s)) if b * s > 0 else "-"
+        note = f" ({rec.error})" if rec.error else ""
+        tail = [f"{rec.iterations}/{p['iterations']}{note}", str(rec.evaluations), f"{rec.elapsed:.0f}",
+                f"{c:.4g}", f"{s:.4g}", balance]
+    return "| " + " | ".join([p["label"], Path(p["content"]).name, Path(p["style"]).name, _g(a), _g(b), ratio,
+                              "; ".join(layers), p["init"], str(p["size"]), *tail]) + " |"
 
 
 # --- the whole run ----------------------------------------------------------------------------

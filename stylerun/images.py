@@ -4,10 +4,11 @@ Arrays are ``(H, W, 3)`` float32 RGB in 0..255, the layout the exported model ta
 
 Reading is defensive: EXIF orientation is applied; every Pillow mode (bilevel, grey,
 palette, alpha, CMYK, 16-bit, 32-bit integer and float) becomes 8-bit RGB, with
-transparency composited on a background colour; an animated file gives its first frame
-(with a warning); and anything that cannot be decoded, or whose header claims more than
-`max_pixels()` pixels (a decompression bomb), is refused with an `InputError` naming the
-file and the reason. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a
+transparency composited on a background colour; an animated or multi-page file gives its
+first frame (with a warning, and without counting the others); only regular files are
+opened (a FIFO would block forever); and anything that cannot be decoded, or whose header
+claims more than `max_pixels()` pixels (a decompression bomb), is refused with an
+`InputError` naming the file and the reason. Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a
 truncated file is an error, never a half-grey picture.
 
 Writing is atomic: a temporary file in the same folder, flushed to disk, then a rename,
@@ -29,6 +30,7 @@ from PIL import Image, ImageColor, ImageOps
 from . import deep_images
 from .atomic import atomic_write
 from .errors import DeepImageError, InputError, OptionError, mention
+from .limits import check_regular_file
 
 log = logging.getLogger("stylerun")
 
@@ -155,6 +157,7 @@ def open_image(
             raise InputError(f"{path}: no such file")
         if path.is_dir():
             raise InputError(f"{path}: is a folder, not an image")
+        check_regular_file(path, InputError, "image file")  # a FIFO or device would block or never end
         if not os.access(path, os.R_OK):
             raise InputError(f"{path}: permission denied")
         fp = path
@@ -176,10 +179,11 @@ def open_image(
                     raise _too_large(name, f"{width}x{height} = {width * height:,} pixels", limit)
                 if width < 1 or height < 1:
                     raise InputError(f"{name}: image has no pixels ({width}x{height})")
-                frames = getattr(img, "n_frames", 1)
-                if frames > 1:
+                # is_animated only looks for a second frame; n_frames would walk them all, and a TIFF
+                # of 200,000 tiny pages takes minutes (Pillow checks each page against every earlier one).
+                if getattr(img, "is_animated", False):
                     img.seek(0)
-                    log.warning("%s: animated image with %d frames; using the first frame", name, frames)
+                    log.warning("%s: several frames; using the first", name)
                 img.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(img), background)
                 rgb.load()
@@ -258,6 +262,8 @@ def decode(source, *, background: tuple[int, int, int] | str = WHITE, limit: int
 
 def _decode_deep(path: Path, background: tuple[int, int, int], limit: int) -> np.ndarray | None:
     """A 16-bit PNG or uncompressed 16-bit RGB TIFF as float32 RGB, precision kept; None for other files."""
+    if not path.is_file():  # missing, a folder, a FIFO...: `open_image` says which, without opening it
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(33)

@@ -10,16 +10,21 @@ before it can be called. Both layouts torch has written are read:
   of storage keys, then each storage as an int64 element count and its raw bytes.
 
 Every tensor comes back as a contiguous numpy array; offsets, sizes and strides are
-checked against the storage they index, so a crafted file cannot read out of bounds.
+checked against the storage they index before anything is allocated, so a crafted file
+can neither read out of bounds nor expand a small storage (stride 0, overlapping strides)
+into gigabytes. Walks over the unpickled objects are memoized and capped (`limits.rebuild`),
+and storages, the pickle and the arrays copied out are read within `limits`' byte caps.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import WeightsError
+from .limits import MAX_PICKLE_BYTES, MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES, Budget, Walk, read_zip_member, rebuild
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -70,20 +76,16 @@ class _LazyTensor:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
-    def materialize(self) -> np.ndarray:
+    def materialize(self, name: str = "tensor", budget: Budget | None = None) -> np.ndarray:
+        """The tensor as a contiguous array, once its layout is known to stay inside its storage."""
         data = self.storage.data
         if data is None:
-            raise WeightsError(f"storage {self.storage.key!r} has no data in the file")
-        if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or self.offset < 0:
-            raise WeightsError("tensor with a negative size, stride or offset")
-        if len(self.size) != len(self.stride):
-            raise WeightsError("tensor whose size and stride disagree in rank")
-        if 0 not in self.size:
-            last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
-            if last >= data.size:
-                raise WeightsError(f"tensor reaches past the end of storage {self.storage.key!r}")
-        else:
+            raise WeightsError(f"storage {self.storage.key!r} (tensor '{name}') has no data in the file")
+        count = self._check_layout(name, data.size)
+        if count == 0:
             return np.zeros(self.size, dtype=data.dtype)
+        if budget is not None:
+            budget.spend(count * data.itemsize, f"tensor '{name}'")
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
@@ -92,6 +94,39 @@ class _LazyTensor:
             writeable=False,
         )
         return np.ascontiguousarray(view)
+
+    def _check_layout(self, name: str, numel: int) -> int:
+        """The element count, after refusing a layout that leaves the storage or reads an element twice.
+
+        Checked before anything is allocated: a stride of 0, or strides that overlap, would
+        let a one-element storage be copied out as gigabytes (1 KB of file, 3.6 GB of memory).
+        Sorted by stride, each dimension must step past everything the smaller ones reach,
+        which is what makes every element of the tensor a different element of the storage.
+        """
+        label = f"tensor '{name}'"
+        if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or self.offset < 0:
+            raise WeightsError(f"{label} has a negative size, stride or offset")
+        if len(self.size) != len(self.stride):
+            raise WeightsError(f"{label}: its size and stride disagree in rank")
+        count = math.prod(self.size)
+        if count == 0:
+            return 0
+        if count > numel:
+            raise WeightsError(
+                f"{label} has {count:,} elements but its storage {self.storage.key!r} holds {numel:,}; "
+                "refusing to expand it"
+            )
+        reach = 0  # the largest offset the dimensions checked so far can add
+        for n, s in sorted(((n, s) for n, s in zip(self.size, self.stride, strict=True) if n > 1), key=lambda d: d[1]):
+            if s <= reach:
+                raise WeightsError(
+                    f"{label} has overlapping strides {self.stride} for size {self.size} "
+                    "(elements repeated from its storage); refusing to expand it"
+                )
+            reach += (n - 1) * s
+        if self.offset + reach >= numel:
+            raise WeightsError(f"{label} reaches past the end of storage {self.storage.key!r}")
+        return count
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, *rest):
@@ -163,37 +198,47 @@ def safe_unpickle(data: bytes, source: str = "pickle") -> Any:
     return SafeUnpickler(io.BytesIO(data), source).load()
 
 
-def _tensor_names(obj: Any, prefix: str = "") -> dict[str, str]:
-    """storage key -> the first tensor name that uses it, so errors can name the layer."""
-    names: dict[str, str] = {}
-    if isinstance(obj, _LazyTensor):
-        names[obj.storage.key] = prefix or "tensor"
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            for key, name in _tensor_names(v, f"{prefix}.{k}" if prefix else str(k)).items():
-                names.setdefault(key, name)
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            for key, name in _tensor_names(v, f"{prefix}[{i}]").items():
-                names.setdefault(key, name)
-    return names
+def _tensors(obj: Any, source: str) -> dict[int, tuple[str, _LazyTensor]]:
+    """Every tensor in `obj`, by identity, with the first name it has (``key.key[index]``)."""
+    found: dict[int, tuple[str, _LazyTensor]] = {}
+
+    def note(value: Any, path: str, depth: int) -> Any:
+        if isinstance(value, _LazyTensor):
+            found.setdefault(id(value), (path or "tensor", value))
+        return value
+
+    rebuild(obj, note, Walk(source))
+    return found
 
 
-def _storage_label(key: str, names: dict[str, str]) -> str:
-    return f"storage {key!r} (tensor '{names[key]}')" if key in names else f"storage {key!r}"
+def _storage_labels(tensors: dict[int, tuple[str, _LazyTensor]]) -> dict[str, str]:
+    """storage key -> "storage 'k' (tensor 'name')", naming the first tensor that uses it."""
+    labels: dict[str, str] = {}
+    for name, tensor in tensors.values():
+        labels.setdefault(tensor.storage.key, f"storage {tensor.storage.key!r} (tensor '{name}')")
+    return labels
 
 
-def _materialize(obj: Any) -> Any:
-    if isinstance(obj, _LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        return {k: _materialize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v) for v in obj)
-    return obj
+def _materialize(obj: Any, chosen: dict[int, tuple[str, _LazyTensor]], source: str, budget: Budget) -> Any:
+    """`obj` with the chosen tensors as arrays; the others stay unread `_LazyTensor`s."""
+
+    def read(value: Any, path: str, depth: int) -> Any:
+        if isinstance(value, _LazyTensor) and id(value) in chosen:
+            return value.materialize(chosen[id(value)][0], budget)
+        return value
+
+    return rebuild(obj, read, Walk(source))
 
 
-def _load_zip(path: Path) -> Any:
+def _unpickled(obj: Any, source: str, wanted: Callable[[str], bool] | None) -> tuple[dict, dict[str, str]]:
+    """(the tensors to read, by identity; a label for every storage key) of an unpickled object."""
+    tensors = _tensors(obj, source)
+    chosen = {k: v for k, v in tensors.items() if wanted is None or wanted(v[0])}
+    return chosen, _storage_labels(tensors)
+
+
+def _load_zip(path: Path, wanted: Callable[[str], bool] | None) -> Any:
+    """The zip layout; only the storages of wanted tensors are inflated, each within the caps."""
     source = str(path)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -201,24 +246,26 @@ def _load_zip(path: Path) -> Any:
         if len(pkl) != 1:
             raise WeightsError(f"{source}: zip file without a single data.pkl; not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
-        unpickler = SafeUnpickler(io.BytesIO(zf.read(pkl[0])), source)
+        size = zf.getinfo(pkl[0]).file_size
+        pickled = read_zip_member(zf, pkl[0], size, MAX_PICKLE_BYTES, f"{source}: {pkl[0]}")
+        unpickler = SafeUnpickler(io.BytesIO(pickled), source)
         obj = unpickler.load()
-        names = _tensor_names(obj)
-        for key, ref in unpickler.storages.items():
+        chosen, labels = _unpickled(obj, source, wanted)
+        budget = Budget(MAX_WEIGHTS_BYTES, source)
+        for key in sorted({tensor.storage.key for _, tensor in chosen.values()}):
+            ref = unpickler.storages[key]
+            label = f"{source}: {labels[key]}"
             member = f"{prefix}data/{key}"
-            label = _storage_label(key, names)
-            try:
-                info = zf.getinfo(member)
-            except KeyError:
-                raise WeightsError(f"{source}: {label} is missing from the archive") from None
-            expected = ref.numel * np.dtype(ref.dtype).itemsize
-            if info.file_size != expected:
-                raise WeightsError(f"{source}: {label} holds {info.file_size} bytes, expected {expected}")
-            ref.data = np.frombuffer(zf.read(member), dtype=np.dtype(ref.dtype).newbyteorder("<"))
-    return _materialize(obj)
+            if member not in names:
+                raise WeightsError(f"{label} is missing from the archive")
+            nbytes = ref.numel * np.dtype(ref.dtype).itemsize
+            raw = read_zip_member(zf, member, nbytes, MAX_TENSOR_BYTES, label, budget)
+            ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"))
+    return _materialize(obj, chosen, source, budget)
 
 
-def _load_legacy(path: Path) -> Any:
+def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
+    """The legacy layout: the whole file is in memory already, so storages are views of it, never copies."""
     source = str(path)
     raw = path.read_bytes()
     f = io.BytesIO(raw)
@@ -237,10 +284,10 @@ def _load_legacy(path: Path) -> Any:
         raise WeightsError(f"{source}: corrupt torch.save file ({exc})") from None
     if not isinstance(keys, list):
         raise WeightsError(f"{source}: corrupt torch.save file (storage key list)")
-    names = _tensor_names(obj)
+    chosen, labels = _unpickled(obj, source, wanted)
     for key in keys:
         key = str(key)
-        label = _storage_label(key, names)
+        label = labels.get(key, f"storage {key!r}")
         header = f.read(8)
         if len(header) != 8:
             raise WeightsError(f"{source}: file truncated before {label}")
@@ -254,15 +301,20 @@ def _load_legacy(path: Path) -> Any:
         start = f.tell()
         ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"), count=numel, offset=start)
         f.seek(start + nbytes)
-    return _materialize(obj)
+    return _materialize(obj, chosen, source, Budget(MAX_WEIGHTS_BYTES, source))
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """Load a `torch.save` file as nested dicts of numpy arrays, refusing any code."""
+def load_torch_file(path: str | Path, wanted: Callable[[str], bool] | None = None) -> Any:
+    """Load a `torch.save` file as nested dicts of numpy arrays, refusing any code.
+
+    `wanted`, given a tensor's name (``state_dict.features.0.weight``), says whether to read
+    it; tensors it refuses are left as unread placeholders, and in the zip layout their
+    storages are never inflated (a full torchvision file's 400 MB classifier is skipped).
+    """
     path = Path(path)
     if zipfile.is_zipfile(path):
         try:
-            return _load_zip(path)
+            return _load_zip(path, wanted)
         except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as exc:
             raise WeightsError(f"{path}: corrupt torch.save archive ({exc})") from None
-    return _load_legacy(path)
+    return _load_legacy(path, wanted)

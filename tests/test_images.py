@@ -225,7 +225,7 @@ def test_animated_image_uses_first_frame_with_a_warning(caplog):
             out = np.asarray(open_image(data))
         r, g, b = out[20, 20].tolist()
         assert r > 200 and g < 60 and b < 60, fmt
-        assert "animated image with 3 frames; using the first frame" in caplog.text, fmt
+        assert "several frames; using the first" in caplog.text, fmt
 
 
 def test_pillow_warnings_become_one_line_log_records(caplog):

@@ -573,4 +573,4 @@ def test_animated_input_warns_on_stderr(tmp_path, content_path, style_path):
                              str(tmp_path / "o.png"), *SMALL, "-n", "1", "-q"], capture_output=True, text=True,
                             env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == f"stylerun: warning: {gif}: animated image with 2 frames; using the first frame"
+    assert result.stderr.strip() == f"stylerun: warning: {gif}: several frames; using the first"
