@@ -158,7 +158,7 @@ def _new_job(ctx: typer.Context, params: dict[str, Any]) -> Job:
     if output is None:
         raise StylerunError("give an output image with -o OUTPUT (e.g. -o out.png)")
     options = TransferOptions(**_option_values(ctx, params, given_only=False))
-    return Job(str(content.resolve()), tuple(str(s.resolve()) for s in style), options, output)
+    return Job(str(content), tuple(str(s) for s in style), options, output)  # as given: messages name them so
 
 
 def _resume(ctx: typer.Context, params: dict[str, Any]):

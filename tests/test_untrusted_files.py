@@ -388,7 +388,10 @@ def test_many_page_tiff_through_the_cli(tiff_20000, tmp_path):
     path.write_bytes(tiff_20000.read_bytes())
     run = run_stylerun(box, *transfer_args(path.relative_to(box)))
     assert run.code == 0, run.stderr
-    assert run.stderr.strip() == f"stylerun: warning: {path.relative_to(box)}: several frames; using the first"
+    lines = run.stderr.strip().splitlines()
+    assert lines[0] == f"stylerun: warning: {path.relative_to(box)}: several frames; using the first"
+    assert lines[1:] == ["stylerun: warning: the content image is 40x40; enlarging it to 64x64 (a smaller --size "
+                         "keeps its own size)"]
     assert run.peak_rss < RSS_LIMIT and (box / "out" / "o.png").is_file()
 
 
