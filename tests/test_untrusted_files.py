@@ -534,6 +534,17 @@ def test_malformed_npy_headers_are_one_line(header, where, tmp_path):
     assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
 
 
+@pytest.mark.parametrize("case", ["torchvision-zip", "stylerun-npz"])
+def test_zip_needing_a_newer_version_is_one_line(case, valid_files, tmp_path):
+    """zipfile raises NotImplementedError for a member "needing" zip 12.4 (found by fuzzing)."""
+    raw = bytearray(valid_files[case])
+    struct.pack_into("<H", raw, raw.rindex(b"PK\x01\x02") + 6, 124)  # version needed to extract
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="zip file version 12.4"):
+        load_any(path)
+
+
 # --------------------------------------------------------------------------- fuzzing the weight readers
 
 #: Every reader but Keras: HDF5's C library is not hardened against mutated files (it may crash the process).
