@@ -195,6 +195,14 @@ def laughs_npy(folder: Path) -> Path:
     return path
 
 
+def bytearray_claim(folder: Path) -> Path:
+    """A torch zip whose pickle is one BYTEARRAY8 claiming 2**60 bytes: CPython allocates before reading."""
+    path = folder / "w.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x05\x96" + struct.pack("<Q", 1 << 60) + b".")
+    return path
+
+
 def zeros_member(zf: zipfile.ZipFile, name: str, head: bytes, count: int) -> None:
     """Member `name`: `head`, then `count` zero bytes, deflated while streaming (1 GiB becomes ~4.5 MB)."""
     chunk = bytes(1 << 24)
@@ -319,6 +327,7 @@ WEIGHT_CORPUS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "laughs-torch-zip": (lambda d: laughs_torch(d, legacy=False), ("no convolution weights",)),
     "laughs-torch-legacy": (lambda d: laughs_torch(d, legacy=True), ("no convolution weights",)),
     "laughs-tfvgg-npy": (laughs_npy, ("layer 'conv1_1' kernel is not a numeric array",)),
+    "pickle-bytearray8": (bytearray_claim, ("the pickle claims 1,152,921,504,606,846,976 bytes where 1 remain",)),
     "zip-bomb-torch": (torch_bomb, ("would hold 1,073,741,824 bytes",)),
     "zip-lying-header": (lying_zip, ("corrupt torch.save archive", "Bad CRC-32")),
     "npz-bomb": (npz_bomb, ("conv1_1.codes.npy would inflate to",)),
