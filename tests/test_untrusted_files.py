@@ -510,7 +510,7 @@ def _record(**changes) -> dict:
     "text",
     ["not json", "[1, 2]", json.dumps(_record(content_loss="1")), json.dumps(_record(iterations=True)),
      json.dumps(_record(elapsed=10**400)), json.dumps(_record(surprise=1)), json.dumps(_record(settings=[])),
-     "[" * 100_000, " " * (figures.MAX_JSON_BYTES + 1)],
+     "[" * 100_000, " " * (figures.MAX_TEXT_BYTES + 1)],
 )
 def test_malformed_panel_record_means_not_finished(text, tmp_path):
     panel = figures.Panel("fig4", "p", "label", "c.png", "s.png", 1.0, 1.0, {}, {}, "random", 32, 1, 0)
