@@ -250,8 +250,8 @@ def finished(out: Path, panel: Panel) -> PanelRecord | None:
     return None if stored is None else stored[0]
 
 
-#: Panel records and manifests are a few kilobytes; a bigger file is not one stylerun wrote.
-MAX_JSON_BYTES = 1 << 20
+#: Panel records and manifests are a few kilobytes, notes.md a page or two; bigger files are not read.
+MAX_TEXT_BYTES = 1 << 20
 
 
 def _int(value: object) -> bool:
@@ -307,7 +307,7 @@ def _read_record(path: Path) -> PanelRecord | None:
 
 
 def _read_json(path: Path) -> object:
-    """The JSON in `path`, or None when it is missing, not a regular file, over `MAX_JSON_BYTES` or malformed."""
+    """The JSON in `path`, or None when it is missing, not a regular file, over `MAX_TEXT_BYTES` or malformed."""
     text = _read_small(path)
     try:
         return None if text is None else json.loads(text)
@@ -320,10 +320,10 @@ def _read_small(path: Path) -> str | None:
     try:
         check_regular_file(path, InputError)
         with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
+            data = f.read(MAX_TEXT_BYTES + 1)
     except (InputError, OSError):
         return None
-    return data.decode("utf-8", "replace") if len(data) <= MAX_JSON_BYTES else None
+    return data.decode("utf-8", "replace") if len(data) <= MAX_TEXT_BYTES else None
 
 
 def _typed(data: object, fields: dict[str, Callable[[object], bool]], optional: Sequence[str] = ()) -> bool:

@@ -152,15 +152,7 @@ def open_image(
     background = parse_color(background)
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, not an image")
-        check_regular_file(path, InputError, "image file")  # a FIFO or device would block or never end
-        if not os.access(path, os.R_OK):
-            raise InputError(f"{path}: permission denied")
-        fp = path
+        fp = _readable_path(Path(source))
     elif isinstance(source, (bytes, bytearray, memoryview)):
         fp = io.BytesIO(bytes(source))
     else:
@@ -207,6 +199,18 @@ def open_image(
         raise InputError(f"{name}: cannot read image ({detail})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _readable_path(path: Path) -> Path:
+    """`path` when it is a readable regular file; a FIFO or device would block or never end."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
+    check_regular_file(path, InputError, "image file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    return path
 
 
 def _too_large(name: str, what: str, limit: int) -> InputError:

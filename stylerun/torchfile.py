@@ -22,6 +22,7 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Callable
@@ -147,6 +148,50 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+#: Length prefixes of counted arguments (bytes, strings, long ints), by pickletools' size code.
+_LENGTH_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: "<B",
+    pickletools.TAKEN_FROM_ARGUMENT4: "<i",
+    pickletools.TAKEN_FROM_ARGUMENT4U: "<I",
+    pickletools.TAKEN_FROM_ARGUMENT8U: "<Q",
+}
+
+
+def check_lengths(f: BinaryIO, source: str) -> None:
+    """Refuse a pickle whose bytes, strings or integers claim more bytes than the stream has left.
+
+    CPython's C unpickler allocates such a buffer before reading into it (a few bytes of
+    file can ask for exabytes, and on Python 3.11 the failed allocation also prints a stray
+    "SystemError" line). The opcodes are walked, not run, their arguments skipped by seeking;
+    the walk ends at STOP or at anything it does not know, which the unpickler then refuses.
+    """
+    start = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(start)
+    try:
+        while (op := _OPCODES.get(f.read(1))) is not None and op.name != "STOP":
+            arg = op.arg
+            if arg is None:
+                continue
+            if arg.n >= 0:
+                f.seek(arg.n, io.SEEK_CUR)
+            elif arg.n == pickletools.UP_TO_NEWLINE:
+                for _ in range(2 if arg.name == "stringnl_noescape_pair" else 1):
+                    f.readline(1 << 20)
+            else:
+                prefix = struct.Struct(_LENGTH_PREFIX[arg.n])
+                raw = f.read(prefix.size)
+                if len(raw) < prefix.size:
+                    return
+                (size,) = prefix.unpack(raw)
+                if size < 0 or f.tell() + size > end:
+                    raise WeightsError(f"{source}: the pickle claims {size:,} bytes where {end - f.tell():,} remain")
+                f.seek(size, io.SEEK_CUR)
+    finally:
+        f.seek(start)
+
+
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that resolves only tensor-rebuild globals and refuses all others.
 
@@ -166,9 +211,15 @@ class SafeUnpickler(pickle.Unpickler):
         encoding: str = "ASCII",
     ):
         super().__init__(file, encoding=encoding)
+        self._file = file
         self._source = source
         self.storages = storages if storages is not None else {}
         self._allowed = _ALLOWED_GLOBALS if allowed is None else allowed
+
+    def load(self) -> Any:
+        """Unpickle, once `check_lengths` has found every counted argument within the stream."""
+        check_lengths(self._file, self._source)
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         try:

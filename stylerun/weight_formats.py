@@ -130,7 +130,7 @@ def _detect(path: Path) -> tuple[str, Callable[[Path], VGG19Weights]]:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _MALFORMED as exc:  # NotImplementedError for a claimed zip version, too
             raise WeightsError(f"{path}: corrupt zip archive ({exc})") from None
         if any(n.endswith(".codes.npy") for n in names):
             return "stylerun npz", load_quantized_npz

@@ -157,7 +157,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
                 if codes.dtype != np.uint8 or table.shape != (256,):
                     raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
                 convs[name] = (dequantize(codes, table), bias.astype(np.float32))
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
         raise WeightsError(f"{path}: cannot read weights ({' '.join(str(exc).split())})") from None
     return VGG19Weights(convs, CAFFE, source=source, fingerprint=file_sha256(path))
 

@@ -195,6 +195,14 @@ def laughs_npy(folder: Path) -> Path:
     return path
 
 
+def bytearray_claim(folder: Path) -> Path:
+    """A torch zip whose pickle is one BYTEARRAY8 claiming 2**60 bytes: CPython allocates before reading."""
+    path = folder / "w.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x05\x96" + struct.pack("<Q", 1 << 60) + b".")
+    return path
+
+
 def zeros_member(zf: zipfile.ZipFile, name: str, head: bytes, count: int) -> None:
     """Member `name`: `head`, then `count` zero bytes, deflated while streaming (1 GiB becomes ~4.5 MB)."""
     chunk = bytes(1 << 24)
@@ -319,6 +327,7 @@ WEIGHT_CORPUS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "laughs-torch-zip": (lambda d: laughs_torch(d, legacy=False), ("no convolution weights",)),
     "laughs-torch-legacy": (lambda d: laughs_torch(d, legacy=True), ("no convolution weights",)),
     "laughs-tfvgg-npy": (laughs_npy, ("layer 'conv1_1' kernel is not a numeric array",)),
+    "pickle-bytearray8": (bytearray_claim, ("the pickle claims 1,152,921,504,606,846,976 bytes where 1 remain",)),
     "zip-bomb-torch": (torch_bomb, ("would hold 1,073,741,824 bytes",)),
     "zip-lying-header": (lying_zip, ("corrupt torch.save archive", "Bad CRC-32")),
     "npz-bomb": (npz_bomb, ("conv1_1.codes.npy would inflate to",)),
@@ -504,7 +513,7 @@ def _record(**changes) -> dict:
     "text",
     ["not json", "[1, 2]", json.dumps(_record(content_loss="1")), json.dumps(_record(iterations=True)),
      json.dumps(_record(elapsed=10**400)), json.dumps(_record(surprise=1)), json.dumps(_record(settings=[])),
-     "[" * 100_000, " " * (figures.MAX_JSON_BYTES + 1)],
+     "[" * 100_000, " " * (figures.MAX_TEXT_BYTES + 1)],
 )
 def test_malformed_panel_record_means_not_finished(text, tmp_path):
     panel = figures.Panel("fig4", "p", "label", "c.png", "s.png", 1.0, 1.0, {}, {}, "random", 32, 1, 0)
@@ -535,6 +544,17 @@ def test_malformed_npy_headers_are_one_line(header, where, tmp_path):
     with pytest.raises(WeightsError, match=r"malformed \.npy header") as info:
         load_any(path)
     assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("case", ["torchvision-zip", "stylerun-npz"])
+def test_zip_needing_a_newer_version_is_one_line(case, valid_files, tmp_path):
+    """zipfile raises NotImplementedError for a member "needing" zip 12.4 (found by fuzzing)."""
+    raw = bytearray(valid_files[case])
+    struct.pack_into("<H", raw, raw.rindex(b"PK\x01\x02") + 6, 124)  # version needed to extract
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="zip file version 12.4"):
+        load_any(path)
 
 
 # --------------------------------------------------------------------------- fuzzing the weight readers
