@@ -145,8 +145,15 @@ def read_zip_member(
         raise WeightsError(f"{label} holds {info.file_size} bytes, expected {size}")
     if budget is not None:
         budget.spend(size, f"member {name!r}")
-    with zf.open(info) as stream:
+    with open_zip_member(zf, info, label) as stream:
         return read_exactly(stream, size, label)
+
+
+def open_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> BinaryIO:
+    """A member's stream, refusing an encrypted one (zipfile would raise a RuntimeError asking for a password)."""
+    if info.flag_bits & 0x1:
+        raise WeightsError(f"{label} is encrypted; weights never are")
+    return zf.open(info)
 
 
 def read_exactly(stream: BinaryIO, size: int, label: str) -> bytes:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import WeightsError
-from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES, Budget, check_regular_file, read_exactly
+from .limits import MAX_TENSOR_BYTES, MAX_WEIGHTS_BYTES, Budget, check_regular_file, open_zip_member, read_exactly
 from .vgg import CONV_NAMES, CONV_SHAPES
 
 BUNDLED_NAME = "vgg19_caffe_q8.npz"
@@ -170,7 +170,7 @@ def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str,
     info = zf.getinfo(member)
     if info.file_size > MAX_TENSOR_BYTES + _NPY_HEADER_MAX:
         raise WeightsError(f"{label} would inflate to {info.file_size:,} bytes, more than any VGG19 layer")
-    with zf.open(info) as stream:
+    with open_zip_member(zf, info, label) as stream:
         shape, fortran, dtype = read_npy_header(stream, label)
         if dtype.hasobject:
             raise WeightsError(f"{label} is an object array; not read, as pickles can run code")

@@ -547,13 +547,15 @@ def test_malformed_npy_headers_are_one_line(header, where, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["torchvision-zip", "stylerun-npz"])
-def test_zip_needing_a_newer_version_is_one_line(case, valid_files, tmp_path):
-    """zipfile raises NotImplementedError for a member "needing" zip 12.4 (found by fuzzing)."""
+@pytest.mark.parametrize("field, value, message", [(6, 124, "zip file version 12.4"), (8, 1, "is encrypted")])
+def test_zip_fields_zipfile_refuses_are_one_line(case, field, value, message, valid_files, tmp_path):
+    """zipfile raises NotImplementedError for a member "needing" zip 12.4, RuntimeError for an encrypted one
+    (both found by fuzzing): the central directory entry of the first member is patched."""
     raw = bytearray(valid_files[case])
-    struct.pack_into("<H", raw, raw.rindex(b"PK\x01\x02") + 6, 124)  # version needed to extract
+    struct.pack_into("<H", raw, raw.index(b"PK\x01\x02") + field, value)  # version needed; flag bits
     path = tmp_path / "weights.bin"
     path.write_bytes(bytes(raw))
-    with pytest.raises(WeightsError, match="zip file version 12.4"):
+    with pytest.raises(WeightsError, match=message):
         load_any(path)
 
 
