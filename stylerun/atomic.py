@@ -2,12 +2,16 @@
 
 Readers never see a half-written file, and a crash or Ctrl-C leaves the previous file
 (or none) in place. Images, checkpoints and exported models all go through `atomic_write`.
+The temporary's name is random and it is created exclusively (``O_EXCL``, not through
+a link), so a link planted in the output folder under a guessable name
+cannot redirect the write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,9 +22,11 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file; on normal exit it replaces `path` in one rename."""
     path = Path(path)
     # the temporary keeps the suffix, so format detection by name still works on it
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}")
+    # exclusive and not through a link; 0o666 less the umask, as a plain open() would give
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

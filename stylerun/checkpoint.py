@@ -39,6 +39,8 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,18 +49,21 @@ import numpy as np
 import scipy
 
 from .atomic import atomic_write
-from .errors import InputError
-from .limits import check_regular_file
+from .errors import InputError, OptionError, StylerunError, mention
+from .images import max_pixels
+from .limits import check_regular_file, open_zip_member, read_exactly
 from .optimizers import LbfgsState
 from .options import TransferOptions
+from .weights import read_npy_header
 
 FORMAT = "stylerun-checkpoint/1"
 SUFFIX = ".ckpt.npz"
-_ARRAYS = ("format", "settings", "iteration", "image", "content", "style", "loss", "history")
 #: Input names kept beside the options, for the user's information only.
 INPUT_KEYS = ("content", "style", "output")
 #: A checkpoint's JSON settings are a flat object of a few dozen short values.
 MAX_SETTINGS_CHARS = 1 << 20
+#: The most style images a checkpoint may hold (a blend of more is not a real run).
+MAX_STYLES = 64
 
 
 def default_checkpoint_path(output: str | Path) -> Path:
@@ -121,35 +126,96 @@ def parse_settings(text: str) -> tuple[TransferOptions, dict[str, Any]]:
     return TransferOptions.from_dict(data), inputs
 
 
-def _read(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in _ARRAYS if k not in data.files]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        arrays = {k: data[k] for k in _ARRAYS}
-        arrays["styles"] = [arrays["style"]] + [
-            data[f"style.{i}"] for i in range(1, 1 + sum(k.startswith("style.") for k in data.files))]
-        arrays["lbfgs"] = {k[len("lbfgs."):]: data[k] for k in data.files if k.startswith("lbfgs.")}
-    return arrays
+class _Members:
+    """The arrays of a checkpoint's zip, each read only when asked for, its npy header checked first.
+
+    `np.load` would inflate whatever a member claims; here each member's declared shape
+    and dtype go through a check before a byte of its data is read, and reading stops at
+    the size the header declares, so a crafted file costs at most what a real one would.
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, label: str):
+        self.zf, self.label, self.names = zf, label, set(zf.namelist())
+
+    def has(self, key: str) -> bool:
+        return f"{key}.npy" in self.names
+
+    def read(self, key: str, check: Callable[[tuple[int, ...], np.dtype], None]) -> np.ndarray:
+        if not self.has(key):
+            raise ValueError(f"missing {key}")
+        label = f"{self.label}: {key}"
+        with open_zip_member(self.zf, self.zf.getinfo(f"{key}.npy"), label) as stream:
+            shape, fortran, dtype = read_npy_header(stream, label)
+            if dtype.hasobject:
+                raise ValueError(f"{key} is an object array (a pickle)")
+            check(shape, dtype)
+            data = read_exactly(stream, math.prod(shape) * dtype.itemsize, label)
+        return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _at_most(key: str, elements: int) -> Callable[[tuple[int, ...], np.dtype], None]:
+    def check(shape: tuple[int, ...], dtype: np.dtype) -> None:
+        widest = MAX_SETTINGS_CHARS * 4 if dtype.kind == "U" else 8  # text: the settings JSON at most
+        if math.prod(shape) > elements or dtype.itemsize > widest:
+            raise ValueError(f"{key} claims a {shape} {dtype} array, more than a checkpoint holds there")
+    return check
+
+
+def _picture(key: str, limit: int, channels: tuple[int, ...], shape_of: tuple[int, int] | None = None):
+    """A check for an (H, W, C) image member: within the pixel limit, of the channels (and size) expected."""
+    def check(shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if len(shape) != 3 or shape[2] not in channels or dtype.kind not in "uf" or dtype.itemsize > 4:
+            raise ValueError(f"{key} is a {shape} {dtype} array, not an image")
+        if shape[0] * shape[1] > limit:
+            raise ValueError(f"{key} is {shape[1]}x{shape[0]}, over the {limit:,} pixel limit "
+                             f"(raise it with {mention('max_pixels')} if you trust the file)")
+        if shape_of is not None and shape[:2] != shape_of:
+            raise ValueError(f"{key} is {shape[1]}x{shape[0]}, the image is {shape_of[1]}x{shape_of[0]}")
+    return check
+
+
+def _read(members: _Members, limit: int | None) -> tuple[TransferOptions, dict[str, Any], dict[str, Any]]:
+    """(options, input names, arrays) of a checkpoint, every member bounded before it is read."""
+    if str(members.read("format", _at_most("format", 1))) != FORMAT:
+        raise ValueError(f"this stylerun reads {FORMAT!r} files")
+    options, inputs = parse_settings(str(members.read("settings", _at_most("settings", 1))))
+    pixels = max_pixels(limit)  # the user's limit, never the file's own
+    image = members.read("image", _picture("image", pixels, (1, 3)))
+    arrays = {"image": image, "iteration": members.read("iteration", _at_most("iteration", 1)),
+              "loss": members.read("loss", _at_most("loss", 1)),
+              "history": members.read("history", _at_most("history", options.iterations + 1)),
+              "content": members.read("content", _picture("content", pixels, (3,), image.shape[:2]))}
+    keys = ["style", *(f"style.{i}" for i in range(1, MAX_STYLES) if members.has(f"style.{i}"))]
+    arrays["styles"] = [members.read(k, _picture(k, pixels, (3,))) for k in keys]
+    arrays["lbfgs"] = {}
+    if members.has("lbfgs.x"):
+        sizes = {**LbfgsState.sizes(image.size, options.lbfgs_memory), "m": 1, "scipy": 1}
+        arrays["lbfgs"] = {k: members.read(f"lbfgs.{k}", _at_most(k, sizes[k])) for k in sizes
+                           if members.has(f"lbfgs.{k}")}
+    return options, inputs, arrays
 
 
 def _check_arrays(arrays: dict[str, Any], options: TransferOptions, n_styles: int) -> None:
-    image, content, styles = arrays["image"], arrays["content"], arrays["styles"]
+    image = arrays["image"]
     channels = 1 if options.preserve_color == "luminance" else 3
-    if (image.ndim != 3 or image.shape[2] != channels or content.shape != image.shape[:2] + (3,)
-            or any(s.ndim != 3 or s.shape[2] != 3 for s in styles)):
-        raise ValueError("image, content and style shapes disagree")
-    if n_styles and len(styles) != n_styles:
-        raise ValueError(f"{len(styles)} style images for {n_styles} style names")
-    for what, array in (("image", image), ("content", content), *(("style", s) for s in styles)):
+    if image.shape[2] != channels:
+        raise ValueError(f"the image has {image.shape[2]} channel(s), {options.preserve_color} mode needs {channels}")
+    if n_styles and len(arrays["styles"]) != n_styles:
+        raise ValueError(f"{len(arrays['styles'])} style images for {n_styles} style names")
+    for what, array in (("image", image), ("content", arrays["content"]), *(("style", s) for s in arrays["styles"])):
         if array.dtype not in (np.uint8, np.float32) or not np.isfinite(array).all():
             raise ValueError(f"the {what} array is not finite uint8 or float32 pixels")
     if not 0 <= int(arrays["iteration"]) <= options.iterations:
         raise ValueError(f"iteration {int(arrays['iteration'])} is outside 0..{options.iterations}")
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`; anything else raises `InputError`."""
+def load_checkpoint(path: str | Path, max_pixels: int | None = None) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`; anything else raises `InputError`.
+
+    The file is untrusted: members are read only when expected and bounded first, images
+    within `max_pixels` (the caller's limit, or the default; never the file's own), and
+    its settings pass the option model's checks.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"checkpoint {path} not found")
@@ -157,22 +223,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise InputError(f"checkpoint {path} is a folder, not a file")
     check_regular_file(path, InputError, "checkpoint file")  # a FIFO would block
     try:
-        arrays = _read(path)
-        if str(arrays["format"]) != FORMAT:
-            raise ValueError(f"format {str(arrays['format'])!r}, this stylerun reads {FORMAT!r}")
-        options, inputs = parse_settings(str(arrays["settings"]))
+        with zipfile.ZipFile(path) as zf:
+            options, inputs, arrays = _read(_Members(zf, str(path)), max_pixels)
         style_names = inputs.get("style")
         _check_arrays(arrays, options, len(style_names) if isinstance(style_names, list) else 1)
-    except InputError as exc:
-        raise InputError(f"{path} is not a usable stylerun checkpoint ({exc})") from None
-    except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, RecursionError) as exc:
-        raise InputError(f"{path} is not a usable stylerun checkpoint ({exc})") from None
+    except (StylerunError, ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RecursionError, MemoryError) as exc:
+        detail = exc.render(str) if isinstance(exc, OptionError) else " ".join(str(exc).split())
+        raise InputError(f"{path} is not a usable stylerun checkpoint ({detail})") from None
+    return _checkpoint(path, options, inputs, arrays)
+
+
+def _checkpoint(path: Path, options: TransferOptions, inputs: dict[str, Any], arrays: dict[str, Any]) -> Checkpoint:
     image = np.asarray(arrays["image"], dtype=np.float32)
     lbfgs, dropped = None, None
     if arrays["lbfgs"]:
         try:
-            if str(arrays["lbfgs"].get("scipy")) != scipy.__version__:
-                raise ValueError(f"it was written by SciPy {arrays['lbfgs'].get('scipy')}, this is {scipy.__version__}")
+            written = str(arrays["lbfgs"].get("scipy"))
+            if written != scipy.__version__:
+                raise ValueError(f"it was written by SciPy {written}, this is {scipy.__version__}")
             lbfgs = LbfgsState.from_arrays(arrays["lbfgs"], image.size, options.lbfgs_memory)
         except (KeyError, ValueError, TypeError) as exc:
             dropped = f"the L-BFGS-B state in {path} cannot be used ({exc})"

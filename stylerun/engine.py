@@ -213,7 +213,7 @@ def resume_job(path: str | Path, output: str | Path | None = None, *, trust_path
         raise OptionError(refused[0], "cannot change when resuming: the checkpoint's settings decide the picture "
                                       f"(only {', '.join(mention(n) for n in sorted(allowed))} and the output "
                                       "may be given)")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, overrides.get("max_pixels"))
     untrusted = [n for n in PATH_OPTIONS if getattr(state.options, n) is not None and n not in overrides]
     if untrusted and not trust_paths:
         names = ", ".join(mention(n) for n in untrusted)
@@ -221,7 +221,8 @@ def resume_job(path: str | Path, output: str | Path | None = None, *, trust_path
                                         f"choose files: give {names} again, or confirm the stored paths with "
                                         f"{mention('trust_checkpoint_paths')}")
     checkpoint = state.options.checkpoint if "checkpoint" not in overrides else overrides.pop("checkpoint")
-    options = state.options.replace(checkpoint=str(checkpoint or path), **overrides)
+    # the pixel limit is the user's (a crafted file could raise its own)
+    options = state.options.replace(checkpoint=str(checkpoint or path), max_pixels=None, **overrides)
     target = Path(output) if output is not None else _beside(path)
     if output is None and target.exists() and not options.force:
         raise InputError(f"{target} exists (a resumed run without {mention('output')} writes beside its "

@@ -28,6 +28,8 @@ GRAD = "grad"
 # 2: total-variation term and tv_weight input; 3: one-MatMul Gram adjoint; 4: guided regions;
 # 5: HardSigmoid Relu mask, applied at pooled size before MaxUnpool
 GRAPH_VERSION = "5"
+#: The largest model file read: VGG19 to conv5_4 in float32 with its gradient graph is ~80 MB.
+MAX_MODEL_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def read_layers(path: str | Path) -> LayerSet:
         raise InputError(f"model file {path} not found")
     if not targets_path(path).is_file():
         raise InputError(f"model {path} has no targets model beside it ({targets_path(path).name})")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise InputError(f"{path} is {path.stat().st_size:,} bytes; a stylerun model is at most {MAX_MODEL_BYTES:,}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
@@ -114,6 +118,9 @@ def read_layers(path: str | Path) -> LayerSet:
     def names(key: str) -> list[str]:
         return [n for n in meta.get(key, "").split(",") if n]
 
-    regions = int(meta.get("stylerun.regions", "0"))
-    content, style = names("stylerun.content_layers"), names("stylerun.style_layers")
-    return LayerSet.of(content, style, meta["stylerun.pooling"], regions)
+    try:
+        regions = int(meta.get("stylerun.regions", "0"))
+        content, style = names("stylerun.content_layers"), names("stylerun.style_layers")
+        return LayerSet.of(content, style, meta.get("stylerun.pooling", "?"), regions)
+    except (ValueError, InputError) as exc:
+        raise InputError(f"{path} has unusable stylerun metadata ({exc})") from None

@@ -20,10 +20,8 @@ with ``DIR/notes.md`` (hand-written analysis), when present, appended.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from .optimizers import Progress
 from .options import INITS, TransferOptions
 from .version import __version__
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
+from .weights import file_sha256
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
 #: alpha/beta of the sweep, content-heavy to style-heavy (beta = 1, alpha = ratio).
@@ -152,7 +151,7 @@ def _file_id(path: str) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_mtime, st.st_size)
     if key not in _FILE_IDS:
-        _FILE_IDS[key] = f"{p.name}:{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}"
+        _FILE_IDS[key] = f"{p.name}:{file_sha256(p)[:16]}"  # streamed: an input of any size costs 1 MiB
     return _FILE_IDS[key]
 
 
@@ -374,9 +373,8 @@ def _json_default(x):
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 # --- contact sheets ---------------------------------------------------------------------------

@@ -49,13 +49,19 @@ class LbfgsState:
     ARRAYS = ("x", "f", "g", "wa", "iwa", "task", "ln_task", "lsave", "isave", "dsave")
     _DTYPES = {"iwa": np.int32, "task": np.int32, "ln_task": np.int32, "lsave": np.int32, "isave": np.int32}
 
+    @staticmethod
+    def sizes(n: int, m: int) -> dict[str, int]:
+        """How many values each array holds for `n` variables and memory `m`."""
+        return {"x": n, "f": 1, "g": n, "wa": 2 * m * n + 5 * n + 11 * m * m + 8 * m, "iwa": 3 * n,
+                "task": 2, "ln_task": 2, "lsave": 4, "isave": 44, "dsave": 29}
+
     @classmethod
     def fresh(cls, x0: np.ndarray, m: int) -> LbfgsState:
-        n = x0.size
-        i32 = np.int32
-        return cls(m, np.array(x0, dtype=np.float64).ravel(), np.array(0.0), np.zeros(n),
-                   np.zeros(2 * m * n + 5 * n + 11 * m * m + 8 * m), np.zeros(3 * n, i32), np.zeros(2, i32),
-                   np.zeros(2, i32), np.zeros(4, i32), np.zeros(44, i32), np.zeros(29))
+        sizes = cls.sizes(x0.size, m)
+        arrays = [np.zeros(sizes[name], cls._DTYPES.get(name, np.float64)) for name in cls.ARRAYS]
+        arrays[0] = np.array(x0, dtype=np.float64).ravel()
+        arrays[1] = np.array(0.0)
+        return cls(m, *arrays)
 
     def copy(self) -> LbfgsState:
         return LbfgsState(self.m, *(getattr(self, name).copy() for name in self.ARRAYS))
@@ -68,8 +74,7 @@ class LbfgsState:
         """The state stored by `arrays`, checked against `n` variables and memory `m` (ValueError if not)."""
         if int(arrays["m"]) != m:
             raise ValueError(f"L-BFGS-B memory {int(arrays['m'])}, the run uses {m}")
-        expected = {"x": n, "f": 1, "g": n, "wa": 2 * m * n + 5 * n + 11 * m * m + 8 * m, "iwa": 3 * n,
-                    "task": 2, "ln_task": 2, "lsave": 4, "isave": 44, "dsave": 29}
+        expected = cls.sizes(n, m)
         values = []
         for name in cls.ARRAYS:
             array = np.array(arrays[name], dtype=cls._DTYPES.get(name, np.float64))

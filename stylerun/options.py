@@ -201,7 +201,8 @@ class TransferOptions:
         metavar="COLOUR", cli_default="white")
     max_pixels: int | None = option(
         None, "Refuse images with more pixels than this (default 64,000,000, or $STYLERUN_MAX_PIXELS).", IO,
-        optional(whole(1, 1 << 40, below="must be a positive number of pixels")), cli=int, metavar="N")
+        optional(whole(1, 1 << 40, below="must be a positive number of pixels")), cli=int, metavar="N",
+        resumable=True)
     bit_depth: int = option(
         8, "Bits per channel of the output file: 8, or 16 (PNG and TIFF only).", IO, choice(*BIT_DEPTHS),
         cli=int, metavar="8|16", cli_default=8)

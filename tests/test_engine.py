@@ -237,3 +237,26 @@ def test_an_enlarged_photo_is_announced(tmp_path, style_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "stylerun: warning: the content image is 40x34; enlarging it to 64x54 (a smaller --size" in done.stderr
+
+
+def test_atomic_writes_do_not_follow_a_planted_link(tmp_path, rng):
+    """The temporary's name is random and created exclusively: a link under the old guessable name is ignored."""
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / f".o.{os.getpid()}.tmp.png").symlink_to(victim)
+    save_image(rng.uniform(0, 255, (8, 8, 3)), tmp_path / "o.png")
+    assert victim.read_text() == "precious" and (tmp_path / "o.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".o.{os.getpid()}.tmp.png", "o.png", "victim.txt"]
+
+
+def test_models_with_bad_metadata_are_one_line(small_model, tmp_path, content_path, style_path):
+    def bad_regions(model):
+        for prop in model.metadata_props:
+            if prop.key == "stylerun.regions":
+                prop.value = "many"
+
+    bad = _broken_copy(small_model, tmp_path, "meta.onnx", bad_regions)
+    with pytest.raises(stylerun.InputError, match="meta.onnx has unusable stylerun metadata"):
+        read_layers(bad)
