@@ -220,9 +220,9 @@ def resume_job(path: str | Path, output: str | Path | None = None, *, trust_path
         raise OptionError(untrusted[0], f"is a path stored in checkpoint {path}; a checkpoint is not trusted to "
                                         f"choose files: give {names} again, or confirm the stored paths with "
                                         f"{mention('trust_checkpoint_paths')}")
-    checkpoint = state.options.checkpoint if "checkpoint" not in overrides else overrides.pop("checkpoint")
-    # the pixel limit is the user's (a crafted file could raise its own)
-    options = state.options.replace(checkpoint=str(checkpoint or path), max_pixels=None, **overrides)
+    # where checkpoints go and the pixel limit are the user's: a crafted file could name any path or limit
+    checkpoint = overrides.pop("checkpoint", None) or str(path)
+    options = state.options.replace(checkpoint=str(checkpoint), max_pixels=None, **overrides)
     target = Path(output) if output is not None else _beside(path)
     if output is None and target.exists() and not options.force:
         raise InputError(f"{target} exists (a resumed run without {mention('output')} writes beside its "

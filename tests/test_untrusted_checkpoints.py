@@ -31,11 +31,13 @@ OPTIONS = TransferOptions(size=48, iterations=3, content_layers="relu1_2", style
 SHAPE = (32, 48, 3)
 
 
-def good_checkpoint(path: Path, options: TransferOptions = OPTIONS, inputs: dict | None = None) -> Path:
+def good_checkpoint(path: Path, options: TransferOptions = OPTIONS, inputs: dict | None = None,
+                    with_state: bool = True) -> Path:
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, SHAPE).astype(np.float32)
-    state = LbfgsState.fresh(image, options.lbfgs_memory)
-    state.task[0] = LbfgsState.NEW_X
+    state = LbfgsState.fresh(image, options.lbfgs_memory) if with_state else None  # a made-up state stops at once
+    if state is not None:
+        state.task[0] = LbfgsState.NEW_X
     checkpoint = Checkpoint(options, 1, image, image.copy(), [image[::-1].copy()], 1e6, np.ones(1), state,
                             inputs or {"content": "c.jpg", "style": ["s.jpg"], "output": "/etc/stylerun-victim.png"})
     return save_checkpoint(path, checkpoint)
@@ -184,3 +186,16 @@ def test_mutated_checkpoints_only_ever_raise_input_error(tmp_path_factory, data)
     except InputError:
         return
     assert loaded.image.shape[:2] == loaded.content.shape[:2]
+
+
+def test_the_checkpoint_path_stored_inside_is_not_used_for_writing(tmp_path):
+    box = tmp_path / "stored-checkpoint-path"
+    (box / "out").mkdir(parents=True)
+    ckpt = good_checkpoint(box / "out" / "c.ckpt.npz", with_state=False)
+    elsewhere = tmp_path / "elsewhere.ckpt.npz"
+    data = {**OPTIONS.to_dict(), "checkpoint_every": 1, "checkpoint": str(elsewhere), "content": "c.jpg",
+            "style": "s.jpg"}
+    rewritten(ckpt, {"settings.npy": settings_member(data)})
+    run = resume(box)
+    assert run.code == 0, run.stderr
+    assert not elsewhere.exists() and load_checkpoint(ckpt).iteration == 3  # it went on in its own file
