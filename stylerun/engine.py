@@ -36,6 +36,7 @@ from .images import (
     same_file,
     save_image,
 )
+from .locks import output_lock
 from .loss import StyleLoss, initial_image, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
@@ -331,10 +332,11 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
         # an unsupported file is refused here, before any work
         listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
     state = _Run(job, listener, as_stop(stop), resume)
-    listener.loading()
-    state.plan = state.stages()
-    result = _optimize_stages(state)
-    return _finish(state, result)
+    with output_lock(job.output):  # a second run writing the same output is refused here
+        listener.loading()
+        state.plan = state.stages()
+        result = _optimize_stages(state)
+        return _finish(state, result)
 
 
 def _optimize_stages(state: _Run) -> Result:
