@@ -22,13 +22,12 @@ import typer
 from rich.console import Console
 
 from . import figures
-from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
+from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
 from .errors import OptionError, StylerunError, mention_options
 from .export import export_vgg
 from .forward import LayerSet
-from .optimizers import Progress
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
-from .progress import FigureBars, ProgressBar, say
+from .progress import ConsoleListener, FigureBars, outcome_text, say
 from .signals import StopSignals
 from .version import __version__
 from .weight_formats import load_weights
@@ -190,51 +189,20 @@ def _report(outcome: Outcome, job: Job, stopper: StopSignals, quiet: bool) -> No
             f"{job.options.iterations}; the best image so far (loss {outcome.loss:.4g}) is in {out}{hint}", err)
         raise typer.Exit(128 + int(signum))
     if not quiet:
-        say(f"wrote {out} (loss {outcome.loss:.4g}, {outcome.evaluations} evaluations, {outcome.elapsed:.1f} s)",
-            err)
+        say(outcome_text(outcome), err)
 
 
-class CliListener(Listener):
-    """The engine's events as a spinner while loading, a progress bar, and one-line notices."""
+class CliListener(ConsoleListener):
+    """The engine's events on stderr, options named by their flags; no signal cuts the writing short."""
 
     def __init__(self, quiet: bool, total: int, completed: int):
-        self.quiet, self.stopper = quiet, None
-        self.bar = ProgressBar(err, total, completed, disable=quiet)
-        self.status = None
-
-    def loading(self) -> None:
-        if not self.quiet:
-            self.status = err.status("loading images and model (the first run with these layers exports VGG19)...")
-            self.status.start()
-
-    def started(self, message: str) -> None:
-        self._stop_status()
-        if not self.quiet:
-            say(message, err)
-        self.bar.start()
-
-    def notice(self, message: str) -> None:
-        if not self.quiet:
-            say(message, err)
-
-    def warning(self, message: str) -> None:
-        say(f"stylerun: warning: {message}", err)
-
-    def progress(self, progress: Progress) -> None:
-        self.bar.update(progress)
+        super().__init__(err, total, completed, quiet=quiet, spell=spell, setting=lambda name, value:
+                         f"{spell(name)} {value}")
+        self.stopper = None
 
     def finishing(self) -> None:
         if self.stopper is not None:
             self.stopper.hurry = False  # from here on a signal must not cut the writing short
-
-    def _stop_status(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-    def close(self) -> None:
-        self._stop_status()
-        self.bar.stop()
 
 
 def _transfer_signature() -> inspect.Signature:

@@ -3,12 +3,19 @@ Python API, one writer per output, and the model cache's commands."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 
+import numpy as np
 import pytest
 from helpers import run_cli
+from rich.console import Console
 
+from stylerun.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
 from stylerun.locks import lock_path
+from stylerun.optimizers import Progress
+from stylerun.progress import ProgressBar, estimate_text
 
 SMALL = ("--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu")
 
@@ -26,3 +33,40 @@ def test_a_second_run_writing_the_same_output_is_refused(capsys, monkeypatch, tm
     code, err = run_cli(capsys, monkeypatch, *args)  # the lock is free again: the run goes ahead
     assert code == 0, err
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # and its own lock file is gone
+
+
+def test_the_estimate_is_printed_after_the_first_iteration(capsys, monkeypatch, tmp_path, content_path, style_path):
+    out = tmp_path / "out.png"
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o", str(out), *SMALL,
+                        "-n", "2", "--threads", "1")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "48x32, 2 iterations"
+    assert re.fullmatch(r"~\d+ s on CPU \(1 thread\)", lines[1]), lines  # short: no hint
+    assert lines[2].startswith("iteration 1/2 loss ")
+
+
+def test_a_long_run_names_a_faster_size():
+    est = estimate(19 * 60, "CPU (2 threads)", (341, 512, 3))
+    assert estimate_text(est, lambda name, value: f"--{name} {value}") == \
+        "~19 min on CPU (2 threads); --size 256 takes ~5 min"  # a quarter of the pixels, a quarter of the time
+    assert estimate(100, "CUDA", (341, 512, 3)).faster is None  # under two minutes: no hint
+    assert estimate(1000, "CUDA", (48, 64, 3)).faster is None  # half the size would be too small for VGG19
+
+
+def test_the_estimate_comes_from_the_first_iteration_alone():
+    # three evaluations in 3 s: 1 s each; the other 99 iterations take about one evaluation each
+    first = Progress(1, 100, 1.0, 1.0, 1.0, evaluations=3, elapsed=3.0, image=np.zeros((1, 1, 3)))
+    assert iteration_seconds(first, "lbfgs") == pytest.approx(EVALUATIONS_PER_ITERATION["lbfgs"])
+    assert 1.0 <= EVALUATIONS_PER_ITERATION["lbfgs"] <= 1.1
+
+
+def test_the_progress_bar_leaves_room_for_an_echoed_ctrl_c():
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, record=True)
+    bar = ProgressBar(console, 5000)
+    bar.start()
+    bar.update(Progress(1234, 5000, 1.2345e9, 3.14e10, 1.12e9, 1300, 60.0, np.zeros((1, 1, 3)), eta_s=3700.0))
+    bar.stop()
+    line = "stylizing" + console.export_text().rstrip("\n").rsplit("stylizing", 1)[1]  # the last drawing
+    assert line.endswith(" 1234/5000 loss 1.23e9 (c 3.1e10 s 1.1e9) ETA 1:01:40"), line
+    assert len(line) <= 78  # a full-width line wraps when the terminal echoes ^C, and the bar is drawn twice
