@@ -12,6 +12,7 @@ import pytest
 from helpers import run_cli
 from rich.console import Console
 
+import stylerun
 from stylerun.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
 from stylerun.locks import lock_path
 from stylerun.optimizers import Progress
@@ -70,3 +71,19 @@ def test_the_progress_bar_leaves_room_for_an_echoed_ctrl_c():
     line = "stylizing" + console.export_text().rstrip("\n").rsplit("stylizing", 1)[1]  # the last drawing
     assert line.endswith(" 1234/5000 loss 1.23e9 (c 3.1e10 s 1.1e9) ETA 1:01:40"), line
     assert len(line) <= 78  # a full-width line wraps when the terminal echoes ^C, and the bar is drawn twice
+
+
+def test_the_api_prints_progress_lines_when_asked(capsys, tmp_path, content_path, style_path):
+    seen = []
+    stylerun.transfer(content_path, style_path, tmp_path / "out.png", size=48, iterations=20, device="cpu",
+                      content_layers="relu2_2", style_layers="relu1_1,relu2_1", progress=True, callback=seen.append)
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and lines[0] == "48x32, 20 iterations" and lines[1].startswith("~")
+    shown = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("iteration ")]
+    assert shown == [1, *range(2, 21, 2)]  # plain lines, every tenth of the run
+    assert lines[-1].startswith(f"wrote {tmp_path / 'out.png'} (loss ")
+    assert len(seen) == 20  # the callback still sees every iteration
+    stylerun.transfer(content_path, style_path, size=48, iterations=2, device="cpu", content_layers="relu2_2",
+                      style_layers="relu1_1,relu2_1")
+    assert capsys.readouterr().err == ""  # quiet unless asked
