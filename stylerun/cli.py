@@ -27,10 +27,60 @@ from .errors import OptionError, StylerunError, mention_options
 from .export import export_vgg
 from .forward import LayerSet
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
-from .progress import ConsoleListener, FigureBars, outcome_text, say
+from .progress import ConsoleListener, FigureBars, outcome_text, say, short
 from .signals import StopSignals
 from .version import __version__
 from .weight_formats import load_weights
+
+
+class _Help:
+    """Help as a person reads it at any width: each docstring paragraph reflowed (Typer keeps
+    the docstring's line breaks after the first paragraph), and no type beside a flag or an
+    argument (``--force <bool>`` reads as if it took a value)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = paragraphs(self.help)
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) or param.param_type_name == "argument":
+                param.display_type_rich = _no_type
+        return params
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+class Group(_Help, typer.core.TyperGroup):
+    """The `stylerun` group."""
+
+
+class Command(_Help, typer.core.TyperCommand):
+    """A command whose usage lines are written out: `usages`, the forms after its name (set with `usage`)."""
+
+    usages: tuple[str, ...] = ()
+
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
+        if not self.usages:
+            super().format_usage(ctx, formatter)
+            return
+        for k, form in enumerate(self.usages):
+            formatter.write_usage(ctx.command_path, form, prefix="Usage: " if k == 0 else "   or: ")
+
+
+def usage(*forms: str) -> type[Command]:
+    """A `Command` class with these usage lines (``[OPTIONS] CONTENT STYLE... -o FILE``)."""
+    return type("Command", (Command,), {"usages": forms})
+
+
+def paragraphs(text: str) -> str:
+    """A docstring as help: each paragraph on one line, for the help to wrap at the terminal's width."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
 
 app = typer.Typer(
     name="stylerun",
@@ -42,6 +92,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 err = Console(stderr=True)
 
@@ -91,8 +142,8 @@ def option_parameter(name: str, panel: str | None = None) -> inspect.Parameter:
                                show_default=False, rich_help_panel=panel)
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=list[Path] | None)
     shown = opt.cli_default is not None
-    default = typer.Option(opt.cli_default, *names, help=opt.help, metavar=opt.metavar, show_default=shown,
-                           rich_help_panel=panel)
+    default = typer.Option(opt.cli_default, *names, help=opt.help, metavar=opt.metavar,
+                           show_default=opt.shown_default or shown, rich_help_panel=panel)
     annotation = opt.cli if shown else opt.cli | None
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
@@ -121,11 +172,17 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def transfer_command(ctx: typer.Context, **params: Any) -> None:
-    """Paint CONTENT in the style of STYLE (one or more) and write the result to OUTPUT.
+    """Paint CONTENT in the style of STYLE (one or more) and write the result to FILE.
+
+    The first run with a set of layers exports VGG19 into the cache, which takes a few
+    seconds. After the first iteration stylerun estimates the time of the whole run, and
+    names a faster --size when it is long.
 
     Ctrl-C or SIGTERM stops at the next evaluation and writes the best image so far (and a
-    checkpoint, with --checkpoint-every). Exit status: 0 done, 2 bad input or option,
-    3 the loss stopped being finite, 130/143 interrupted by SIGINT/SIGTERM.
+    checkpoint, with --checkpoint-every, to go on from with --resume).
+
+    Exit status: 0 done, 2 bad input or option, 3 the loss stopped being finite, 130/143
+    interrupted by SIGINT/SIGTERM.
     """
     _log_warnings_to(err)
     quiet = params["quiet"]
@@ -235,13 +292,14 @@ def _transfer_signature() -> inspect.Signature:
 
 
 transfer_command.__signature__ = _transfer_signature()
-app.command("transfer")(transfer_command)
+app.command("transfer", cls=usage("[OPTIONS] CONTENT STYLE... -o FILE", "--resume CKPT [-o FILE] [OPTIONS]"))(
+    transfer_command)
 
 
 # --- export-vgg ------------------------------------------------------------------------------------
 
 
-@app.command("export-vgg")
+@app.command("export-vgg", cls=usage("[OPTIONS] -o FILE"))
 def export_vgg_command(
     output: Path = typer.Option(
         ..., "-o", "--output", help="Model file to write (NAME.onnx; NAME.targets.onnx goes beside it).",
@@ -250,7 +308,8 @@ def export_vgg_command(
     content_layers: str = typer.Option(spec("content_layers").cli_default, "--content-layers",
                                        help=spec("content_layers").help, metavar="LAYERS"),
     style_layers: str = typer.Option(spec("style_layers").cli_default, "--style-layers",
-                                     help=spec("style_layers").help, metavar="LAYERS"),
+                                     help=spec("style_layers").help, metavar="LAYERS",
+                                     show_default=spec("style_layers").shown_default),
     pooling: str = typer.Option(spec("pooling").cli_default, "--pooling", help=spec("pooling").help,
                                 metavar=spec("pooling").metavar),
     weights: Path | None = typer.Option(None, "--weights", help=spec("weights").help, metavar="FILE"),
@@ -272,7 +331,7 @@ def export_vgg_command(
 # --- figures ---------------------------------------------------------------------------------------
 
 
-@app.command("figures")
+@app.command("figures", cls=usage("[OPTIONS] CONTENT STYLE... [-o DIR]"))
 def figures_command(
     content: Path = typer.Argument(..., help="Content photo (Figures 1, 3 and 4).", metavar="CONTENT"),
     styles: list[Path] = typer.Argument(..., help="Style paintings: Figure 3 uses each, Figures 1 and 4 the first.",
@@ -281,20 +340,22 @@ def figures_command(
                              metavar="DIR"),
     size: int = typer.Option(256, "--size", help="Longest side of every panel in pixels.", metavar="PIXELS"),
     iterations: int = typer.Option(200, "--iterations", "-n", help="L-BFGS-B iterations per panel.", metavar="N"),
-    which: str = typer.Option(",".join(figures.FIGURES), "--which", help="Comma-separated figures to make.",
+    which: str = typer.Option(",".join(figures.FIGURES), "--which", show_default=False,
+                              help=f"Comma-separated figures to make, of {', '.join(figures.FIGURES)}; default all.",
                               metavar="FIGURES"),
-    ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios",
-                               help="alpha/beta values of the Figure 4 sweep (beta = 1).", metavar="R,R,..."),
+    ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios", show_default=False,
+                               help="alpha/beta values of the Figure 4 sweep (beta = 1); default "
+                                    f"{', '.join(short(r) for r in figures.SWEEP_RATIOS)}.", metavar="R,R,..."),
     sweep_init: str = typer.Option("random", "--sweep-init", help=f"Start of the Figure 4 panels: {', '.join(INITS)}.",
-                                   metavar="|".join(INITS)),
+                                   metavar=spec("init").metavar),
     seed: int = typer.Option(0, "--seed", help="Seed of the white-noise inits.", metavar="N"),
     device: str = typer.Option("auto", "--device", help=spec("device").help, metavar=spec("device").metavar),
     threads: int | None = typer.Option(None, "--threads", help=spec("threads").help, metavar="N"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Replicate the paper's figures as labelled contact sheets in OUT, with OUT/report.md.
+    """Replicate the paper's figures as labelled contact sheets in DIR, with DIR/report.md.
 
-    Finished panels (OUT/panels/NAME.png + NAME.json with the same settings) are kept, so
+    Finished panels (DIR/panels/NAME.png + NAME.json with the same settings) are kept, so
     running the same command again resumes an interrupted run.
     """
     try:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
+import typer
 from helpers import run_cli
 from rich.console import Console
 
 import stylerun
+from stylerun import cli
 from stylerun.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
 from stylerun.locks import lock_path
 from stylerun.optimizers import Progress
@@ -87,3 +90,31 @@ def test_the_api_prints_progress_lines_when_asked(capsys, tmp_path, content_path
     stylerun.transfer(content_path, style_path, size=48, iterations=2, device="cpu", content_layers="relu2_2",
                       style_layers="relu1_1,relu2_1")
     assert capsys.readouterr().err == ""  # quiet unless asked
+
+
+def _help(capsys, monkeypatch, *command: str) -> str:
+    """`stylerun COMMAND --help` at 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys, "argv", ["stylerun", *command, "--help"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_usage_lines_show_what_is_required(capsys, monkeypatch):
+    text = _help(capsys, monkeypatch, "transfer")
+    assert "Usage: stylerun transfer [OPTIONS] CONTENT STYLE... -o FILE" in text
+    assert "or: stylerun transfer --resume CKPT [-o FILE] [OPTIONS]" in text
+    assert "relu1_1,...,relu5_1 at 0.2" in text  # the default, not cut off at 80 columns
+    assert "<bool>" not in text and "<path>" not in text
+    assert "Usage: stylerun export-vgg [OPTIONS] -o FILE" in _help(capsys, monkeypatch, "export-vgg")
+    figures = _help(capsys, monkeypatch, "figures")
+    assert "Usage: stylerun figures [OPTIONS] CONTENT STYLE..." in figures
+    assert "{" not in figures and "…" not in figures  # no {CONTENT}, no default cut off
+
+
+def test_help_paragraphs_are_reflowed_not_broken_where_the_docstring_was():
+    command = typer.main.get_command(cli.app)
+    for name, sub in [("stylerun", command), *command.commands.items()]:
+        assert all("\n" not in paragraph for paragraph in sub.help.split("\n\n")), name
