@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import signal
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from . import figures
+from .cache import LIMIT_ENV, Entry, cache_dir, cache_limit, clear, entries
 from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
 from .errors import OptionError, StylerunError, mention_options
-from .export import export_vgg
+from .export import export_vgg, layers_of, model_metadata
 from .forward import LayerSet
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
 from .progress import ConsoleListener, FigureBars, outcome_text, say, short
 from .signals import StopSignals
 from .version import __version__
 from .weight_formats import load_weights
+from .weights import bundled_path
 
 
 class _Help:
@@ -328,6 +333,85 @@ def export_vgg_command(
     err.print(f"wrote {files.loss} and {files.targets} (VGG19 up to {layers.deepest}, {layers.pooling} pooling)")
 
 
+# --- cache ---------------------------------------------------------------------------------------
+
+cache_app = typer.Typer(
+    name="cache", cls=Group, no_args_is_help=True, add_completion=False,
+    help="""List or clear the models stylerun keeps for the next run.
+
+    The first run with a set of layers exports VGG19 into the cache (~/.cache/stylerun, or
+    $STYLERUN_CACHE); later runs reuse it. The cache keeps itself under 1 GB ($STYLERUN_CACHE_MAX,
+    e.g. 500M or 5G) by removing the models used least recently.""",
+)
+app.add_typer(cache_app)
+
+
+@cache_app.command("list", cls=usage("[OPTIONS]"))
+def cache_list_command() -> None:
+    """List the cached models: their layers, pooling, size and when each was last used."""
+    directory, found, limit = cache_dir(), entries(), cache_limit()
+    total = sum(e.size for e in found)
+    out = Console()
+    say(f"{directory}: {len(found)} model{'s' if len(found) != 1 else ''}, {size_text(total)} "
+        f"(limit {size_text(limit)}, ${LIMIT_ENV})", out)
+    if not found:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("last used", "right"), ("size", "right"), ("pooling", "left"), ("layers", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "layers")
+    now = time.time()
+    for entry in found:
+        table.add_row(ago(now - entry.used), size_text(entry.size), entry.pooling, _cached_layers(entry))
+    out.print(table)
+
+
+def _cached_layers(entry: Entry) -> str:
+    """What a cached model computes, from its metadata."""
+    try:
+        meta = model_metadata(entry.loss)
+        layers = layers_of(meta)
+    except (StylerunError, KeyError, ValueError):
+        return f"VGG19 up to {entry.deepest} (metadata unreadable)"
+    text = f"content {','.join(layers.content) or '-'}; style {','.join(layers.style) or '-'}"
+    if layers.regions:
+        text += f"; {layers.regions} guided regions"
+    weights = meta.get("stylerun.weights", "")
+    return text + (f"; weights {weights}" if weights and weights != bundled_path().name else "")
+
+
+@cache_app.command("clear", cls=usage("[OPTIONS]"))
+def cache_clear_command(
+    older_than: float | None = typer.Option(None, "--older-than", metavar="DAYS", show_default=False,
+                                            help="Only the models last used more than DAYS days ago."),
+) -> None:
+    """Remove the cached models (they are exported again when needed)."""
+    if older_than is not None and not (older_than >= 0 and math.isfinite(older_than)):
+        raise StylerunError(f"--older-than must be a number of days >= 0, got {older_than}")
+    gone = clear(None if older_than is None else older_than * 86400)
+    what = f"{len(gone)} model{'s' if len(gone) != 1 else ''} ({size_text(sum(e.size for e in gone))})"
+    say(f"removed {what} from {cache_dir()}" if gone else f"nothing to remove in {cache_dir()}", err)
+
+
+def size_text(size: float) -> str:
+    """2.1 MB, 104 MB, 1.2 GB (powers of 1000, as the cache limit is written)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f}".removesuffix(".0") + f" {unit}" if size < 10 else f"{size:.0f} {unit}"
+        size /= 1000
+    return f"{size:.0f} TB"  # unreachable
+
+
+def ago(seconds: float) -> str:
+    """How long ago, roughly: just now, 5 min ago, 3 h ago, 12 days ago."""
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600:.0f} h ago"
+    return f"{seconds // 86400:.0f} days ago"
+
+
 # --- figures ---------------------------------------------------------------------------------------
 
 
@@ -435,9 +519,12 @@ def main() -> None:
     except Exception as exc:
         if not _usage_error(exc):
             raise
+        message = " ".join(exc.format_message().split())
+        if not message:  # no arguments: the help was shown instead
+            sys.exit(exc.exit_code)
         where = f" (see 'stylerun {sys.argv[1]} --help')" if len(sys.argv) > 1 and sys.argv[1] in command.commands \
             else " (see 'stylerun --help')"
-        print(f"stylerun: error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        print(f"stylerun: error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.exit(status if isinstance(status, int) else 0)
 

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +17,11 @@ from rich.console import Console
 
 import stylerun
 from stylerun import cli
+from stylerun.cache import cache_limit, entries, prune
+from stylerun.errors import InputError
 from stylerun.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
+from stylerun.export import cached_export
+from stylerun.forward import LayerSet
 from stylerun.locks import lock_path
 from stylerun.optimizers import Progress
 from stylerun.progress import ProgressBar, estimate_text
@@ -118,3 +123,61 @@ def test_help_paragraphs_are_reflowed_not_broken_where_the_docstring_was():
     command = typer.main.get_command(cli.app)
     for name, sub in [("stylerun", command), *command.commands.items()]:
         assert all("\n" not in paragraph for paragraph in sub.help.split("\n\n")), name
+
+
+def _fake_model(directory, deepest: str, days_ago: float, size: int = 1_000_000, key: str = "0" * 20):
+    """Two files named like a cached export (not real models), last used `days_ago`."""
+    loss = directory / f"vgg19-{deepest}-max-{key}.onnx"
+    for path in (loss, loss.with_name(loss.name.replace(".onnx", ".targets.onnx"))):
+        path.write_bytes(b"\0" * (size // 2))
+        when = time.time() - days_ago * 86400
+        os.utime(path, (when, when))
+    return loss
+
+
+def test_cache_list_and_clear(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("STYLERUN_CACHE", str(tmp_path))
+    monkeypatch.setenv("STYLERUN_CACHE_MAX", "500M")
+    _fake_model(tmp_path, "relu2_1", days_ago=0, key="a" * 20)
+    _fake_model(tmp_path, "relu5_1", days_ago=3, size=4_000_000, key="b" * 20)
+    (tmp_path / "notes.txt").write_text("not ours")
+    (tmp_path / "vgg19-mine.onnx").write_text("not named like an export")
+    monkeypatch.setattr(sys, "argv", ["stylerun", "cache", "list"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0] == f"{tmp_path}: 2 models, 5 MB (limit 500 MB, $STYLERUN_CACHE_MAX)"
+    assert re.match(r"\s*just now\s+1 MB\s+max\s+VGG19 up to relu2_1", listing[2]), listing
+    assert re.match(r"\s*3 days ago\s+4 MB\s+max\s+VGG19 up to relu5_1", listing[3]), listing
+    code, err = run_cli(capsys, monkeypatch, "cache", "clear", "--older-than", "2")
+    assert code == 0 and err == f"removed 1 model (4 MB) from {tmp_path}\n"
+    code, err = run_cli(capsys, monkeypatch, "cache", "clear")
+    assert code == 0 and err == f"removed 1 model (1 MB) from {tmp_path}\n"
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "vgg19-mine.onnx"]  # only stylerun's files go
+
+
+def test_the_cache_keeps_under_its_limit_dropping_the_least_recently_used(tmp_path):
+    old = _fake_model(tmp_path, "relu1_1", days_ago=30, key="1" * 20)
+    older = _fake_model(tmp_path, "relu2_1", days_ago=60, key="2" * 20)
+    kept = _fake_model(tmp_path, "relu3_1", days_ago=90, key="3" * 20)  # the oldest, but the one in use
+    recent = _fake_model(tmp_path, "relu4_1", days_ago=1 / 86400, key="4" * 20)  # another run may be loading it
+    gone = prune(1_500_000, keep=kept, directory=tmp_path)
+    assert [e.loss for e in gone] == [older, old]
+    assert [e.loss for e in entries(tmp_path)] == [recent, kept]  # still over the limit: both must stay
+
+
+def test_the_cache_limit_is_read_from_the_environment(monkeypatch):
+    for text, limit in (("", 10**9), ("500M", 5 * 10**8), ("2G", 2 * 10**9), ("1.5GB", 15 * 10**8), ("123", 123)):
+        monkeypatch.setenv("STYLERUN_CACHE_MAX", text)
+        assert cache_limit() == limit
+    monkeypatch.setenv("STYLERUN_CACHE_MAX", "lots")
+    with pytest.raises(InputError, match="STYLERUN_CACHE_MAX must be a size such as 500M"):
+        cache_limit()
+
+
+def test_using_a_cached_model_marks_it_used(model_cache):
+    layers = LayerSet.of(["relu1_2"], ["relu1_1"])
+    files = cached_export(layers)
+    os.utime(files.loss, (0, 0))
+    assert cached_export(layers).loss == files.loss
+    assert time.time() - files.loss.stat().st_mtime < 60
