@@ -318,14 +318,15 @@ class TransferOptions:
     def check_for(self, n_styles: int) -> int:
         """Checks that need the number of style images; returns the guided regions (0: unguided)."""
         if self.style_blend is not None and len(self.style_blend) != n_styles:
-            raise OptionError("style_blend", f"has {len(self.style_blend)} weights for {n_styles} style image(s)")
+            raise OptionError("style_blend", f"has {count(len(self.style_blend), 'weight')} for "
+                                             f"{count(n_styles, 'style image')}")
         if self.content_masks is None and self.style_masks is None:
             return 0
         for name in ("content_masks", "style_masks"):
             masks = getattr(self, name)
             if masks is not None and len(masks) != n_styles:
-                raise OptionError(name, f"has {len(masks)} mask(s) for {n_styles} style image(s); give one per "
-                                        "style, in the order of the styles")
+                raise OptionError(name, f"has {count(len(masks), 'mask')} for {count(n_styles, 'style image')}; "
+                                        "give one per style, in the order of the styles")
         if self.style_blend is not None:
             raise OptionError("style_blend", "does not apply with masks: each style paints its own content mask "
                                              "region")
@@ -354,6 +355,11 @@ class TransferOptions:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def count(n: int, noun: str) -> str:
+    """``1 mask``, ``2 masks``: a number with its noun, in the singular where it is one."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _unserializable(name: str) -> Any:
