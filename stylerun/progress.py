@@ -40,12 +40,14 @@ def duration(seconds: float) -> str:
 
 
 def about(seconds: float) -> str:
-    """A rough duration, for estimates: 40 s, 5 min, 1.5 h."""
+    """A rough duration, for estimates: 40 s, 1.5 min, 19 min, 1.5 h."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
     if seconds < 60:
         return f"{max(1, round(seconds))} s"
-    if seconds < 3600:
+    if seconds < 600:
+        return f"{round(seconds / 30) / 2:g} min"
+    if round(seconds / 60) < 60:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
 
@@ -150,8 +152,8 @@ class ConsoleListener(CallbackListener):
 
     def loading(self) -> None:
         if not self.quiet and self.console.is_terminal:
-            self.status = self.console.status("loading images and model (the first run with these layers exports "
-                                              "VGG19)...")
+            # one line at 80 columns, spinner included
+            self.status = self.console.status("loading images and model (a first run with new layers exports it)")
             self.status.start()
 
     def started(self, message: str) -> None:
