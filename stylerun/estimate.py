@@ -15,8 +15,9 @@ from .images import MIN_SIDE
 from .optimizers import Progress
 
 #: Evaluations per iteration after the first. L-BFGS-B, measured on chelsea.jpg and
-#: starry_night.jpg: 1.02 (128 px, 200 iterations) and 1.08 (256 px, 100 iterations) from
-#: the photo; Adam evaluates once per step.
+#: starry_night.jpg (whole runs, the first iteration's three included): 1.02 (128 px, 200
+#: iterations), 1.03 (192 px, 150), 1.08 (256 px, 100) and 1.06 (384 px, 150) from the
+#: photo, 1.03 from noise (128 px, 300); Adam evaluates once per step.
 EVALUATIONS_PER_ITERATION = {"lbfgs": 1.05, "adam": 1.0}
 #: A run estimated longer than this gets a hint for faster settings.
 LONG_S = 120.0
