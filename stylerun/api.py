@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 
 from .engine import CallbackListener, Job, resume_job, run
 from .errors import NumericError
 from .optimizers import Progress
 from .options import TransferOptions
+from .progress import ConsoleListener, outcome_text, say
 
 
 def transfer(
@@ -32,6 +34,7 @@ def transfer(
     stop: Callable[[], bool] | threading.Event | None = None,
     resume: str | Path | None = None,
     trust_checkpoint_paths: bool = False,
+    progress: bool = False,
     **options: Any,
 ) -> Image.Image:
     """Paint `content` in the style of `style` and return the result as an 8-bit RGB image.
@@ -48,12 +51,26 @@ def transfer(
     evaluation, as Ctrl-C does, and the best image so far is returned. `resume` goes on
     from a checkpoint exactly where it stopped (`content` and `style` then come from it).
     A non-finite loss raises `NumericError`.
+
+    `progress=True` prints what the command line prints, as plain lines on stderr: the
+    size, the estimated time after the first iteration, the loss and ETA every tenth of
+    the run (or 30 s), warnings, and where the result went.
     """
     if resume is not None:
         job, state = resume_job(resume, output, trust_paths=trust_checkpoint_paths, **options)
     else:
         job, state = Job.of(content, style, output, **options), None
-    outcome = run(job, CallbackListener(callback), stop, resume=state)
+    if not progress:
+        outcome = run(job, CallbackListener(callback), stop, resume=state)
+    else:
+        console = Console(stderr=True, force_terminal=False, force_jupyter=False)
+        listener = ConsoleListener(console, job.options.iterations, state.iteration if state else 0,
+                                   callback=callback)
+        try:
+            outcome = run(job, listener, stop, resume=state)
+        finally:
+            listener.close()
+        say(outcome_text(outcome), console)
     if outcome.error:
         raise NumericError(outcome.error)
     return Image.fromarray(np.clip(np.rint(outcome.image), 0, 255).astype(np.uint8))

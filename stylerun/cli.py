@@ -12,26 +12,80 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import signal
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from . import figures
-from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
+from .cache import LIMIT_ENV, Entry, cache_dir, cache_limit, clear, entries
+from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
 from .errors import OptionError, StylerunError, mention_options
-from .export import export_vgg
+from .export import export_vgg, layers_of, model_metadata
 from .forward import LayerSet
-from .optimizers import Progress
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
-from .progress import FigureBars, ProgressBar, say
+from .progress import ConsoleListener, FigureBars, outcome_text, say, short
 from .signals import StopSignals
 from .version import __version__
 from .weight_formats import load_weights
+from .weights import bundled_path
+
+
+class _Help:
+    """Help as a person reads it at any width: each docstring paragraph reflowed (Typer keeps
+    the docstring's line breaks after the first paragraph), and no type beside a flag or an
+    argument (``--force <bool>`` reads as if it took a value)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = paragraphs(self.help)
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) or param.param_type_name == "argument":
+                param.display_type_rich = _no_type
+        return params
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+class Group(_Help, typer.core.TyperGroup):
+    """The `stylerun` group."""
+
+
+class Command(_Help, typer.core.TyperCommand):
+    """A command whose usage lines are written out: `usages`, the forms after its name (set with `usage`)."""
+
+    usages: tuple[str, ...] = ()
+
+    def format_usage(self, ctx: Any, formatter: Any) -> None:
+        if not self.usages:
+            super().format_usage(ctx, formatter)
+            return
+        for k, form in enumerate(self.usages):
+            formatter.write_usage(ctx.command_path, form, prefix="Usage: " if k == 0 else "   or: ")
+
+
+def usage(*forms: str) -> type[Command]:
+    """A `Command` class with these usage lines (``[OPTIONS] CONTENT STYLE... -o FILE``)."""
+    return type("Command", (Command,), {"usages": forms})
+
+
+def paragraphs(text: str) -> str:
+    """A docstring as help: each paragraph on one line, for the help to wrap at the terminal's width."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
 
 app = typer.Typer(
     name="stylerun",
@@ -43,6 +97,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 err = Console(stderr=True)
 
@@ -92,8 +147,8 @@ def option_parameter(name: str, panel: str | None = None) -> inspect.Parameter:
                                show_default=False, rich_help_panel=panel)
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=list[Path] | None)
     shown = opt.cli_default is not None
-    default = typer.Option(opt.cli_default, *names, help=opt.help, metavar=opt.metavar, show_default=shown,
-                           rich_help_panel=panel)
+    default = typer.Option(opt.cli_default, *names, help=opt.help, metavar=opt.metavar,
+                           show_default=opt.shown_default or shown, rich_help_panel=panel)
     annotation = opt.cli if shown else opt.cli | None
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
@@ -122,11 +177,17 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def transfer_command(ctx: typer.Context, **params: Any) -> None:
-    """Paint CONTENT in the style of STYLE (one or more) and write the result to OUTPUT.
+    """Paint CONTENT in the style of STYLE (one or more) and write the result to FILE.
+
+    The first run with a set of layers exports VGG19 into the cache, which takes a few
+    seconds. After the first iteration stylerun estimates the time of the whole run, and
+    names a faster --size when it is long.
 
     Ctrl-C or SIGTERM stops at the next evaluation and writes the best image so far (and a
-    checkpoint, with --checkpoint-every). Exit status: 0 done, 2 bad input or option,
-    3 the loss stopped being finite, 130/143 interrupted by SIGINT/SIGTERM.
+    checkpoint, with --checkpoint-every, to go on from with --resume).
+
+    Exit status: 0 done, 2 bad input or option, 3 the loss stopped being finite, 130/143
+    interrupted by SIGINT/SIGTERM.
     """
     _log_warnings_to(err)
     quiet = params["quiet"]
@@ -190,51 +251,20 @@ def _report(outcome: Outcome, job: Job, stopper: StopSignals, quiet: bool) -> No
             f"{job.options.iterations}; the best image so far (loss {outcome.loss:.4g}) is in {out}{hint}", err)
         raise typer.Exit(128 + int(signum))
     if not quiet:
-        say(f"wrote {out} (loss {outcome.loss:.4g}, {outcome.evaluations} evaluations, {outcome.elapsed:.1f} s)",
-            err)
+        say(outcome_text(outcome), err)
 
 
-class CliListener(Listener):
-    """The engine's events as a spinner while loading, a progress bar, and one-line notices."""
+class CliListener(ConsoleListener):
+    """The engine's events on stderr, options named by their flags; no signal cuts the writing short."""
 
     def __init__(self, quiet: bool, total: int, completed: int):
-        self.quiet, self.stopper = quiet, None
-        self.bar = ProgressBar(err, total, completed, disable=quiet)
-        self.status = None
-
-    def loading(self) -> None:
-        if not self.quiet:
-            self.status = err.status("loading images and model (the first run with these layers exports VGG19)...")
-            self.status.start()
-
-    def started(self, message: str) -> None:
-        self._stop_status()
-        if not self.quiet:
-            say(message, err)
-        self.bar.start()
-
-    def notice(self, message: str) -> None:
-        if not self.quiet:
-            say(message, err)
-
-    def warning(self, message: str) -> None:
-        say(f"stylerun: warning: {message}", err)
-
-    def progress(self, progress: Progress) -> None:
-        self.bar.update(progress)
+        super().__init__(err, total, completed, quiet=quiet, spell=spell, setting=lambda name, value:
+                         f"{spell(name)} {value}")
+        self.stopper = None
 
     def finishing(self) -> None:
         if self.stopper is not None:
             self.stopper.hurry = False  # from here on a signal must not cut the writing short
-
-    def _stop_status(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-    def close(self) -> None:
-        self._stop_status()
-        self.bar.stop()
 
 
 def _transfer_signature() -> inspect.Signature:
@@ -267,13 +297,14 @@ def _transfer_signature() -> inspect.Signature:
 
 
 transfer_command.__signature__ = _transfer_signature()
-app.command("transfer")(transfer_command)
+app.command("transfer", cls=usage("[OPTIONS] CONTENT STYLE... -o FILE", "--resume CKPT [-o FILE] [OPTIONS]"))(
+    transfer_command)
 
 
 # --- export-vgg ------------------------------------------------------------------------------------
 
 
-@app.command("export-vgg")
+@app.command("export-vgg", cls=usage("[OPTIONS] -o FILE"))
 def export_vgg_command(
     output: Path = typer.Option(
         ..., "-o", "--output", help="Model file to write (NAME.onnx; NAME.targets.onnx goes beside it).",
@@ -282,7 +313,8 @@ def export_vgg_command(
     content_layers: str = typer.Option(spec("content_layers").cli_default, "--content-layers",
                                        help=spec("content_layers").help, metavar="LAYERS"),
     style_layers: str = typer.Option(spec("style_layers").cli_default, "--style-layers",
-                                     help=spec("style_layers").help, metavar="LAYERS"),
+                                     help=spec("style_layers").help, metavar="LAYERS",
+                                     show_default=spec("style_layers").shown_default),
     pooling: str = typer.Option(spec("pooling").cli_default, "--pooling", help=spec("pooling").help,
                                 metavar=spec("pooling").metavar),
     weights: Path | None = typer.Option(None, "--weights", help=spec("weights").help, metavar="FILE"),
@@ -301,10 +333,89 @@ def export_vgg_command(
     err.print(f"wrote {files.loss} and {files.targets} (VGG19 up to {layers.deepest}, {layers.pooling} pooling)")
 
 
+# --- cache ---------------------------------------------------------------------------------------
+
+cache_app = typer.Typer(
+    name="cache", cls=Group, no_args_is_help=True, add_completion=False,
+    help="""List or clear the models stylerun keeps for the next run.
+
+    The first run with a set of layers exports VGG19 into the cache (~/.cache/stylerun, or
+    $STYLERUN_CACHE); later runs reuse it. The cache keeps itself under 1 GB ($STYLERUN_CACHE_MAX,
+    e.g. 500M or 5G) by removing the models used least recently.""",
+)
+app.add_typer(cache_app)
+
+
+@cache_app.command("list", cls=usage("[OPTIONS]"))
+def cache_list_command() -> None:
+    """List the cached models: their layers, pooling, size and when each was last used."""
+    directory, found, limit = cache_dir(), entries(), cache_limit()
+    total = sum(e.size for e in found)
+    out = Console()
+    say(f"{directory}: {len(found)} model{'s' if len(found) != 1 else ''}, {size_text(total)} "
+        f"(limit {size_text(limit)}, ${LIMIT_ENV})", out)
+    if not found:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name, justify in (("last used", "right"), ("size", "right"), ("pooling", "left"), ("layers", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "layers")
+    now = time.time()
+    for entry in found:
+        table.add_row(ago(now - entry.used), size_text(entry.size), entry.pooling, _cached_layers(entry))
+    out.print(table)
+
+
+def _cached_layers(entry: Entry) -> str:
+    """What a cached model computes, from its metadata."""
+    try:
+        meta = model_metadata(entry.loss)
+        layers = layers_of(meta)
+    except (StylerunError, KeyError, ValueError):
+        return f"VGG19 up to {entry.deepest} (metadata unreadable)"
+    text = f"content {','.join(layers.content) or '-'}; style {','.join(layers.style) or '-'}"
+    if layers.regions:
+        text += f"; {layers.regions} guided regions"
+    weights = meta.get("stylerun.weights", "")
+    return text + (f"; weights {weights}" if weights and weights != bundled_path().name else "")
+
+
+@cache_app.command("clear", cls=usage("[OPTIONS]"))
+def cache_clear_command(
+    older_than: float | None = typer.Option(None, "--older-than", metavar="DAYS", show_default=False,
+                                            help="Only the models last used more than DAYS days ago."),
+) -> None:
+    """Remove the cached models (they are exported again when needed)."""
+    if older_than is not None and not (older_than >= 0 and math.isfinite(older_than)):
+        raise StylerunError(f"--older-than must be a number of days >= 0, got {older_than}")
+    gone = clear(None if older_than is None else older_than * 86400)
+    what = f"{len(gone)} model{'s' if len(gone) != 1 else ''} ({size_text(sum(e.size for e in gone))})"
+    say(f"removed {what} from {cache_dir()}" if gone else f"nothing to remove in {cache_dir()}", err)
+
+
+def size_text(size: float) -> str:
+    """2.1 MB, 104 MB, 1.2 GB (powers of 1000, as the cache limit is written)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f}".removesuffix(".0") + f" {unit}" if size < 10 else f"{size:.0f} {unit}"
+        size /= 1000
+    return f"{size:.0f} TB"  # unreachable
+
+
+def ago(seconds: float) -> str:
+    """How long ago, roughly: just now, 5 min ago, 3 h ago, 12 days ago."""
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600:.0f} h ago"
+    return f"{seconds // 86400:.0f} days ago"
+
+
 # --- figures ---------------------------------------------------------------------------------------
 
 
-@app.command("figures")
+@app.command("figures", cls=usage("[OPTIONS] CONTENT STYLE... [-o DIR]"))
 def figures_command(
     content: Path = typer.Argument(..., help="Content photo (Figures 1, 3 and 4).", metavar="CONTENT"),
     styles: list[Path] = typer.Argument(..., help="Style paintings: Figure 3 uses each, Figures 1 and 4 the first.",
@@ -313,20 +424,22 @@ def figures_command(
                              metavar="DIR"),
     size: int = typer.Option(256, "--size", help="Longest side of every panel in pixels.", metavar="PIXELS"),
     iterations: int = typer.Option(200, "--iterations", "-n", help="L-BFGS-B iterations per panel.", metavar="N"),
-    which: str = typer.Option(",".join(figures.FIGURES), "--which", help="Comma-separated figures to make.",
+    which: str = typer.Option(",".join(figures.FIGURES), "--which", show_default=False,
+                              help=f"Comma-separated figures to make, of {', '.join(figures.FIGURES)}; default all.",
                               metavar="FIGURES"),
-    ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios",
-                               help="alpha/beta values of the Figure 4 sweep (beta = 1).", metavar="R,R,..."),
+    ratios: str = typer.Option(",".join(f"{r:g}" for r in figures.SWEEP_RATIOS), "--ratios", show_default=False,
+                               help="alpha/beta values of the Figure 4 sweep (beta = 1); default "
+                                    f"{', '.join(short(r) for r in figures.SWEEP_RATIOS)}.", metavar="R,R,..."),
     sweep_init: str = typer.Option("random", "--sweep-init", help=f"Start of the Figure 4 panels: {', '.join(INITS)}.",
-                                   metavar="|".join(INITS)),
+                                   metavar=spec("init").metavar),
     seed: int = typer.Option(0, "--seed", help="Seed of the white-noise inits.", metavar="N"),
     device: str = typer.Option("auto", "--device", help=spec("device").help, metavar=spec("device").metavar),
     threads: int | None = typer.Option(None, "--threads", help=spec("threads").help, metavar="N"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Replicate the paper's figures as labelled contact sheets in OUT, with OUT/report.md.
+    """Replicate the paper's figures as labelled contact sheets in DIR, with DIR/report.md.
 
-    Finished panels (OUT/panels/NAME.png + NAME.json with the same settings) are kept, so
+    Finished panels (DIR/panels/NAME.png + NAME.json with the same settings) are kept, so
     running the same command again resumes an interrupted run.
     """
     try:
@@ -406,9 +519,12 @@ def main() -> None:
     except Exception as exc:
         if not _usage_error(exc):
             raise
+        message = " ".join(exc.format_message().split())
+        if not message:  # no arguments: the help was shown instead
+            sys.exit(exc.exit_code)
         where = f" (see 'stylerun {sys.argv[1]} --help')" if len(sys.argv) > 1 and sys.argv[1] in command.commands \
             else " (see 'stylerun --help')"
-        print(f"stylerun: error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        print(f"stylerun: error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.exit(status if isinstance(status, int) else 0)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import InputError, OptionError, StylerunError, mention
+from .estimate import Estimate, device_name, estimate, iteration_seconds
 from .images import (
     MIN_SIDE,
     check_deep_output,
@@ -36,9 +37,11 @@ from .images import (
     same_file,
     save_image,
 )
+from .locks import output_lock
 from .loss import StyleLoss, initial_image, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
+from .runtime import default_threads
 from .weight_formats import detect_format
 
 #: Options naming files a checkpoint may carry; used on resume only when given again or trusted.
@@ -90,6 +93,9 @@ class Listener:
 
     def notice(self, message: str) -> None:
         """Something worth one line: the weights file detected."""
+
+    def estimate(self, estimate: Estimate) -> None:
+        """After the first iteration: how long the whole optimization should take."""
 
     def warning(self, message: str) -> None:
         """Something went wrong but the run goes on: an intermediate write failed, an optimizer state was dropped."""
@@ -256,7 +262,8 @@ class _Run:
         self.ckpt = checkpoint_path(job)
         self.begin = time.perf_counter()
         self.plan: list[tuple[int | None, int]] = []
-        self.stage_index, self.stage_started, self.stage_first = 0, 0.0, 0
+        self.stage_index, self.stage_first = 0, 0
+        self.first_done = 0.0  # when this stage's first iteration ended
         self.loss: StyleLoss | None = None
 
     def build(self, size: int | None) -> StyleLoss:
@@ -271,11 +278,19 @@ class _Run:
         return scale_plan(options.size, options.scales, options.iterations, (height, width))  # the real aspect
 
     def eta(self, p: Progress) -> float:
-        """Seconds left: this stage's time per iteration, scaled by pixels for the finer stages still to come."""
+        """Seconds left: this stage's time per iteration, scaled by pixels for the finer stages still to come.
+
+        The first iteration (about three evaluations) gives the time per evaluation, the
+        later ones their own time per iteration (see `estimate`).
+        """
         done = p.iteration - self.stage_first
         if done <= 0:
             return math.nan
-        per = (time.perf_counter() - self.stage_started) / done
+        if done == 1:
+            self.first_done = time.perf_counter()
+            per = iteration_seconds(p, self.options.optimizer)
+        else:
+            per = (time.perf_counter() - self.first_done) / (done - 1)
         left = per * (self.plan[self.stage_index][1] - p.iteration)
         here = self.plan[self.stage_index][0] or 1
         for k in range(self.stage_index + 1, len(self.plan)):
@@ -287,6 +302,8 @@ class _Run:
         loss = self.loss
         p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb)
         self.history.append(p.loss)
+        if self.stage_index == 0 and p.iteration == self.stage_first + 1:
+            self.listener.estimate(self.estimate(p))
         self.listener.progress(p)
         output, options = self.job.output, self.options
         if options.save_every > 0 and output is not None and p.iteration % options.save_every == 0:
@@ -294,6 +311,14 @@ class _Run:
                         options.bit_depth, options.quality)
         if self.ckpt is not None and p.iteration % options.checkpoint_every == 0:
             _keep_going(self.listener, self.write_checkpoint, p.image, p.iteration, p.loss, p.lbfgs_state())
+
+    def estimate(self, p: Progress) -> Estimate:
+        """The whole optimization's time, as the ETA sees it after the first iteration, on the finest scale."""
+        h, w, _ = self.loss.shape
+        first, last = self.plan[0][0], self.plan[-1][0]
+        grow = last / first if first and last else 1.0
+        device = device_name(self.loss.provider, self.options.threads or default_threads())
+        return estimate(p.elapsed + p.eta_s, device, (round(h * grow), round(w * grow)))
 
     def write_checkpoint(self, image: np.ndarray, iteration: int, value: float, lbfgs) -> None:
         loss = self.loss
@@ -332,10 +357,11 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
         # an unsupported file is refused here, before any work
         listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
     state = _Run(job, listener, as_stop(stop), resume)
-    listener.loading()
-    state.plan = state.stages()
-    result = _optimize_stages(state)
-    return _finish(state, result)
+    with output_lock(job.output):  # a second run writing the same output is refused here
+        listener.loading()
+        state.plan = state.stages()
+        result = _optimize_stages(state)
+        return _finish(state, result)
 
 
 def _optimize_stages(state: _Run) -> Result:
@@ -356,8 +382,9 @@ def _optimize_stages(state: _Run) -> Result:
             start, lbfgs, init_loss = loss.to_variable(rgb), None, math.inf
         if index == 0:
             h, w, _ = loss.shape
-            state.listener.started(f"{w}x{h}, {options.iterations} iterations on {loss.provider}")
-        state.stage_started, state.stage_first = time.perf_counter(), first
+            n = options.iterations
+            state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
+        state.stage_first = first
         result = optimize(loss.objective, start, end, state.on_step, options.lbfgs_memory, first_iteration=first,
                           stop=state.stop, resume=lbfgs, init_loss=init_loss, optimizer=options.optimizer,
                           learning_rate=options.learning_rate)

@@ -9,7 +9,6 @@ second run with the same settings starts without exporting.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import onnx
 
 from .atomic import atomic_write
 from .autodiff import FASTEST, Flavours, add_gradient
+from .cache import cache_dir, cache_limit, model_path, prune, touch
 from .errors import InputError
 from .forward import IMAGE, LOSS, LayerSet, build_loss_model, build_targets_model
 from .version import __version__
@@ -69,20 +69,13 @@ def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path, flavou
     return ModelFiles(path, targets_path(path), layers)
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("STYLERUN_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "stylerun"
-
-
 def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flavours: Flavours = FASTEST
                   ) -> ModelFiles:
     """The exported model for `layers`, from the cache or exported now and cached.
 
     The key holds everything that decides the graph: stylerun's and the graph's version,
-    the weights' content, the layer set and the adjoint flavours.
+    the weights' content, the layer set and the adjoint flavours. Every use marks the
+    model as used now, and the cache is then pruned to its size limit (see `cache`).
     """
     source = Path(weights_path) if weights_path is not None else bundled_path()
     if not source.is_file():
@@ -90,30 +83,33 @@ def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flav
     key = hashlib.sha256(
         "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers), repr(flavours)]).encode()
     ).hexdigest()[:20]
+    limit = cache_limit()  # a malformed $STYLERUN_CACHE_MAX is an error before the export
     directory = cache_dir()
-    path = directory / f"vgg19-{layers.deepest}-{layers.pooling}-{key}.onnx"
+    path = model_path(directory, layers.deepest, layers.pooling, key)
     if path.is_file() and targets_path(path).is_file():
-        return ModelFiles(path, targets_path(path), layers)
-    directory.mkdir(parents=True, exist_ok=True)
-    return export_vgg(load_weights(weights_path), layers, path, flavours)
+        touch(path, targets_path(path))
+        files = ModelFiles(path, targets_path(path), layers)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        files = export_vgg(load_weights(weights_path), layers, path, flavours)
+    prune(limit, keep=path, directory=directory)
+    return files
 
 
-def read_layers(path: str | Path) -> LayerSet:
-    """The layer set a model file was exported for, from its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"model file {path} not found")
-    if not targets_path(path).is_file():
-        raise InputError(f"model {path} has no targets model beside it ({targets_path(path).name})")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise InputError(f"{path} is {path.stat().st_size:,} bytes; a stylerun model is at most {MAX_MODEL_BYTES:,}")
+def model_metadata(path: str | Path) -> dict[str, str]:
+    """A model file's metadata (``stylerun.*`` keys); `InputError` if it is not an ONNX model."""
+    size = Path(path).stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise InputError(f"{path} is {size:,} bytes; a stylerun model is at most {MAX_MODEL_BYTES:,}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise InputError(f"{path} is not an ONNX model ({exc})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("stylerun.kind") != "loss":
-        raise InputError(f"{path} is not a stylerun loss model (export one with `stylerun export-vgg`)")
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def layers_of(meta: dict[str, str], source: str | Path = "the model") -> LayerSet:
+    """The layer set of a stylerun loss model, from its metadata."""
 
     def names(key: str) -> list[str]:
         return [n for n in meta.get(key, "").split(",") if n]
@@ -123,4 +119,17 @@ def read_layers(path: str | Path) -> LayerSet:
         content, style = names("stylerun.content_layers"), names("stylerun.style_layers")
         return LayerSet.of(content, style, meta.get("stylerun.pooling", "?"), regions)
     except (ValueError, InputError) as exc:
-        raise InputError(f"{path} has unusable stylerun metadata ({exc})") from None
+        raise InputError(f"{source} has unusable stylerun metadata ({exc})") from None
+
+
+def read_layers(path: str | Path) -> LayerSet:
+    """The layer set a model file was exported for, from its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file {path} not found")
+    if not targets_path(path).is_file():
+        raise InputError(f"model {path} has no targets model beside it ({targets_path(path).name})")
+    meta = model_metadata(path)
+    if meta.get("stylerun.kind") != "loss":
+        raise InputError(f"{path} is not a stylerun loss model (export one with `stylerun export-vgg`)")
+    return layers_of(meta, path)

@@ -6,7 +6,7 @@ Four figures, each a grid of panels; every panel is one optimization from its ow
   panel per layer relu1_2 .. relu5_2 (2015 paper, Figure 1, bottom row);
 * ``fig1-style``: style reconstructions from white noise (alpha 0, beta 1) on the layer
   subsets {relu1_1}, {relu1_1, relu2_1}, ... {relu1_1 .. relu5_1} (Figure 1, top row);
-* ``fig3``: the content photo in the style of each style image, with the seed's
+* ``fig3``: the content photo in the style of each style image, with the default
   settings (alpha 1e-6, beta 1, style relu1_1 .. relu5_1 at 0.2, content relu4_2);
 * ``fig4``: the alpha/beta sweep of the 2016 paper's Figure 4 on the first style image,
   from white noise.
@@ -49,7 +49,7 @@ STYLE_RECON_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 TITLES = {
     "fig1-content": "Figure 1, content reconstructions: alpha=1, beta=0, from white noise",
     "fig1-style": "Figure 1, style reconstructions: alpha=0, beta=1, from white noise",
-    "fig3": "Figure 3, artworks: seed settings alpha=1e-6, beta=1",
+    "fig3": "Figure 3, artworks: default settings alpha=1e-6, beta=1",
     "fig4": "Figure 4 (2016), alpha/beta sweep, beta=1, from white noise",
 }
 

@@ -64,13 +64,15 @@ class Option:
     cli_default: Any = None
     #: The flag, where it is not the name with dashes (a repeatable option is named in the singular).
     flag: str | None = None
+    #: How help shows the default, where the value itself is too long to read at 80 columns.
+    shown_default: str | None = None
 
 
 def option(default: Any, help: str, group: str, check: Callable[[Any], Any], *, cli: type = str,
            metavar: str | None = None, short: str | None = None, resumable: bool = False,
-           cli_default: Any = None, flag: str | None = None) -> Any:
+           cli_default: Any = None, flag: str | None = None, shown_default: str | None = None) -> Any:
     """A `TransferOptions` field with its `Option`; `default` may be a zero-argument factory."""
-    spec = Option(help, group, check, cli, metavar, short, resumable, cli_default, flag)
+    spec = Option(help, group, check, cli, metavar, short, resumable, cli_default, flag, shown_default)
     if callable(default):
         return field(default_factory=default, metadata={"option": spec})
     return field(default=default, metadata={"option": spec})
@@ -215,7 +217,8 @@ class TransferOptions:
         metavar="LAYERS", cli_default=format_layer_weights(DEFAULT_CONTENT_LAYERS))
     style_layers: dict[str, float] = option(
         lambda: dict(DEFAULT_STYLE_LAYERS), f"Style layers and weights: {LAYER_SYNTAX}.", LOSS, layers,
-        metavar="LAYERS", cli_default=format_layer_weights(DEFAULT_STYLE_LAYERS))
+        metavar="LAYERS", cli_default=format_layer_weights(DEFAULT_STYLE_LAYERS),
+        shown_default="relu1_1,...,relu5_1 at 0.2")
     alpha: float = option(
         1e-6, "Content weight: raise it (or lower beta) for more of the photo.", LOSS, number(), cli=float,
         metavar="X", cli_default=1e-6)
@@ -243,7 +246,7 @@ class TransferOptions:
         optional(number(0.0, 64.0, above=True)), cli=float, metavar="S")
     preserve_color: str = option(
         "none", "Keep the photo's colours: none, luminance (style only the luminance) or histogram (recolour the "
-        "style to the photo's palette first).", ARTISTIC, choice(*PRESERVE_COLOR), metavar="|".join(PRESERVE_COLOR),
+        "style to the photo's palette first).", ARTISTIC, choice(*PRESERVE_COLOR), metavar="MODE",
         cli_default="none")
     content_masks: tuple[Any, ...] | None = option(
         None, "Region guidance: a mask image (white = in) per STYLE, in order, saying where in the output that "
@@ -253,8 +256,8 @@ class TransferOptions:
         ARTISTIC, optional(sources), cli=list, metavar="FILE", flag="--style-mask")
     # Optimizer
     init: str = option(
-        "content", f"Starting image: {', '.join(INITS)} (uniform noise, see seed).", OPTIMIZER, choice(*INITS),
-        metavar="|".join(INITS), cli_default="content")
+        "content", f"Starting image: {', '.join(INITS[:-1])} or {INITS[-1]} (uniform noise, see seed).", OPTIMIZER,
+        choice(*INITS), metavar="START", cli_default="content")  # the choices, joined, would squeeze the help
     seed: int = option(0, "Seed of the random init.", OPTIMIZER, whole(0, 2**63 - 1), cli=int, metavar="N",
                        cli_default=0)
     iterations: int = option(
@@ -316,14 +319,15 @@ class TransferOptions:
     def check_for(self, n_styles: int) -> int:
         """Checks that need the number of style images; returns the guided regions (0: unguided)."""
         if self.style_blend is not None and len(self.style_blend) != n_styles:
-            raise OptionError("style_blend", f"has {len(self.style_blend)} weights for {n_styles} style image(s)")
+            raise OptionError("style_blend", f"has {count(len(self.style_blend), 'weight')} for "
+                                             f"{count(n_styles, 'style image')}")
         if self.content_masks is None and self.style_masks is None:
             return 0
         for name in ("content_masks", "style_masks"):
             masks = getattr(self, name)
             if masks is not None and len(masks) != n_styles:
-                raise OptionError(name, f"has {len(masks)} mask(s) for {n_styles} style image(s); give one per "
-                                        "style, in the order of the styles")
+                raise OptionError(name, f"has {count(len(masks), 'mask')} for {count(n_styles, 'style image')}; "
+                                        "give one per style, in the order of the styles")
         if self.style_blend is not None:
             raise OptionError("style_blend", "does not apply with masks: each style paints its own content mask "
                                              "region")
@@ -352,6 +356,11 @@ class TransferOptions:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def count(n: int, noun: str) -> str:
+    """``1 mask``, ``2 masks``: a number with its noun, in the singular where it is one."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _unserializable(name: str) -> Any:

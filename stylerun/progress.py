@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from .engine import CallbackListener, Outcome
+from .errors import mention_options
+from .estimate import Estimate
 from .figures import Figure, Listener, Panel, PanelRecord
 from .optimizers import Progress
 
@@ -34,11 +39,41 @@ def duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def status_text(p: Progress) -> str:
-    """The numbers of one iteration, short enough for an 80-column line beside a bar."""
-    rate = p.evaluations / p.elapsed if p.elapsed > 0 else 0.0
-    stage = f" scale {p.stage}/{p.stages}" if p.stages > 1 else ""
-    return f"loss {p.loss:.3g} (c {p.content_loss:.2g} s {p.style_loss:.2g}) {rate:.2f} ev/s{stage}"
+def about(seconds: float) -> str:
+    """A rough duration, for estimates: 40 s, 1.5 min, 19 min, 1.5 h."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 600:
+        return f"{round(seconds / 30) / 2:g} min"
+    if round(seconds / 60) < 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_text(estimate: Estimate, setting: Callable[[str, Any], str]) -> str:
+    """``~19 min on CPU (2 threads); --size 256 takes ~5 min``; `setting` spells an option with a value."""
+    line = f"~{about(estimate.seconds)} on {estimate.device}"
+    if estimate.faster is not None:
+        side, seconds = estimate.faster
+        line += f"; {setting('size', side)} takes ~{about(seconds)}"
+    return line
+
+
+def short(x: float, digits: int = 3) -> str:
+    """A number in `digits` significant digits, exponent without padding: 1.13e9, 0.5, 3.1e-5."""
+    text = f"{x:.{digits}g}"
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else text
+
+
+def status_text(p: Progress, rate: bool = True) -> str:
+    """The numbers of one iteration; without `rate` short enough for a line beside a bar at 80 columns."""
+    line = f"loss {short(p.loss)} (c {short(p.content_loss, 2)} s {short(p.style_loss, 2)})"
+    if rate:
+        line += f" {p.evaluations / p.elapsed if p.elapsed > 0 else 0.0:.2f} ev/s"
+    return line + (f" scale {p.stage}/{p.stages}" if p.stages > 1 else "")
 
 
 class ProgressBar:
@@ -56,9 +91,11 @@ class ProgressBar:
     def start(self) -> None:
         if self.disable or not self.terminal or self.rich is not None:
             return
+        # The line stays under 80 columns (73 at 5000 iterations and an ETA in hours): a line that
+        # fills the terminal wraps when the terminal echoes ^C after it, and the bar is drawn twice.
         self.rich = RichProgress(
-            TextColumn("[bold]stylizing"), BarColumn(bar_width=16), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=10), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TextColumn("ETA {task.fields[eta]}"),
             console=self.console, transient=False,
         )
         self.rich.start()
@@ -69,7 +106,9 @@ class ProgressBar:
             return
         self.last_iteration = p.iteration
         if self.rich is not None:
-            self.rich.update(self.task, completed=p.iteration, info=status_text(p), eta=duration(p.eta_s))
+            what = f"scale {p.stage}/{p.stages}" if p.stages > 1 else "stylizing"
+            self.rich.update(self.task, description=what, completed=p.iteration,
+                             info=status_text(replace(p, stages=1), rate=False), eta=duration(p.eta_s))
             return
         now = time.monotonic()
         step = max(1, self.total // 10)
@@ -81,6 +120,69 @@ class ProgressBar:
         if self.rich is not None:
             self.rich.stop()
             self.rich = None
+
+
+def outcome_text(outcome: Outcome) -> str:
+    """One line on how a run ended: where the result went, its loss, evaluations and time."""
+    numbers = f"loss {outcome.loss:.4g}, {outcome.evaluations} evaluations, {outcome.elapsed:.1f} s"
+    if outcome.error:
+        return f"stopped at iteration {outcome.iterations}: {outcome.error}"
+    where = f"wrote {outcome.output}" if outcome.written else "done"
+    if outcome.interrupted:
+        where = f"stopped at iteration {outcome.iterations}" + (f"; the best image so far is in {outcome.output}"
+                                                                if outcome.written else "")
+    return f"{where} ({numbers})"
+
+
+class ConsoleListener(CallbackListener):
+    """The run engine's events on a console: a spinner while loading (on a terminal), the
+    start, the estimate and notices as one line each, progress as a `ProgressBar`.
+
+    `spell` names options in messages (``size`` -> ``--size``), `setting` writes an option
+    with a value (``--size 256``, ``size=256``); `callback` also gets every `Progress`.
+    """
+
+    def __init__(self, console: Console, total: int, completed: int = 0, *, quiet: bool = False,
+                 spell: Callable[[str], str] = str, setting: Callable[[str, Any], str] = "{}={}".format,
+                 callback: Callable[[Progress], None] | None = None):
+        super().__init__(callback)
+        self.console, self.quiet, self.spell, self.setting = console, quiet, spell, setting
+        self.bar = ProgressBar(console, total, completed, disable=quiet)
+        self.status = None
+
+    def loading(self) -> None:
+        if not self.quiet and self.console.is_terminal:
+            # one line at 80 columns, spinner included
+            self.status = self.console.status("loading images and model (a first run with new layers exports it)")
+            self.status.start()
+
+    def started(self, message: str) -> None:
+        self._stop_status()
+        self.notice(message)
+        self.bar.start()
+
+    def notice(self, message: str) -> None:
+        if not self.quiet:
+            say(mention_options(message, self.spell), self.console)
+
+    def estimate(self, estimate: Estimate) -> None:
+        self.notice(estimate_text(estimate, self.setting))
+
+    def warning(self, message: str) -> None:
+        say(f"stylerun: warning: {mention_options(message, self.spell)}", self.console)
+
+    def progress(self, progress: Progress) -> None:
+        self.bar.update(progress)
+        super().progress(progress)
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def close(self) -> None:
+        self._stop_status()
+        self.bar.stop()
 
 
 class FigureBars(Listener):

@@ -1,6 +1,6 @@
 """The VGG19 network as data: its layers, their names, and how a request truncates it.
 
-Layer names follow the seed (and the Caffe prototxt): ``conv1_1`` ... ``conv5_4``,
+Layer names follow the Caffe prototxt: ``conv1_1`` ... ``conv5_4``,
 ``relu1_1`` ... ``relu5_4``, ``pool1`` ... ``pool5``. Nothing here touches ONNX or weights;
 `forward.py` turns this description into a graph.
 """
@@ -77,7 +77,7 @@ def sort_layers(names) -> list[str]:
 def parse_layer_weights(spec: str, what: str = "layers") -> dict[str, float]:
     """Parse ``"relu1_1:0.2,relu2_1:0.2"``; a layer given without ``:w`` gets 1/N of N layers.
 
-    The 1/N default makes ``relu1_1,relu2_1,relu3_1,relu4_1,relu5_1`` mean the seed's
+    The 1/N default makes ``relu1_1,relu2_1,relu3_1,relu4_1,relu5_1`` mean the default's
     0.2 each, and a single bare layer mean weight 1.
     """
     items = [s.strip() for s in spec.split(",") if s.strip()]

@@ -68,7 +68,7 @@ def test_blend_is_the_weighted_sum_of_grams(content_path, style_path, shipwreck)
                                   a.targets[content_target_name("relu2_2")])
 
 
-@pytest.mark.parametrize("blend,needle", [("1", "1 weights for 2"), ("0,0", "not all 0"), ("a,b", "numbers"),
+@pytest.mark.parametrize("blend,needle", [("1", "1 weight for 2"), ("0,0", "not all 0"), ("a,b", "numbers"),
                                           ("1,-1", ">= 0")])
 def test_bad_blends_are_refused(content_path, style_path, shipwreck, blend, needle):
     with pytest.raises(InputError, match=needle):
