@@ -195,7 +195,7 @@ class TransferOptions:
 
     # Input and output
     size: int | None = option(
-        512, "Longest side of the output in pixels (the photo is scaled to it; None: as given).", IO,
+        512, "Longest side of the output in pixels; the photo is scaled to it (from Python, None keeps its size).", IO,
         optional(whole(1, 1 << 20, below="must be a positive number of pixels (the output's longest side)")),
         cli=int, metavar="PIXELS", cli_default=512)
     background: tuple[int, int, int] = option(
