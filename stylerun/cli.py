@@ -218,7 +218,7 @@ def _new_job(ctx: typer.Context, params: dict[str, Any]) -> Job:
         raise StylerunError("give a CONTENT and a STYLE image (or --resume CHECKPOINT)")
     if output is None:
         raise StylerunError("give an output image with -o OUTPUT (e.g. -o out.png)")
-    options = TransferOptions(**_option_values(ctx, params, given_only=False))
+    options = TransferOptions().replace(**_option_values(ctx, params, given_only=True))  # a preset under them
     return Job(str(content), tuple(str(s) for s in style), options, output)  # as given: messages name them so
 
 
@@ -318,6 +318,7 @@ def export_vgg_command(
     pooling: str = typer.Option(spec("pooling").cli_default, "--pooling", help=spec("pooling").help,
                                 metavar=spec("pooling").metavar),
     weights: Path | None = typer.Option(None, "--weights", help=spec("weights").help, metavar="FILE"),
+    swap_red_blue: bool = typer.Option(False, "--swap-red-blue", help=spec("swap_red_blue").help),
 ) -> None:
     """Export VGG19, cut at the deepest layer asked for, as an ONNX loss-and-gradient model.
 
@@ -325,8 +326,9 @@ def export_vgg_command(
     (see the README's model contract), so one export serves every image and weighting.
     """
     options = TransferOptions(content_layers=content_layers, style_layers=style_layers, pooling=pooling,
-                              weights=None if weights is None else str(weights))
-    layers = LayerSet.of(options.content_layers, options.style_layers, options.pooling)
+                              weights=None if weights is None else str(weights), swap_red_blue=swap_red_blue)
+    layers = LayerSet.of(options.content_layers, options.style_layers, options.pooling,
+                         swap_red_blue=options.swap_red_blue)
     vgg = load_weights(options.weights)
     err.print(vgg.describe())
     files = export_vgg(vgg, layers, output)
@@ -375,6 +377,8 @@ def _cached_layers(entry: Entry) -> str:
     text = f"content {','.join(layers.content) or '-'}; style {','.join(layers.style) or '-'}"
     if layers.regions:
         text += f"; {layers.regions} guided regions"
+    if layers.swap_red_blue:
+        text += "; red and blue swapped"
     weights = meta.get("stylerun.weights", "")
     return text + (f"; weights {weights}" if weights and weights != bundled_path().name else "")
 

@@ -74,7 +74,8 @@ def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flav
     """The exported model for `layers`, from the cache or exported now and cached.
 
     The key holds everything that decides the graph: stylerun's and the graph's version,
-    the weights' content, the layer set and the adjoint flavours. Every use marks the
+    the weights' content, the layer set (with its pooling and `swap_red_blue`, which changes
+    the folded conv1_1 and mean) and the adjoint flavours. Every use marks the
     model as used now, and the cache is then pruned to its size limit (see `cache`).
     """
     source = Path(weights_path) if weights_path is not None else bundled_path()
@@ -117,7 +118,8 @@ def layers_of(meta: dict[str, str], source: str | Path = "the model") -> LayerSe
     try:
         regions = int(meta.get("stylerun.regions", "0"))
         content, style = names("stylerun.content_layers"), names("stylerun.style_layers")
-        return LayerSet.of(content, style, meta.get("stylerun.pooling", "?"), regions)
+        swap = meta.get("stylerun.swap_red_blue", "false") == "true"  # absent: exported before the option
+        return LayerSet.of(content, style, meta.get("stylerun.pooling", "?"), regions, swap)
     except (ValueError, InputError) as exc:
         raise InputError(f"{source} has unusable stylerun metadata ({exc})") from None
 

@@ -21,7 +21,7 @@ kernel, which costs nothing at run time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from .errors import InputError
 from .graph import GraphBuilder, make_model
 from .version import __version__
 from .vgg import POOLINGS, layer_by_name, sort_layers, truncated
-from .weights import VGG19Weights
+from .weights import VGG19Weights, swapped
 
 IMAGE = "image"
 LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", "tv_loss"
@@ -57,9 +57,11 @@ class LayerSet:
     style: tuple[str, ...]
     pooling: str = "max"
     regions: int = 0  # guided style: number of masked regions, each with its own Gram target; 0 = unguided
+    #: The network sees the image with red and blue swapped (the original project's input, see `presets.seed`).
+    swap_red_blue: bool = False
 
     @classmethod
-    def of(cls, content, style, pooling: str = "max", regions: int = 0) -> LayerSet:
+    def of(cls, content, style, pooling: str = "max", regions: int = 0, swap_red_blue: bool = False) -> LayerSet:
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling '{pooling}'; use one of: {', '.join(POOLINGS)}")
         content_t, style_t = tuple(sort_layers(content)), tuple(sort_layers(style))
@@ -67,7 +69,7 @@ class LayerSet:
             raise InputError("no content or style layers requested")
         if regions < 0:
             raise InputError(f"number of guided regions must be >= 0, got {regions}")
-        return cls(content_t, style_t, pooling, int(regions))
+        return cls(content_t, style_t, pooling, int(regions), bool(swap_red_blue))
 
     @property
     def deepest(self) -> str:
@@ -79,7 +81,13 @@ class LayerSet:
             "style_layers": ",".join(self.style),
             "pooling": self.pooling,
             "regions": str(self.regions),
+            "swap_red_blue": "true" if self.swap_red_blue else "false",
         }
+
+
+def network_weights(weights: VGG19Weights, layers: LayerSet) -> VGG19Weights:
+    """The weights with the input convention the export applies: theirs, or with red and blue swapped."""
+    return replace(weights, convention=swapped(weights.convention)) if layers.swap_red_blue else weights
 
 
 def _rgb_index(channel_order: str) -> list[int]:
@@ -213,6 +221,7 @@ def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelPr
     Guided (layers.regions = R > 0): also input style_guide (R, H, W), the style image's
     masks, and style_target.<l> is (R, N, N), each region's normalized guided Gram.
     """
+    weights = network_weights(weights, layers)
     b = _new_builder()
     feats = _features(b, weights, layers)
     guides = _guides(b, layers) if layers.regions else {}
@@ -241,6 +250,7 @@ def _channels(layer: str) -> int:
 
 def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
     """The forward loss graph; `autodiff.add_gradient` later appends d loss / d image."""
+    weights = network_weights(weights, layers)
     b = _new_builder()
     for layer in layers.content:
         b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])

@@ -43,6 +43,10 @@ def check_model(model: str | Path, layers: LayerSet) -> LayerSet:
                          f"were asked (one per style when masks are given); leave out {mention('model')}")
     if exported.pooling != layers.pooling:
         raise ModelError(f"model {model} was exported with {exported.pooling} pooling, but {layers.pooling} was asked")
+    if exported.swap_red_blue != layers.swap_red_blue:
+        how = "with" if exported.swap_red_blue else "without"
+        raise ModelError(f"model {model} was exported {how} red and blue swapped, but {mention('swap_red_blue')} is "
+                         f"{'on' if layers.swap_red_blue else 'off'}; leave out {mention('model')}")
     for kind, asked, has in (("content", layers.content, exported.content), ("style", layers.style, exported.style)):
         extra = [n for n in asked if n not in has]
         if extra:
@@ -54,7 +58,7 @@ def check_model(model: str | Path, layers: LayerSet) -> LayerSet:
 
 
 def layer_set(options: TransferOptions, regions: int = 0) -> LayerSet:
-    return LayerSet.of(options.content_layers, options.style_layers, options.pooling, regions)
+    return LayerSet.of(options.content_layers, options.style_layers, options.pooling, regions, options.swap_red_blue)
 
 
 def given_model(options: TransferOptions, layers: LayerSet) -> ModelFiles | None:

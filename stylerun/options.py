@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import InputError, OptionError, mention
 from .images import WHITE, parse_color
+from .presets import PRESETS, resolve
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
 
 INITS = ("content", "style", "white", "random")
@@ -193,9 +194,13 @@ LAYER_SYNTAX = "NAME[:WEIGHT],... of conv1_1..conv5_4, relu1_1..relu5_4, pool1..
 class TransferOptions:
     """Everything that decides a transfer besides its input images and output file."""
 
+    preset: str | None = option(
+        None, f"Start from a preset's settings ({', '.join(PRESETS)}: the original project's); options given "
+        "explicitly override them.", IO, optional(choice(*PRESETS)), metavar="|".join(PRESETS))
     # Input and output
     size: int | None = option(
-        512, "Longest side of the output in pixels; the photo is scaled to it (from Python, None keeps its size).", IO,
+        512, "Longest side of the output in pixels; the photo is scaled to it (from Python or with --preset seed, "
+        "None keeps its size).", IO,
         optional(whole(1, 1 << 20, below="must be a positive number of pixels (the output's longest side)")),
         cli=int, metavar="PIXELS", cli_default=512)
     background: tuple[int, int, int] = option(
@@ -230,6 +235,9 @@ class TransferOptions:
     pooling: str = option(
         "max", f"Pooling in VGG19: {' or '.join(POOLINGS)}.", LOSS, choice(*POOLINGS), metavar="|".join(POOLINGS),
         cli_default="max")
+    swap_red_blue: bool = option(
+        False, "Feed the network red and blue swapped (the original project's input; see --preset seed).", LOSS,
+        boolean, cli=bool, cli_default=False)
     weights: str | None = option(
         None, "VGG19 weight file to use instead of the bundled Caffe weights (any supported format).", LOSS,
         optional(path), cli=Path, metavar="FILE")
@@ -312,9 +320,12 @@ class TransferOptions:
     # --- derived views ---------------------------------------------------------------------
 
     def replace(self, **changes: Any) -> TransferOptions:
-        """A copy with `changes`, checked like any other; unknown names are refused."""
+        """A copy with `changes`, checked like any other; unknown names are refused.
+
+        With a `preset` among the changes, its values are applied beneath the other changes.
+        """
         check_names(changes)
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **resolve(changes))
 
     def check_for(self, n_styles: int) -> int:
         """Checks that need the number of style images; returns the guided regions (0: unguided)."""
@@ -352,7 +363,7 @@ class TransferOptions:
         if not isinstance(data, Mapping):
             raise InputError(f"options must be a JSON object, got {type(data).__name__}")
         check_names(data)
-        return cls(**dict(data))
+        return cls(**resolve(data))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -14,7 +14,7 @@ import math
 import tokenize
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,6 +51,17 @@ class InputConvention:
 
 
 CAFFE = InputConvention("caffe", "BGR", 1.0, (103.939, 116.779, 123.68))
+
+
+def swapped(convention: InputConvention) -> InputConvention:
+    """`convention` with red and blue swapped: the channel order reversed, mean and std kept in the network's order.
+
+    For `CAFFE` this is R - 103.939, G - 116.779, B - 123.68 in the network's channels 0, 1, 2:
+    what the original project fed MatConvNet's VGG19 (the same network with conv1_1's input
+    channels reversed) after subtracting the mean in RGB order and flipping to BGR.
+    """
+    order = {"BGR": "RGB", "RGB": "BGR"}[convention.channel_order]
+    return replace(convention, name=f"{convention.name}, red and blue swapped", channel_order=order)
 
 
 @dataclass
