@@ -199,8 +199,8 @@ class TransferOptions:
         "explicitly override them.", IO, optional(choice(*PRESETS)), metavar="|".join(PRESETS))
     # Input and output
     size: int | None = option(
-        512, "Longest side of the output in pixels; the photo is scaled to it (from Python or with --preset seed, "
-        "None keeps its size).", IO,
+        512, "Longest side of the output in pixels; the photo is scaled to it (with --preset seed, or None from "
+        "Python: its own size).", IO,
         optional(whole(1, 1 << 20, below="must be a positive number of pixels (the output's longest side)")),
         cli=int, metavar="PIXELS", cli_default=512)
     background: tuple[int, int, int] = option(
