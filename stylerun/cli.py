@@ -23,7 +23,7 @@ from rich.console import Console
 
 from . import batch, batch_cli, figures
 from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
-from .errors import OptionError, StylerunError, mention_options
+from .errors import StylerunError, mention_options, one_line
 from .export import export_vgg
 from .forward import LayerSet
 from .optimizers import Progress
@@ -452,13 +452,7 @@ def _log_warnings_to(console: Console) -> None:
 
 def error_line(exc: BaseException) -> str:
     """The one line a user sees for an error, options spelled as flags."""
-    if isinstance(exc, OptionError):
-        return exc.render(spell)
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this request (a file or option asks for more than this machine has)"
-    if isinstance(exc, RecursionError):
-        return "an input file is nested too deeply to read"
-    return mention_options(" ".join(str(exc).split()), spell)
+    return one_line(exc, spell)
 
 
 def _usage_error(exc: Exception) -> bool:

@@ -34,7 +34,7 @@ from .worker import ModelCache, Shipped, Task, TaskResult, failed, perform
 #: Thread pools of the numerical libraries in each local worker: as many threads as the job's,
 #: not one per core. Otherwise OpenBLAS (L-BFGS-B's vector steps) starts a thread per core in
 #: every worker and they spin against each other: 12 jobs at 128 px on 2 workers x 1 thread took
-#: 74 s without this and 48 s with it. Ray sets OMP_NUM_THREADS for its actors in the same way.
+#: 73-74 s without this and 48-55 s with it. Ray sets OMP_NUM_THREADS for its actors in the same way.
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: `--ray` without an address: start a Ray instance inside this run.
 LOCAL = "local"
@@ -46,8 +46,8 @@ def sizing(jobs: int, cores: int, workers: int | None = None, threads: int | Non
     """(workers, threads per job): by default as many single-threaded workers as there are
     jobs and cores, and the cores left over shared out as threads, so workers x threads <= cores.
 
-    Measured on 2 cores, 12 jobs at 128 px: two 1-thread workers finish well before one
-    2-thread worker (small images keep one thread busy; see the README's Batches section).
+    Measured on 2 cores, 12 jobs at 128 px: two 1-thread workers took 51-55 s, one 2-thread
+    worker 69-76 s (see the README's Batches section).
     """
     cores = max(1, cores)
     if workers is None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .checkpoint import SUFFIX
 from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
-from .errors import OptionError, StylerunError, mention_options
+from .errors import StylerunError, mention_options, one_line
 from .export import ModelFiles
 from .options import RESUMABLE, TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings
@@ -144,13 +144,7 @@ def perform(task: Task, stop: Callable[[], bool] | None = None, models: ModelCac
 
 def error_text(exc: BaseException) -> str:
     """An error as one line with options by their API names, as a job file writes them."""
-    if isinstance(exc, OptionError):
-        return exc.render(str)
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this job"
-    if isinstance(exc, RecursionError):
-        return "an input file is nested too deeply to read"
-    return mention_options(" ".join(str(exc).split()), str)
+    return one_line(exc, str, memory="this job")
 
 
 class Work:
