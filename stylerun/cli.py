@@ -24,10 +24,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import figures
+from . import batch, batch_cli, figures
 from .cache import LIMIT_ENV, Entry, cache_dir, cache_limit, clear, entries
 from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
-from .errors import OptionError, StylerunError, mention_options
+from .errors import StylerunError, mention_options, one_line
 from .export import export_vgg, layers_of, model_metadata
 from .forward import LayerSet
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
@@ -473,6 +473,77 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# --- batch -----------------------------------------------------------------------------------------
+
+
+def batch_command(ctx: typer.Context, **params: Any) -> None:
+    """Run many transfers into OUTDIR, from JOBS or as a --grid; a rerun goes on where the last one stopped.
+
+    JOBS: JSON Lines, one job a line, e.g. {"content": "a.jpg", "style": ["s.jpg"], "size": 256, "alpha": 1e-3}.
+
+    Or CSV with a header row naming the same fields (style a.jpg;b.jpg for two). Paths are relative to JOBS.
+
+    Each job: content, style, optional output (inside OUTDIR), any transfer option by its Python name.
+
+    Transfer flags given here apply to every job that does not set its own.
+
+    OUTDIR/manifest.jsonl records every job: the same command again skips done jobs, retries failed ones and \
+resumes stopped ones from their checkpoints.
+
+    Exit status: 0 all done, 1 some failed, 2 JOBS unusable, 130/143 stopped by SIGINT/SIGTERM.
+    """
+    _log_warnings_to(err)
+    request = batch_cli.Request(
+        outdir=params["output"], jobs=params["jobs"], grid=params["grid"], contents=list(params["content"] or []),
+        styles=list(params["style"] or []), options=_option_values(ctx, params, given_only=True),
+        workers=params["workers"], ray=params["ray"], gpus_per_job=params["gpus_per_job"],
+        retry_failed=params["retry_failed"], quiet=params["quiet"])
+    status = batch_cli.run(request, err)
+    if status:
+        raise typer.Exit(status)
+
+
+def _batch_signature() -> inspect.Signature:
+    kw, panel = inspect.Parameter.KEYWORD_ONLY, "Batch"
+
+    def own(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, kw, annotation=annotation, default=default)
+
+    first = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        own("jobs", Path | None, typer.Argument(None, help="Jobs file: JSON Lines or CSV (not with --grid).",
+                                                show_default=False, metavar="JOBS")),
+        own("output", Path, typer.Option(..., "-o", "--output", help="Folder for the outputs and manifest.jsonl.",
+                                         metavar="OUTDIR", rich_help_panel=panel)),
+        own("grid", bool, typer.Option(False, "--grid", help="Every --content with every --style, no JOBS file.",
+                                       rich_help_panel=panel)),
+        own("content", list[Path] | None, typer.Option(None, "--content", metavar="FILE...", show_default=False,
+                                                       help="With --grid: content photos.", rich_help_panel=panel)),
+        own("style", list[Path] | None, typer.Option(None, "--style", metavar="FILE...", show_default=False,
+                                                     help="With --grid: styles (a.jpg;b.jpg blends two).",
+                                                     rich_help_panel=panel)),
+        own("workers", int | None, typer.Option(None, "--workers", min=1, metavar="N", show_default=False,
+                                                help="Jobs at once (default: so that workers x threads <= cores).",
+                                                rich_help_panel=panel)),
+        own("ray", str | None, typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False,
+                                            help="Run on Ray: alone, a local instance; auto or ray://HOST:PORT, a "
+                                                 "cluster. Needs pip install 'stylerun\\[ray]'.",
+                                            rich_help_panel=panel)),
+        own("gpus_per_job", float, typer.Option(0.0, "--gpus-per-job", min=0.0, metavar="G",
+                                                help="With --ray: GPUs each job reserves.", rich_help_panel=panel)),
+        own("retry_failed", bool, typer.Option(True, "--retry-failed/--no-retry-failed", rich_help_panel=panel,
+                                               help="On a rerun, run failed jobs again.")),
+        own("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress display; failures only.",
+                                        rich_help_panel=panel)),
+    ]
+    options = [option_parameter(f.name) for f in fields(TransferOptions) if f.name not in batch.BATCH_DECIDES]
+    return inspect.Signature([*first, *options])
+
+
+batch_command.__signature__ = _batch_signature()
+app.command("batch", cls=batch_cli.BatchCommand)(batch_command)
+
+
 # --- errors and logging ----------------------------------------------------------------------------
 
 
@@ -498,13 +569,7 @@ def _log_warnings_to(console: Console) -> None:
 
 def error_line(exc: BaseException) -> str:
     """The one line a user sees for an error, options spelled as flags."""
-    if isinstance(exc, OptionError):
-        return exc.render(spell)
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this request (a file or option asks for more than this machine has)"
-    if isinstance(exc, RecursionError):
-        return "an input file is nested too deeply to read"
-    return mention_options(" ".join(str(exc).split()), spell)
+    return one_line(exc, spell)
 
 
 def _usage_error(exc: Exception) -> bool:

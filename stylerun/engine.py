@@ -256,8 +256,10 @@ class _Stage:
 class _Run:
     """One call of `run`: the stages, the progress bookkeeping and the files written."""
 
-    def __init__(self, job: Job, listener: Listener, stop: Callable[[], bool] | None, resume: Checkpoint | None):
+    def __init__(self, job: Job, listener: Listener, stop: Callable[[], bool] | None, resume: Checkpoint | None,
+                 models: Callable[..., Any] | None = None):
         self.job, self.options, self.listener, self.stop, self.resume = job, job.options, listener, stop, resume
+        self.models = models
         self.history: list[float] = list(resume.history) if resume is not None else []
         self.ckpt = checkpoint_path(job)
         self.begin = time.perf_counter()
@@ -267,7 +269,7 @@ class _Run:
         self.loss: StyleLoss | None = None
 
     def build(self, size: int | None) -> StyleLoss:
-        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size))
+        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size), models=self.models)
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
@@ -341,12 +343,14 @@ def _keep_going(listener: Listener, write: Callable[..., Any], *args: Any) -> No
 
 
 def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | threading.Event | None = None,
-        resume: Checkpoint | None = None) -> Outcome:
+        resume: Checkpoint | None = None, *, models: Callable[..., Any] | None = None) -> Outcome:
     """Run `job` to the end, or until `stop` says so, Ctrl-C, or a non-finite loss.
 
     In every case the best image so far is returned (and written, when the job has an
     output); a stopped run with checkpoints enabled also writes a checkpoint to go on
     from. With `resume` (see `resume_job`) the run goes on exactly where that one stood.
+    `models` makes the loss sessions (``LossModel``'s arguments); a worker that runs many
+    jobs passes a cache so jobs with the same layers reuse one session.
     Bad options or inputs raise `StylerunError` before any optimization.
     """
     listener = listener or Listener()
@@ -356,7 +360,7 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
             raise OptionError("weights", f"file {job.options.weights} not found")
         # an unsupported file is refused here, before any work
         listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
-    state = _Run(job, listener, as_stop(stop), resume)
+    state = _Run(job, listener, as_stop(stop), resume, models)
     with output_lock(job.output):  # a second run writing the same output is refused here
         listener.loading()
         state.plan = state.stages()

@@ -70,3 +70,15 @@ def mention(option: str) -> str:
 def mention_options(text: str, spell) -> str:
     """`text` with each backquoted option name replaced by ``spell(name)``."""
     return _MENTION.sub(lambda m: spell(m.group(1)), text)
+
+
+def one_line(exc: BaseException, spell, memory: str = "this request") -> str:
+    """An error as the one line a user sees, each option name passed through `spell`; memory and
+    nesting errors, which say nothing useful themselves, get a sentence."""
+    if isinstance(exc, OptionError):
+        return exc.render(spell)
+    if isinstance(exc, MemoryError):
+        return f"not enough memory for {memory} (a file or option asks for more than this machine has)"
+    if isinstance(exc, RecursionError):
+        return "an input file is nested too deeply to read"
+    return mention_options(" ".join(str(exc).split()), spell)

@@ -9,6 +9,7 @@ optimizer and the session is a reshape and a dtype cast.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ class StyleLoss:
     """
 
     def __init__(self, content: Any, style: Any, options: TransferOptions | None = None, *,
-                 flavours: Flavours = FASTEST, session: SessionSettings = MEASURED, **values: Any):
+                 flavours: Flavours = FASTEST, session: SessionSettings = MEASURED,
+                 models: Callable[..., LossModel] | None = None, **values: Any):
         if options is None and "size" not in values:
             values["size"] = None
         opts = (options or TransferOptions()).replace(**values)
@@ -121,8 +123,9 @@ class StyleLoss:
         #: The styles as resized (before any colour matching): what a checkpoint keeps.
         self.style_images = [self._fit_style(decode(s, **load)) for s in styles]
         self.style_image = self.style_images[0]
-        self.model = LossModel(files or cached_export(asked, opts.weights, flavours), opts.device, opts.threads,
-                               session)
+        # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
+        self.model = (models or LossModel)(files or cached_export(asked, opts.weights, flavours), opts.device,
+                                           opts.threads, session)
         targets = self._targets(load)
         self.model.bind(targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
                         [self.style_layers.get(n, 0.0) for n in self.model.layers.style],
