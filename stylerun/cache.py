@@ -29,7 +29,8 @@ IN_USE_S = 600.0
 LEFTOVER_S = 3600.0
 
 _MODEL = re.compile(r"vgg19-(?P<deepest>[a-z0-9_]+)-(?P<pooling>[a-z]+)-(?P<key>[0-9a-f]{20})\.onnx")
-_LEFTOVER = re.compile(r"\.vgg19-[a-z0-9_]+-[a-z]+-[0-9a-f]{20}(\.targets)?\.\d+\.tmp\.onnx")
+#: `atomic_write`'s temporaries of a model, left by a killed export (a random hex part, or an older pid).
+_LEFTOVER = re.compile(r"\.vgg19-[a-z0-9_]+-[a-z]+-[0-9a-f]{20}(\.targets)?\.[0-9a-f]+\.tmp\.onnx")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 

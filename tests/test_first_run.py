@@ -181,3 +181,19 @@ def test_using_a_cached_model_marks_it_used(model_cache):
     os.utime(files.loss, (0, 0))
     assert cached_export(layers).loss == files.loss
     assert time.time() - files.loss.stat().st_mtime < 60
+
+
+def test_a_killed_exports_temporaries_are_found_as_leftovers(tmp_path):
+    """What `atomic_write` leaves when an export is killed is what the cache cleans up, an hour later."""
+    from stylerun.atomic import atomic_write
+    from stylerun.cache import LEFTOVER_S, leftovers
+
+    model = tmp_path / "vgg19-relu2_2-max-0123456789abcdef0123.onnx"
+    with pytest.raises(KeyboardInterrupt), atomic_write(model):
+        (left,) = list(tmp_path.iterdir())
+        kept = tmp_path / f"kept-{left.name}"
+        os.link(left, kept)  # atomic_write removes its temporary on the way out; keep a copy under its name
+        raise KeyboardInterrupt
+    os.replace(kept, tmp_path / left.name)
+    assert leftovers(tmp_path, now=time.time()) == []
+    assert leftovers(tmp_path, now=time.time() + LEFTOVER_S + 1) == [tmp_path / left.name]
