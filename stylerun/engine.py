@@ -38,7 +38,7 @@ from .images import (
     save_image,
 )
 from .locks import output_lock
-from .loss import StyleLoss, initial_image, resize_to
+from .loss import StyleLoss, check_weights_file, initial_image, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
 from .runtime import default_threads
@@ -245,14 +245,6 @@ def _beside(checkpoint: Path) -> Path:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Stage:
-    loss: StyleLoss
-    start: np.ndarray  # the optimizer's variable to start from
-    first: int  # iterations already done before this stage
-    end: int  # the stage's last iteration
-
-
 class _Run:
     """One call of `run`: the stages, the progress bookkeeping and the files written."""
 
@@ -356,9 +348,7 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
     listener = listener or Listener()
     check_job(job)
     if job.options.weights is not None:
-        if not Path(job.options.weights).is_file():
-            raise OptionError("weights", f"file {job.options.weights} not found")
-        # an unsupported file is refused here, before any work
+        check_weights_file(job.options)  # a missing or unsupported file is refused here, before any work
         listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
     state = _Run(job, listener, as_stop(stop), resume, models)
     with output_lock(job.output):  # a second run writing the same output is refused here
@@ -405,12 +395,10 @@ def _finish(state: _Run, result: Result) -> Outcome:
     written = None
     if job.output is not None and math.isfinite(result.loss):  # not finite only when no evaluation was
         written = _save_result(image, job.output, state.options)
-    ckpt = None
     if state.ckpt is not None and result.interrupted and math.isfinite(result.loss):
         state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
-        ckpt = state.ckpt
     return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
-                   result.interrupted, result.error, state.history, output=written, checkpoint=ckpt or state.ckpt,
+                   result.interrupted, result.error, state.history, output=written, checkpoint=state.ckpt,
                    provider=loss.provider, loss_object=loss)
 
 

@@ -62,13 +62,18 @@ def layer_set(options: TransferOptions, regions: int = 0) -> LayerSet:
     return LayerSet.of(options.content_layers, options.style_layers, options.pooling, regions, options.swap_red_blue)
 
 
+def check_weights_file(options: TransferOptions) -> None:
+    """Refuse a `weights` option that names no file, before any work."""
+    if options.weights is not None and not Path(options.weights).is_file():
+        raise OptionError("weights", f"file {options.weights} not found")
+
+
 def given_model(options: TransferOptions, layers: LayerSet) -> ModelFiles | None:
     """The files of the `model` option, checked against the layers asked for; None: use the cache."""
     if options.model is not None:
         model = Path(options.model)
         return ModelFiles(model, targets_path(model), check_model(model, layers))
-    if options.weights is not None and not Path(options.weights).is_file():
-        raise OptionError("weights", f"file {options.weights} not found")
+    check_weights_file(options)
     return None
 
 
