@@ -4,8 +4,9 @@ A checkpoint is one ``.npz`` file, readable with ``numpy.load(path, allow_pickle
 
 =============  ==========================================================================
 ``format``     the string ``stylerun-checkpoint/1``
-``settings``   a JSON string: every transfer option by its API name (`TransferOptions`), and
-               the names of the inputs and output it was started with (informational)
+``settings``   a JSON string: every transfer option by its API name (`TransferOptions`), the
+               names of the inputs and output it was started with (informational), and
+               ``alpha_beta``, the weights the run used (chosen from ``style_strength``)
 ``iteration``  the last completed L-BFGS-B iteration (int64 scalar)
 ``image``      the best image so far, (H, W, 3) float32 in 0..255, exactly as optimized
                ((H, W, 1), the luminance, with ``preserve_color`` "luminance")
@@ -62,6 +63,8 @@ SUFFIX = ".ckpt.npz"
 INPUT_KEYS = ("content", "style", "output")
 #: A checkpoint's JSON settings are a flat object of a few dozen short values.
 MAX_SETTINGS_CHARS = 1 << 20
+#: The key of the weights in use, [α, β], beside the options (a resumed run keeps them).
+BALANCE_KEY = "alpha_beta"
 #: The most style images a checkpoint may hold (a blend of more is not a real run).
 MAX_STYLES = 64
 
@@ -84,6 +87,8 @@ class Checkpoint:
     lbfgs: LbfgsState | None = None
     #: Names of the inputs and output the run was started with (never used as paths).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: (α, β) the run used: a resumed run goes on with the very same weights, not re-measured ones.
+    balance: tuple[float, float] | None = None
     #: Why `lbfgs` is None after loading though the file had a state (the resumed run restarts the history).
     lbfgs_dropped: str | None = None
 
@@ -96,6 +101,8 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
         raise InputError(f"refusing to write checkpoint {path}: the image is not a finite (H, W, 3) array")
     styles = list(checkpoint.style)
     settings = {**{k: v for k, v in checkpoint.inputs.items() if k in INPUT_KEYS}, **checkpoint.options.to_dict()}
+    if checkpoint.balance is not None:
+        settings[BALANCE_KEY] = [float(v) for v in checkpoint.balance]
     arrays = {
         "format": np.array(FORMAT),
         "settings": np.array(json.dumps(settings, sort_keys=True)),
@@ -116,14 +123,26 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
 
 
 def parse_settings(text: str) -> tuple[TransferOptions, dict[str, Any]]:
-    """(options, input names) from a checkpoint's settings JSON; every option checked with its type."""
+    """(options, input names) from a checkpoint's settings JSON; every option checked with its type.
+
+    The weights in use, when recorded, come back checked under the input names' `BALANCE_KEY`.
+    """
     if len(text) > MAX_SETTINGS_CHARS:
         raise ValueError("settings are too long")
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("settings are not a JSON object")
     inputs = {k: data.pop(k) for k in INPUT_KEYS if k in data}
+    if BALANCE_KEY in data:
+        inputs[BALANCE_KEY] = _balance(data.pop(BALANCE_KEY))
     return TransferOptions.from_dict(data), inputs
+
+
+def _balance(value: Any) -> tuple[float, float]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in value)):
+        raise ValueError(f"{BALANCE_KEY} must be two finite numbers >= 0")
+    return float(value[0]), float(value[1])
 
 
 class _Members:
@@ -247,4 +266,5 @@ def _checkpoint(path: Path, options: TransferOptions, inputs: dict[str, Any], ar
             dropped = f"the L-BFGS-B state in {path} cannot be used ({exc})"
     return Checkpoint(options, int(arrays["iteration"]), image, np.asarray(arrays["content"], np.float32),
                       [np.asarray(s, np.float32) for s in arrays["styles"]], float(arrays["loss"]),
-                      np.asarray(arrays["history"], dtype=np.float64), lbfgs, inputs, dropped)
+                      np.asarray(arrays["history"], dtype=np.float64), lbfgs, inputs, inputs.pop(BALANCE_KEY, None),
+                      dropped)

@@ -32,17 +32,20 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def write_png16(f: BinaryIO, image: np.ndarray) -> None:
-    """An (H, W, 3) float image as a 16-bit RGB PNG (filter 0 on every row, zlib level 6)."""
+def write_png16(f: BinaryIO, image: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """An (H, W, 3) float image as a 16-bit RGB PNG (filter 0 on every row, zlib level 6), with
+    `text` as Latin-1 tEXt chunks."""
     pixels = to_u16(image).astype(">u2")
     h, w, _ = pixels.shape
     rows = np.concatenate([np.zeros((h, 1), np.uint8), pixels.reshape(h, -1).view(np.uint8)], axis=1)
-    f.write(PNG_MAGIC + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    notes = b"".join(_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1", "replace"))
+                     for k, v in (text or {}).items())
+    f.write(PNG_MAGIC + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)) + notes
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b""))
 
 
-def write_tiff16(f: BinaryIO, image: np.ndarray) -> None:
-    """An (H, W, 3) float image as an uncompressed little-endian 16-bit RGB TIFF, one strip."""
+def write_tiff16(f: BinaryIO, image: np.ndarray, text: dict[str, str] | None = None) -> None:
+    """An (H, W, 3) float image as an uncompressed little-endian 16-bit RGB TIFF, one strip (no `text`)."""
     pixels = to_u16(image).astype("<u2")
     h, w, _ = pixels.shape
     data = pixels.tobytes()

@@ -10,6 +10,7 @@ stop flag, and maps the `Outcome` to an exit status or a response.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -42,6 +43,7 @@ from .loss import StyleLoss, check_weights_file, initial_image, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
 from .runtime import default_threads
+from .version import __version__
 from .weight_formats import detect_format
 
 #: Options naming files a checkpoint may carry; used on resume only when given again or trusted.
@@ -261,7 +263,17 @@ class _Run:
         self.loss: StyleLoss | None = None
 
     def build(self, size: int | None) -> StyleLoss:
-        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size), models=self.models)
+        balance = self.resume.balance if self.resume is not None else None
+        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size), models=self.models,
+                         balance=balance)
+
+    def tell_balance(self, loss: StyleLoss) -> None:
+        """Say which α/β a style strength chose, and from what (each scale measures its own)."""
+        content_far, style_far = loss.far_terms
+        if math.isfinite(content_far):
+            h, w, _ = loss.shape
+            self.listener.notice(f"style strength {self.options.weighting():g}: alpha/beta {loss.alpha / loss.beta:.3g} "
+                                 f"at {w}x{h}")
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
@@ -319,7 +331,8 @@ class _Run:
         inputs = {"content": _name(self.job.content), "style": [_name(s) for s in self.job.style],
                   "output": _name(self.job.output)}
         save_checkpoint(self.ckpt, Checkpoint(self.options, iteration, image, loss.content_image, loss.style_images,
-                                              value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs))
+                                              value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs,
+                                              (loss.alpha, loss.beta)))
 
 
 def _name(source: Any) -> str | None:
@@ -378,6 +391,7 @@ def _optimize_stages(state: _Run) -> Result:
             h, w, _ = loss.shape
             n = options.iterations
             state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
+        state.tell_balance(loss)
         state.stage_first = first
         result = optimize(loss.objective, start, end, state.on_step, options.lbfgs_memory, first_iteration=first,
                           stop=state.stop, resume=lbfgs, init_loss=init_loss, optimizer=options.optimizer,
@@ -394,7 +408,7 @@ def _finish(state: _Run, result: Result) -> Outcome:
     image = loss.to_rgb(result.image)
     written = None
     if job.output is not None and math.isfinite(result.loss):  # not finite only when no evaluation was
-        written = _save_result(image, job.output, state.options)
+        written = _save_result(image, job.output, state.options, describe(state.options, loss))
     if state.ckpt is not None and result.interrupted and math.isfinite(result.loss):
         state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
     return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
@@ -402,10 +416,30 @@ def _finish(state: _Run, result: Result) -> Outcome:
                    provider=loss.provider, loss_object=loss)
 
 
-def _save_result(image: np.ndarray, output: Path, options: TransferOptions) -> Path:
+def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
+    """What made a picture, for its file's metadata: the weights in use and the options (file names only)."""
+    try:
+        settings = options.to_dict()
+    except InputError:  # masks given as arrays
+        settings = {}
+    for name in PATH_OPTIONS:
+        settings[name] = _names(settings.get(name))
+    record = {"version": __version__, "alpha": loss.alpha, "beta": loss.beta,
+              "style_strength": options.weighting() if math.isfinite(loss.far_terms[0]) else None,
+              "far_terms": {"content": loss.far_terms[0], "style": loss.far_terms[1]}, "options": settings}
+    return {"Software": f"stylerun {__version__}", "stylerun": json.dumps(record, sort_keys=True)}
+
+
+def _names(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_names(v) for v in value]
+    return Path(value).name if isinstance(value, str) else value
+
+
+def _save_result(image: np.ndarray, output: Path, options: TransferOptions, text: dict[str, str]) -> Path:
     """Write the result; if that fails (disk full, folder removed), rescue it into the temp folder."""
     try:
-        return save_image(image, output, options.bit_depth, options.quality)
+        return save_image(image, output, options.bit_depth, options.quality, text)
     except OSError as exc:
         rescue = Path(tempfile.gettempdir()) / f"stylerun-rescued-{os.getpid()}.png"
         save_image(image, rescue, options.bit_depth)

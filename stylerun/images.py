@@ -23,9 +23,10 @@ import os
 import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageColor, ImageOps
+from PIL import Image, ImageColor, ImageOps, PngImagePlugin
 
 from . import deep_images
 from .atomic import atomic_write
@@ -408,13 +409,16 @@ def check_size(
 DEEP_WRITERS = {".png": deep_images.write_png16, ".tif": deep_images.write_tiff16, ".tiff": deep_images.write_tiff16}
 
 
-def save_image(array: np.ndarray, path: str | Path, bit_depth: int = 8, quality: int = 95) -> Path:
+def save_image(array: np.ndarray, path: str | Path, bit_depth: int = 8, quality: int = 95,
+               text: dict[str, str] | None = None) -> Path:
     """Write atomically: readers never see a half-written file, a crash leaves the old one.
 
     `bit_depth` 16 writes 16-bit RGB PNG or TIFF. JPEG and WebP get `quality`, JPEG with
     4:4:4 chroma (Pillow's default 75 with 4:2:0 blurs the fine colour strokes a painting
-    is made of). Refuses (with `InputError`) an array with NaN or infinite values rather
-    than writing a silently blackened picture.
+    is made of). `text` (what made the picture) goes into PNG text chunks, the JPEG
+    comment or the 8-bit TIFF's description; other formats have no place for it. Refuses
+    (with `InputError`) an array with NaN or infinite values rather than writing a
+    silently blackened picture.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -423,14 +427,32 @@ def save_image(array: np.ndarray, path: str | Path, bit_depth: int = 8, quality:
     if bit_depth == 16:
         write = check_deep_output(path)
         with atomic_write(path) as f:
-            write(f, array)
+            write(f, array, text)
         return path
     img = Image.fromarray(to_uint8(array))
     fmt = _format_for(path)
-    extra = {"JPEG": {"quality": quality, "subsampling": 0}, "WEBP": {"quality": quality}}.get(fmt, {})
     with atomic_write(path) as f:
-        img.save(f, format=fmt, **extra)
+        img.save(f, format=fmt, **_save_arguments(fmt, quality, text or {}))
     return path
+
+
+def _save_arguments(fmt: str, quality: int, text: dict[str, str]) -> dict[str, Any]:
+    if fmt == "JPEG":
+        return {"quality": quality, "subsampling": 0, **({"comment": _joined(text)} if text else {})}
+    if fmt == "WEBP":
+        return {"quality": quality}
+    if fmt == "PNG" and text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+        return {"pnginfo": info}
+    if fmt == "TIFF" and text:
+        return {"tiffinfo": {270: _joined(text)}}
+    return {}
+
+
+def _joined(text: dict[str, str]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in text.items())
 
 
 def check_deep_output(path: Path):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import color
+from . import color, strength
 from .autodiff import FASTEST, Flavours
 from .errors import InputError, ModelError, OptionError, mention
 from .export import ModelFiles, cached_export, read_layers, targets_path
@@ -105,7 +105,8 @@ class StyleLoss:
 
     def __init__(self, content: Any, style: Any, options: TransferOptions | None = None, *,
                  flavours: Flavours = FASTEST, session: SessionSettings = MEASURED,
-                 models: Callable[..., LossModel] | None = None, **values: Any):
+                 models: Callable[..., LossModel] | None = None, balance: tuple[float, float] | None = None,
+                 **values: Any):
         if options is None and "size" not in values:
             values["size"] = None
         opts = (options or TransferOptions()).replace(**values)
@@ -115,7 +116,7 @@ class StyleLoss:
         self.options = opts
         self.regions = opts.check_for(len(styles))
         self.style_blend = list(opts.blend_weights(len(styles)))
-        self.alpha, self.beta, self.tv_weight = opts.alpha, opts.beta, opts.tv_weight
+        self.tv_weight = opts.tv_weight
         self.preserve_color = opts.preserve_color
         self.content_layers, self.style_layers = opts.content_layers, opts.style_layers
         check_device(opts.device)
@@ -131,12 +132,28 @@ class StyleLoss:
         # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
         self.model = (models or LossModel)(files or cached_export(asked, opts.weights, flavours), opts.device,
                                            opts.threads, session)
-        targets = self._targets(load)
-        self.model.bind(targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
-                        [self.style_layers.get(n, 0.0) for n in self.model.layers.style],
-                        self.alpha, self.beta, self.tv_weight)
-        self.targets = targets
+        self.targets = self._targets(load)
+        self.far_terms = (math.nan, math.nan)
+        self.alpha, self.beta = balance or self._weights(opts)
+        self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
+
+    def _bind(self, alpha: float, beta: float, tv_weight: float) -> None:
+        self.model.bind(self.targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
+                        [self.style_layers.get(n, 0.0) for n in self.model.layers.style], alpha, beta, tv_weight)
+
+    def _weights(self, opts: TransferOptions) -> tuple[float, float]:
+        """α and β: as given, or from the style strength and the far-end terms measured here (see `strength`)."""
+        weighting = opts.weighting()
+        if isinstance(weighting, tuple):
+            return weighting
+        self._bind(1.0, 1.0, 0.0)
+        _, _, style_far, _ = self.model.loss_and_grad(self.seen(self.content_image))
+        blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
+        content_far = sum(weight * self.model.loss_and_grad(self.seen(resize_to(image, self.shape)))[1]
+                          for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
+        self.far_terms = (content_far, style_far)
+        return strength.weights(weighting, content_far, style_far, opts.init)
 
     def _targets(self, load: dict[str, Any]) -> dict[str, np.ndarray]:
         """Content features, then the style targets: blended Grams, or one guided Gram per region."""

@@ -34,6 +34,10 @@ OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 PRESERVE_COLOR = ("none", "luminance", "histogram")
 BIT_DEPTHS = (8, 16)
+#: α and β when only the other one is given: the original project's values.
+ALPHA, BETA = 1e-6, 1.0
+#: The style strength when neither it nor α/β is given: the visual balance (see `strength`).
+DEFAULT_STRENGTH = 0.5
 #: Adam's step in 0..255 pixel units. Measured at 96 px, default layers, 100 iterations from the
 #: content: final loss 1.18e9 (lr 2), 6.7e8 (5), 4.1e8 (10), 3.9e8 (20); L-BFGS-B 2.7e8.
 ADAM_LEARNING_RATE = 10.0
@@ -224,12 +228,16 @@ class TransferOptions:
         lambda: dict(DEFAULT_STYLE_LAYERS), f"Style layers and weights: {LAYER_SYNTAX}.", LOSS, layers,
         metavar="LAYERS", cli_default=format_layer_weights(DEFAULT_STYLE_LAYERS),
         shown_default="relu1_1,...,relu5_1 at 0.2")
-    alpha: float = option(
-        1e-6, "Content weight: raise it (or lower beta) for more of the photo.", LOSS, number(), cli=float,
-        metavar="X", cli_default=1e-6)
-    beta: float = option(
-        1.0, "Style weight: raise it (or lower alpha) for more of the painting.", LOSS, number(), cli=float,
-        metavar="X", cli_default=1.0)
+    style_strength: float | None = option(
+        None, "How much of the painting, 0 (the photo) to 1 (the painting), measured on the inputs so that it means "
+        "the same at every size and pooling (default 0.5, the balance; not with --alpha/--beta).", LOSS,
+        optional(number(0.0, 1.0)), cli=float, metavar="S", shown_default=str(DEFAULT_STRENGTH))
+    alpha: float | None = option(
+        None, "Content weight, used exactly as given instead of --style-strength (the original project's 1e-6; "
+        f"default {ALPHA} with --beta).", LOSS, optional(number()), cli=float, metavar="X")
+    beta: float | None = option(
+        None, f"Style weight, used exactly as given instead of --style-strength (default {BETA:g} with --alpha).",
+        LOSS, optional(number()), cli=float, metavar="X")
     tv_weight: float = option(
         0.0, "Total-variation weight: smooths the result.", LOSS, number(), cli=float, metavar="X", cli_default=0.0)
     pooling: str = option(
@@ -311,6 +319,9 @@ class TransferOptions:
             except ValueError as exc:
                 raise OptionError(f.name, str(exc)) from None
             object.__setattr__(self, f.name, normalized)
+        if self.style_strength is not None and (self.alpha is not None or self.beta is not None):
+            raise OptionError("style_strength", f"cannot be combined with {mention('alpha')}/{mention('beta')}: give "
+                                                "either a strength, or the two weights")
         if self.scales > 1 and self.size is None:
             raise OptionError("scales", f"above 1 needs a {mention('size')}")
         if self.scales > 1 and self.checkpoint_every > 0:
@@ -326,6 +337,12 @@ class TransferOptions:
         """
         check_names(changes)
         return dataclasses.replace(self, **resolve(changes))
+
+    def weighting(self) -> float | tuple[float, float]:
+        """The style strength to calibrate α/β from, or (α, β) when either weight was given."""
+        if self.alpha is None and self.beta is None:
+            return DEFAULT_STRENGTH if self.style_strength is None else self.style_strength
+        return (ALPHA if self.alpha is None else self.alpha, BETA if self.beta is None else self.beta)
 
     def check_for(self, n_styles: int) -> int:
         """Checks that need the number of style images; returns the guided regions (0: unguided)."""

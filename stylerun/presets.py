@@ -69,9 +69,14 @@ PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"seed": seed}
 def resolve(given: Mapping[str, Any]) -> dict[str, Any]:
     """`given` options with their preset's values beneath them: what is given wins.
 
-    An unknown preset name is left for the option's own check to refuse.
+    A style strength given with a preset replaces the preset's α and β (a strength and
+    explicit weights cannot both apply). An unknown preset name is left for the option's
+    own check to refuse.
     """
     name = given.get("preset")
     if not isinstance(name, str) or name not in PRESETS:
         return dict(given)
-    return {**PRESETS[name](), **given}
+    values = PRESETS[name]()
+    if given.get("style_strength") is not None:
+        values = {k: v for k, v in values.items() if k not in ("alpha", "beta")}
+    return {**values, **given}

@@ -51,8 +51,9 @@ def test_the_estimate_is_printed_after_the_first_iteration(capsys, monkeypatch, 
     assert code == 0, err
     lines = err.splitlines()
     assert lines[0] == "48x32, 2 iterations"
-    assert re.fullmatch(r"~\d+ s on CPU \(1 thread\)", lines[1]), lines  # short: no hint
-    assert lines[2].startswith("iteration 1/2 loss ")
+    assert re.fullmatch(r"style strength 0\.5: alpha/beta \S+ at 48x32", lines[1]), lines  # the default, measured
+    assert re.fullmatch(r"~\d+ s on CPU \(1 thread\)", lines[2]), lines  # short: no hint
+    assert lines[3].startswith("iteration 1/2 loss ")
 
 
 def test_a_long_run_names_a_faster_size():
@@ -87,7 +88,8 @@ def test_the_api_prints_progress_lines_when_asked(capsys, tmp_path, content_path
                       content_layers="relu2_2", style_layers="relu1_1,relu2_1", progress=True, callback=seen.append)
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
-    assert captured.out == "" and lines[0] == "48x32, 20 iterations" and lines[1].startswith("~")
+    assert captured.out == "" and lines[0] == "48x32, 20 iterations" and lines[2].startswith("~")
+    assert lines[1].startswith("style strength 0.5: alpha/beta ")
     shown = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("iteration ")]
     assert shown == [1, *range(2, 21, 2)]  # plain lines, every tenth of the run
     assert lines[-1].startswith(f"wrote {tmp_path / 'out.png'} (loss ")
