@@ -272,8 +272,8 @@ class _Run:
         content_far, style_far = loss.far_terms
         if math.isfinite(content_far):
             h, w, _ = loss.shape
-            self.listener.notice(f"style strength {self.options.weighting():g}: alpha/beta {loss.alpha / loss.beta:.3g} "
-                                 f"at {w}x{h}")
+            ratio = loss.alpha / loss.beta
+            self.listener.notice(f"style strength {self.options.weighting():g}: alpha/beta {ratio:.3g} at {w}x{h}")
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
