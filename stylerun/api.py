@@ -73,7 +73,9 @@ def transfer(
         say(outcome_text(outcome), console)
     if outcome.error:
         raise NumericError(outcome.error)
-    return Image.fromarray(np.clip(np.rint(outcome.image), 0, 255).astype(np.uint8))
+    picture = Image.fromarray(np.clip(np.rint(outcome.image), 0, 255).astype(np.uint8))
+    picture.info.update(outcome.record)  # the weights chosen and the options, as the file has them
+    return picture
 
 
 def _signature() -> inspect.Signature:

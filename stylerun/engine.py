@@ -78,6 +78,8 @@ class Outcome(Result):
     provider: str = ""
     #: The loss object of the last stage, to evaluate other images against the same targets.
     loss_object: StyleLoss | None = field(default=None, repr=False)
+    #: What made the picture (`describe`), as written into the output file's metadata.
+    record: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def written(self) -> bool:
@@ -406,14 +408,14 @@ def _finish(state: _Run, result: Result) -> Outcome:
     loss, job = state.loss, state.job
     state.listener.finishing()
     image = loss.to_rgb(result.image)
-    written = None
+    written, record = None, describe(state.options, loss)
     if job.output is not None and math.isfinite(result.loss):  # not finite only when no evaluation was
-        written = _save_result(image, job.output, state.options, describe(state.options, loss))
+        written = _save_result(image, job.output, state.options, record)
     if state.ckpt is not None and result.interrupted and math.isfinite(result.loss):
         state.write_checkpoint(result.image, result.iterations, result.loss, result.lbfgs)
     return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
                    result.interrupted, result.error, state.history, output=written, checkpoint=state.ckpt,
-                   provider=loss.provider, loss_object=loss)
+                   provider=loss.provider, loss_object=loss, record=record)
 
 
 def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:

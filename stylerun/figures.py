@@ -49,7 +49,7 @@ STYLE_RECON_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 TITLES = {
     "fig1-content": "Figure 1, content reconstructions: alpha=1, beta=0, from white noise",
     "fig1-style": "Figure 1, style reconstructions: alpha=0, beta=1, from white noise",
-    "fig3": "Figure 3, artworks: default settings alpha=1e-6, beta=1",
+    "fig3": "Figure 3, artworks: the original project's alpha=1e-6, beta=1",
     "fig4": "Figure 4 (2016), alpha/beta sweep, beta=1, from white noise",
 }
 
@@ -387,15 +387,15 @@ def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def grid(n: int) -> tuple[int, int]:
-    """(columns, rows) of a sheet of n panels."""
-    columns = min(n, MAX_COLUMNS)
+def grid(n: int, columns: int = MAX_COLUMNS) -> tuple[int, int]:
+    """(columns, rows) of a sheet of n panels, at most `columns` a row."""
+    columns = min(n, columns)
     return columns, math.ceil(n / columns)
 
 
-def sheet_size(n: int, panel_size: tuple[int, int]) -> tuple[int, int]:
+def sheet_size(n: int, panel_size: tuple[int, int], columns: int = MAX_COLUMNS) -> tuple[int, int]:
     """(width, height) of the sheet: a title bar, then a grid of panels each with its label below."""
-    (columns, rows), (w, h) = grid(n), panel_size
+    (columns, rows), (w, h) = grid(n, columns), panel_size
     return PAD + columns * (w + PAD), TITLE_H + rows * (h + LABEL_H + PAD) + PAD
 
 
@@ -406,8 +406,9 @@ def panel_label(panel: Panel, record: PanelRecord | None) -> list[str]:
     return lines[:LABEL_LINES]
 
 
-def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Sequence[str]]) -> Image.Image:
-    """Panels on a white sheet in a grid, each labelled underneath, with a title on top.
+def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Sequence[str]],
+                  columns: int = MAX_COLUMNS) -> Image.Image:
+    """Panels on a white sheet in a grid of at most `columns` a row, each labelled underneath, with a title on top.
 
     A sheet over `images.max_pixels()` is refused before it is allocated.
     """
@@ -415,8 +416,8 @@ def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Se
         raise InputError("a contact sheet needs at least one panel")
     w = max(im.width for im in images)
     h = max(im.height for im in images)
-    columns, _ = grid(len(images))
-    width, height = sheet_size(len(images), (w, h))
+    columns, _ = grid(len(images), columns)
+    width, height = sheet_size(len(images), (w, h), columns)
     limit = max_pixels()
     if width * height > limit:
         raise InputError(f"a {width}x{height} contact sheet is over the {limit:,} pixel limit; "

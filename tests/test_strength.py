@@ -121,3 +121,14 @@ def test_outputs_record_the_weights_in_use(tmp_path, content_path, style_path, n
     assert record["alpha"] == pytest.approx(outcome.loss_object.alpha) and record["beta"] == 1.0
     assert record["style_strength"] == 0.5 and record["options"]["size"] == 48
     assert record["far_terms"]["content"] == pytest.approx(outcome.loss_object.far_terms[0])
+
+
+def test_the_api_returns_the_record_with_the_picture(tmp_path, content_path, style_path):
+    import stylerun
+
+    picture = stylerun.transfer(content_path, style_path, tmp_path / "out.png", size=48, iterations=1,
+                                style_strength=0.8, **FAST)
+    record = json.loads(picture.info["stylerun"])
+    assert record["style_strength"] == 0.8 and record["options"]["style_strength"] == 0.8
+    with Image.open(tmp_path / "out.png") as im:
+        assert json.loads(im.text["stylerun"]) == record

@@ -136,7 +136,7 @@ def sheet(args: argparse.Namespace) -> None:
     title = (f"--style-strength, {Path(args.content).stem} + {Path(args.style).stem}, init {args.init}, "
              f"{args.iterations} iterations")
     path = out / f"sheet-{args.name}.png"
-    contact_sheet(title, images, labels).save(path)
+    contact_sheet(title, images, labels, len(strengths)).save(path)
     print(path)
 
 
