@@ -364,8 +364,8 @@ def read_manifest(outdir: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
 def new_record(entry: Entry, status: str) -> dict[str, Any]:
     return {"id": entry.id, "index": entry.index, "source": entry.source, "status": status,
             "content": entry.content, "style": entry.style, "output": entry.output, "loss": None,
-            "content_loss": None, "style_loss": None, "iterations": None, "seconds": None, "error": entry.error,
-            "checkpoint": None, "resumed_from": None, "warnings": []}
+            "content_loss": None, "style_loss": None, "alpha": None, "beta": None, "iterations": None,
+            "seconds": None, "error": entry.error, "checkpoint": None, "resumed_from": None, "warnings": []}
 
 
 def _finite(value: Any) -> Any:
@@ -487,7 +487,8 @@ class Batch:
             ckpt.unlink(missing_ok=True)
         record = self.record(entry)
         record.update(status=result.status, loss=result.loss, content_loss=result.content_loss,
-                      style_loss=result.style_loss, iterations=result.iterations, seconds=result.seconds,
+                      style_loss=result.style_loss, alpha=result.alpha, beta=result.beta,
+                      iterations=result.iterations, seconds=result.seconds,
                       error=result.error, resumed_from=result.resumed_from, warnings=list(result.warnings),
                       checkpoint=str(PurePosixPath(CHECKPOINTS, ckpt.name)) if ckpt.is_file() else None)
         self.manifest.write()

@@ -74,6 +74,9 @@ class TaskResult:
     loss: float | None = None
     content_loss: float | None = None
     style_loss: float | None = None
+    #: The weights the run used (from its style strength, or as given).
+    alpha: float | None = None
+    beta: float | None = None
     error: str | None = None
     resumed_from: int | None = None
     warnings: list[str] = field(default_factory=list)
@@ -207,6 +210,8 @@ class Work:
         error = None if outcome.error is None else mention_options(outcome.error, str)
         result = TaskResult(self.task.id, status, 0.0, outcome.iterations, error=error,
                             resumed_from=None if state is None else state.iteration, warnings=listener.messages)
+        if outcome.loss_object is not None:
+            result.alpha, result.beta = outcome.loss_object.alpha, outcome.loss_object.beta
         if status == "done":
             result.loss, result.content_loss, result.style_loss = final_terms(outcome)
         elif math.isfinite(outcome.loss):

@@ -73,6 +73,7 @@ def test_bad_jobs_are_recorded_the_others_run_and_a_rerun_skips_finished_work(tm
     assert "no '..'" in errors[6] and "not an absolute path" in errors[7] and "through a link" in errors[8]
     assert records[0]["output"] == "chelsea__starry_night.png" and records[0]["iterations"] == 2
     assert records[0]["loss"] > 0 and records[0]["content_loss"] > 0 and records[0]["style_loss"] > 0
+    assert records[0]["alpha"] > 0 and records[0]["beta"] == 1.0  # the weights the job's style strength chose
     assert records[9]["iterations"] == 3 and (outdir / "sub" / "two.jpg").is_file()
     assert not list(outside.iterdir()) and not (tmp_path / "escaped.png").exists()
     assert not (tmp_path / "absolute.png").exists()
