@@ -153,7 +153,7 @@ class StyleLoss:
         content_far = sum(weight * self.model.loss_and_grad(self.seen(resize_to(image, self.shape)))[1]
                           for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
         self.far_terms = (content_far, style_far)
-        return strength.weights(weighting, content_far, style_far, opts.init)
+        return strength.weights(weighting, content_far, style_far, opts.init, self.shape[0] * self.shape[1])
 
     def _targets(self, load: dict[str, Any]) -> dict[str, np.ndarray]:
         """Content features, then the style targets: blended Grams, or one guided Gram per region."""

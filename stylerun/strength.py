@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import math
 
-#: log10 f(0.5), per initial image: the balance point measured by `tools/strength_sweep.py`.
-CENTRE = {"content": -1.0, "style": -1.0, "white": -1.0, "random": -1.0}
+#: log10 f(0.5) at `REFERENCE_PIXELS`, per initial image: the balance measured by `tools/strength_sweep.py`.
+CENTRE = {"content": -1.3, "style": -1.05, "white": -1.05, "random": -1.05}
+#: Decades log10 f(0.5) falls each time the side doubles: a larger picture keeps more of the photo at
+#: the same normalized weights (the strokes stay the same size in pixels while the objects grow).
+SLOPE = 0.25
+REFERENCE_PIXELS = 256 * 192
 #: Decades of α/β from S = 0.5 to either end (S = 0: nearly the photo; S = 1: nearly the painting).
 SPAN = 2.0
 
 
-def factor(strength: float, init: str = "content") -> float:
-    """f(S): the multiple of style_far / content_far that `strength` asks for."""
-    return 10.0 ** (CENTRE.get(init, CENTRE["random"]) + SPAN * (1.0 - 2.0 * strength))
+def factor(strength: float, init: str = "content", pixels: int = REFERENCE_PIXELS) -> float:
+    """f(S): the multiple of style_far / content_far that `strength` asks for, for a picture of `pixels`."""
+    doublings = 0.5 * math.log2(max(pixels, 1) / REFERENCE_PIXELS)
+    return 10.0 ** (CENTRE.get(init, CENTRE["random"]) - SLOPE * doublings + SPAN * (1.0 - 2.0 * strength))
 
 
-def weights(strength: float, content_far: float, style_far: float, init: str = "content") -> tuple[float, float]:
+def weights(strength: float, content_far: float, style_far: float, init: str = "content",
+            pixels: int = REFERENCE_PIXELS) -> tuple[float, float]:
     """(α, β) for `strength`, given the two far-end terms measured on the run's inputs."""
     if not (math.isfinite(content_far) and math.isfinite(style_far)) or content_far <= 0 or style_far <= 0:
         # identical images (or no content/style layers): no balance to find; the seed's weighting is as good as any
         return 1e-6, 1.0
-    return factor(strength, init) * style_far / content_far, 1.0
+    return factor(strength, init, pixels) * style_far / content_far, 1.0

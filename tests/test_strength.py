@@ -30,15 +30,19 @@ def test_the_far_terms_are_the_two_ends_and_set_alpha_over_beta(content_path, st
     content_far = plain.last_terms[0]
     assert loss.far_terms == pytest.approx((content_far, style_far), rel=1e-5)
     assert loss.beta == 1.0
-    assert loss.alpha == pytest.approx(strength.factor(0.3, "content") * style_far / content_far, rel=1e-5)
+    assert loss.alpha == pytest.approx(strength.factor(0.3, "content", 48 * 32) * style_far / content_far, rel=1e-5)
     assert np.isnan(plain.far_terms[0])  # explicit weights: nothing measured
 
 
 def test_alpha_over_beta_follows_the_pixels_so_the_strength_does_not(content_path, style_path):
     small = StyleLoss(content_path, style_path, size=48, **FAST)
     large = StyleLoss(content_path, style_path, size=96, **FAST)
+    (c_small, s_small), (c_large, s_large) = small.far_terms, large.far_terms
     # the content term grows with the pixels (4x here), the style term does not
-    assert 2.5 < (small.alpha / small.beta) / (large.alpha / large.beta) < 6
+    assert 2.5 < (s_small / c_small) / (s_large / c_large) < 6
+    # and a larger picture keeps more of the photo at the same normalized weights: SLOPE decades per doubling
+    expected = (s_small / c_small) / (s_large / c_large) * 10 ** strength.SLOPE
+    assert small.alpha / large.alpha == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_higher_strength_paints_more_of_the_painting(content_path, style_path):

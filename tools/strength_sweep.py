@@ -112,6 +112,25 @@ def report(args: argparse.Namespace) -> None:
         print(f"{init}: g = {np.mean(gs):+.2f} (mean of {len(gs)}; {min(gs):+.2f} .. {max(gs):+.2f})")
 
 
+def strength_run(args: argparse.Namespace, out: Path, size: int, pooling: str, s: float) -> tuple[Image.Image, float]:
+    """One panel: a run at style strength `s`, or the one already in OUT (its picture and its α/β)."""
+    stem = out / f"{Path(args.content).stem}-{Path(args.style).stem}-{size}-{pooling}-{args.init}-" \
+                 f"{args.iterations}-S{s:g}"
+    if stem.with_suffix(".json").exists():
+        return Image.open(stem.with_suffix(".png")).convert("RGB"), json.loads(stem.with_suffix(".json").read_text())
+    job = Job.of(args.content, args.style, size=size, pooling=pooling, style_strength=s, init=args.init,
+                 iterations=args.iterations, threads=THREADS)
+    began = time.perf_counter()
+    outcome = run(job)
+    loss = outcome.loss_object
+    picture = Image.fromarray(to_uint8(outcome.image))
+    picture.save(stem.with_suffix(".png"))
+    stem.with_suffix(".json").write_text(json.dumps(loss.alpha / loss.beta))
+    print(f"{size}:{pooling} S={s:g}: alpha {loss.alpha:.3g} ({time.perf_counter() - began:.0f} s)", file=sys.stderr,
+          flush=True)
+    return picture, loss.alpha / loss.beta
+
+
 def sheet(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,19 +139,10 @@ def sheet(args: argparse.Namespace) -> None:
     for row in args.rows.split(","):
         size, pooling = row.split(":")
         for s in strengths:
-            job = Job.of(args.content, args.style, size=int(size), pooling=pooling, style_strength=s,
-                         init=args.init, iterations=args.iterations, threads=THREADS)
-            began = time.perf_counter()
-            outcome = run(job)
-            loss = outcome.loss_object
-            picture = Image.fromarray(to_uint8(outcome.image))
-            picture.save(out / f"strength-{size}-{pooling}-{s:g}.png")
+            picture, ratio = strength_run(args, out, int(size), pooling, s)
             images.append(picture.resize((round(picture.width * args.height / picture.height), args.height),
                                          Image.Resampling.LANCZOS))
-            labels.append([f"S={s:g}  {picture.width}x{picture.height} {pooling}",
-                           f"alpha/beta {loss.alpha / loss.beta:.3g}"])
-            print(f"{row} S={s:g}: alpha {loss.alpha:.3g} ({time.perf_counter() - began:.0f} s)", file=sys.stderr,
-                  flush=True)
+            labels.append([f"S={s:g}  {picture.width}x{picture.height} {pooling}", f"alpha/beta {ratio:.3g}"])
     title = (f"--style-strength, {Path(args.content).stem} + {Path(args.style).stem}, init {args.init}, "
              f"{args.iterations} iterations")
     path = out / f"sheet-{args.name}.png"
