@@ -36,6 +36,7 @@ PRESERVE_COLOR = ("none", "luminance", "histogram")
 BIT_DEPTHS = (8, 16)
 #: α and β when only the other one is given: the original project's values.
 ALPHA, BETA = 1e-6, 1.0
+ALPHA_TEXT = f"{ALPHA:g}".replace("e-0", "e-")
 #: The style strength when neither it nor α/β is given: the visual balance (see `strength`).
 DEFAULT_STRENGTH = 0.5
 #: Adam's step in 0..255 pixel units. Measured at 96 px, default layers, 100 iterations from the
@@ -229,14 +230,14 @@ class TransferOptions:
         metavar="LAYERS", cli_default=format_layer_weights(DEFAULT_STYLE_LAYERS),
         shown_default="relu1_1,...,relu5_1 at 0.2")
     style_strength: float | None = option(
-        None, "How much of the painting, 0 (the photo) to 1 (the painting), measured on the inputs so that it means "
-        "the same at every size and pooling (default 0.5, the balance; not with --alpha/--beta).", LOSS,
-        optional(number(0.0, 1.0)), cli=float, metavar="S", shown_default=str(DEFAULT_STRENGTH))
+        None, "How much of the painting: 0 the photo, 0.5 the balance, 1 the painting. alpha/beta is set from the "
+        "two terms measured on the inputs, so S means the same at every size and pooling. Not with --alpha/--beta.",
+        LOSS, optional(number(0.0, 1.0)), cli=float, metavar="S", shown_default=str(DEFAULT_STRENGTH))
     alpha: float | None = option(
-        None, "Content weight, used exactly as given instead of --style-strength (the original project's 1e-6; "
-        f"default {ALPHA} with --beta).", LOSS, optional(number()), cli=float, metavar="X")
+        None, f"Content weight, used as given instead of --style-strength ({ALPHA_TEXT} when only --beta is given: "
+        "the original project's).", LOSS, optional(number()), cli=float, metavar="X")
     beta: float | None = option(
-        None, f"Style weight, used exactly as given instead of --style-strength (default {BETA:g} with --alpha).",
+        None, f"Style weight, used as given instead of --style-strength ({BETA:g} when only --alpha is given).",
         LOSS, optional(number()), cli=float, metavar="X")
     tv_weight: float = option(
         0.0, "Total-variation weight: smooths the result.", LOSS, number(), cli=float, metavar="X", cli_default=0.0)

@@ -3,7 +3,7 @@
 Usage:
   python tools/strength_sweep.py sweep OUT --pairs C.jpg:S.jpg,... [--sizes 128,256] [--poolings max,avg]
          [--inits random,content] [--offsets -2,-1,0,1] [--iterations 100]
-  python tools/strength_sweep.py report OUT [--target 0.5]
+  python tools/strength_sweep.py report OUT... [--target 0.45]
   python tools/strength_sweep.py sheet OUT C.jpg S.jpg --rows 256:max,768:max,256:avg [--strengths 0,.25,.5,.75,1]
 
 `sweep` runs every pair x size x pooling x init x offset g with α/β = 10^g · style_far / content_far
@@ -92,11 +92,11 @@ def crossing(rows: list[dict], target: float) -> float | None:
 
 
 def report(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in (Path(args.out) / "runs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for out in args.out for line in (Path(out) / "runs.jsonl").read_text().splitlines()]
     configs: dict[tuple, list[dict]] = {}
     for r in rows:
         configs.setdefault((r["pair"], r["size"], r["pooling"], r["init"]), []).append(r)
-    print("| pair | size | pooling | init | reach at g = " +
+    print("| pair | longest side | pooling | init | reach at g = " +
           " | ".join(f"{g:+g}" for g in sorted({r['offset'] for r in rows})) + " | g at reach "
           f"{args.target} |")
     offsets = sorted({r["offset"] for r in rows})
@@ -107,7 +107,8 @@ def report(args: argparse.Namespace) -> None:
         if g is not None:
             by_init.setdefault(key[3], []).append(g)
         cells = " | ".join(f"{reach[o]:.2f}" if o in reach else "" for o in offsets)
-        print(f"| {' | '.join(map(str, key))} | {cells} | {'' if g is None else f'{g:+.2f}'} |")
+        pair = " + ".join(Path(p).stem for p in key[0].split(":"))
+        print(f"| {pair} | {' | '.join(map(str, key[1:]))} | {cells} | {'' if g is None else f'{g:+.2f}'} |")
     for init, gs in by_init.items():
         print(f"{init}: g = {np.mean(gs):+.2f} (mean of {len(gs)}; {min(gs):+.2f} .. {max(gs):+.2f})")
 
@@ -162,8 +163,8 @@ def main() -> None:
     p.add_argument("--offsets", default="-3,-2,-1,0,1")
     p.add_argument("--iterations", type=int, default=100)
     p = sub.add_parser("report")
-    p.add_argument("out")
-    p.add_argument("--target", type=float, default=0.5)
+    p.add_argument("out", nargs="+")
+    p.add_argument("--target", type=float, default=0.45)
     p = sub.add_parser("sheet")
     p.add_argument("out")
     p.add_argument("content")
