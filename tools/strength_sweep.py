@@ -115,18 +115,18 @@ def report(args: argparse.Namespace) -> None:
 
 def strength_run(args: argparse.Namespace, out: Path, size: int, pooling: str, s: float) -> tuple[Image.Image, float]:
     """One panel: a run at style strength `s`, or the one already in OUT (its picture and its α/β)."""
-    stem = out / f"{Path(args.content).stem}-{Path(args.style).stem}-{size}-{pooling}-{args.init}-" \
-                 f"{args.iterations}-S{s:g}"
-    if stem.with_suffix(".json").exists():
-        return Image.open(stem.with_suffix(".png")).convert("RGB"), json.loads(stem.with_suffix(".json").read_text())
+    stem = f"{Path(args.content).stem}-{Path(args.style).stem}-{size}-{pooling}-{args.init}-{args.iterations}-S{s:g}"
+    image, record = out / f"{stem}.png", out / f"{stem}.json"
+    if record.exists():
+        return Image.open(image).convert("RGB"), json.loads(record.read_text())
     job = Job.of(args.content, args.style, size=size, pooling=pooling, style_strength=s, init=args.init,
                  iterations=args.iterations, threads=THREADS)
     began = time.perf_counter()
     outcome = run(job)
     loss = outcome.loss_object
     picture = Image.fromarray(to_uint8(outcome.image))
-    picture.save(stem.with_suffix(".png"))
-    stem.with_suffix(".json").write_text(json.dumps(loss.alpha / loss.beta))
+    picture.save(image)
+    record.write_text(json.dumps(loss.alpha / loss.beta))
     print(f"{size}:{pooling} S={s:g}: alpha {loss.alpha:.3g} ({time.perf_counter() - began:.0f} s)", file=sys.stderr,
           flush=True)
     return picture, loss.alpha / loss.beta
