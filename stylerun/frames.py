@@ -11,6 +11,7 @@ takes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -156,10 +157,11 @@ def encode(frames: list[Path], output: Path, fps: float, audio_from: Path | None
     codec = check_video_output(output)
     tmp = output.with_name(f".{output.stem}.{secrets.token_hex(8)}.tmp{output.suffix}")
     try:
-        with av.open(str(tmp), "w") as out:
-            _write_frames(av, out, codec, frames, fps)
-            if audio_from is not None:
-                _copy_audio(av, out, audio_from, span)
+        with av.open(str(tmp), "w") as out, contextlib.ExitStack() as inputs:
+            audio = _audio_streams(av, out, audio_from, inputs) if audio_from is not None else None
+            _write_frames(av, out, codec, frames, fps)  # every stream is added before the first packet
+            if audio is not None:
+                _copy_audio(av, out, *audio, span)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
@@ -184,24 +186,31 @@ def _write_frames(av, out, codec: str, frames: list[Path], fps: float) -> None:
         out.mux(packet)
 
 
-def _copy_audio(av, out, source: Path, span: tuple[float, float | None]) -> None:
-    """The first audio stream of `source`, packets within `span`, copied without re-encoding."""
+def _audio_streams(av, out, source: Path, inputs: contextlib.ExitStack):
+    """(input container, its first audio stream, the output's copy of it), or None when there is
+    none or the output container cannot take it (a warning says so)."""
     try:
-        with av.open(str(source), "r") as inp:
-            if not inp.streams.audio:
-                return
-            audio = inp.streams.audio[0]
-            stream = out.add_stream_from_template(audio)
-            start, end = span
-            for packet in inp.demux(audio):
-                if packet.dts is None or packet.pts is None:
-                    continue
-                t = float(packet.pts * audio.time_base)
-                if t < start or (end is not None and t >= end):
-                    continue
-                packet.pts -= round(start / audio.time_base)
-                packet.dts -= round(start / audio.time_base)
-                packet.stream = stream
-                out.mux(packet)
+        inp = inputs.enter_context(av.open(str(source), "r"))
+        if not inp.streams.audio:
+            return None
+        audio = inp.streams.audio[0]
+        return inp, audio, out.add_stream_from_template(audio)
     except (av.FFmpegError, ValueError) as exc:
         log.warning("could not copy the audio of %s (%s); the video has none", source, exc)
+        return None
+
+
+def _copy_audio(av, out, inp, audio, stream, span: tuple[float, float | None]) -> None:
+    """The audio packets within `span` seconds, copied without re-encoding."""
+    start, end = span
+    shift = round(start / audio.time_base)
+    for packet in inp.demux(audio):
+        if packet.dts is None or packet.pts is None:
+            continue
+        t = float(packet.pts * audio.time_base)
+        if t < start or (end is not None and t >= end):
+            continue
+        packet.pts -= shift
+        packet.dts -= shift
+        packet.stream = stream
+        out.mux(packet)

@@ -5,19 +5,24 @@ changes the engine takes through `Job`: it starts from the previous stylized fra
 along the optical flow (`Job.start`; the first frame starts as `init` says), and its loss
 has the temporal term (`Job.extra`)
 
-    gamma * sum_j sum_p c_j(p) * (x(p) - warp_j(x_{i-j})(p))^2
+    gamma / D * sum_j sum_p c_j(p) * (x(p) - warp_j(x_{i-j})(p))^2,   D = H * W * 3
 
 over the earlier frames j of `temporal_frames` (1: the previous one), where c_j is the
 forward-backward consistency of the flow between frame i and i-j (0 at disocclusions and
 motion boundaries). With several j (long-term consistency), a pixel is tied only to the
 nearest earlier frame where it was visible: c_j = max(0, c_j - sum of the nearer c's).
 
-The default gamma: Ruder et al.'s code weighs the content term 5 and the temporal term 1e3,
-both as means (over the relu4_2 features and over the H*W*3 pixels). stylerun's content
-term is alpha * 1/2 * the *sum* over relu4_2's 512 x H*W/64 features, i.e. alpha * 4*H*W
-times the mean, and the temporal term above is a sum over 3*H*W values. Keeping the
-paper's temporal-to-content ratio, 1e3/5 = 200, at stylerun's alpha = 1e-6 gives
-gamma = 200 * alpha * 4/3 = 2.67e-4, whatever the frame size (see `TEMPORAL_WEIGHT`).
+The term is a mean over the H*W*3 values (gamma / D * sum, D = H*W*3, as in the paper),
+not a sum: stylerun's style term, which dominates its loss, does not grow with the frame's
+pixels, so neither may the temporal term, or one gamma would mean different things at 128
+and at 512 px. The default gamma: Ruder et al.'s code (built on neural-style) weighs the
+style term 1e2 and the temporal term 1e3, and its style term per layer is
+sum (G - A)^2 / (N^4 M^2), a mean over Grams normalized by N*M. stylerun's per layer is
+w_l * sum (G - A)^2 / (4 N^2 M^2) = w_l * N^2/4 times that, so at the default layers
+(relu1_1..relu5_1, N = 64..512, w_l = 0.2) and beta = 1 stylerun's style term is
+sum_l 0.2 N_l^2/4 / (1e2 * 5) = 61 times the paper's for the same images. Keeping the
+paper's temporal-to-style ratio gives gamma = 1e3 * 61 = 6.1e4 (`TEMPORAL_WEIGHT`); with
+another beta or other layers, scale it alike.
 
 Finished frames are PNG files in a folder (the output folder itself, or ``OUTPUT.frames``
 beside a video output), written atomically when a frame is done, so an interrupted run
@@ -44,8 +49,8 @@ from .loss import StyleLoss
 from .options import TransferOptions
 from .worker import ModelCache
 
-#: gamma = 200 * alpha * 4/3 at the default alpha = 1e-6 (the module docstring derives it).
-TEMPORAL_WEIGHT = 200 * 1e-6 * 4 / 3
+#: The paper's 1e3 times stylerun's style scale at the default layers (the module docstring derives it).
+TEMPORAL_WEIGHT = 1e3 * sum(0.2 * n * n / 4 for n in (64, 128, 256, 512, 512)) / (1e2 * 5)
 #: Options a video run cannot take: each frame's own files replace them.
 NOT_FOR_VIDEO = ("save_every", "checkpoint_every", "checkpoint")
 
@@ -83,7 +88,8 @@ def parse_temporal_frames(text: str) -> tuple[int, ...]:
 
 
 class TemporalTerm:
-    """gamma * sum c * (x - target)^2 over (target, c) pairs, on the optimizer's variable; c is (H, W)."""
+    """gamma / D * sum c * (x - target)^2 over (target, c) pairs, on the optimizer's variable (D values);
+    c is (H, W)."""
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], gamma: float):
         self.pairs = [(np.asarray(t, np.float64), np.asarray(c, np.float64)[..., None]) for t, c in pairs]
@@ -96,7 +102,8 @@ class TemporalTerm:
             diff = x - target
             value += float(np.sum(c * diff * diff))
             grad += 2.0 * c * diff
-        return self.gamma * value, (self.gamma * grad).astype(np.float32)
+        scale = self.gamma / x.size
+        return scale * value, (scale * grad).astype(np.float32)
 
 
 def long_term_weights(weights: list[np.ndarray]) -> list[np.ndarray]:
