@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -114,18 +114,26 @@ def temporal(frames: list[np.ndarray], style: Path, options: TransferOptions, we
         return images, [r.style_loss for r in result.frames], seconds
 
 
-def sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, count: int = 4) -> None:
-    """Rows of `count` consecutive frames, one row per way, with the difference to the previous frame."""
+def sheet(rows: list[tuple[str, list[np.ndarray]]], path: Path, step: int, count: int = 4) -> None:
+    """Per way, `count` consecutive frames over their warping error (|frame - previous frame moved
+    along the pan|, x3, dark = large; blank where the previous frame did not see the pixel)."""
     h, w = rows[0][1][0].shape[:2]
-    canvas = np.full(((h + 4) * len(rows) * 2, (w + 4) * count, 3), 255, np.uint8)
+    label = 14
+    canvas = np.full(((2 * h + 4 + label) * len(rows), (w + 4) * count, 3), 255, np.uint8)
     for r, (_, images) in enumerate(rows):
+        top = r * (2 * h + 4 + label) + label
         for k in range(count):
-            y, x = r * 2 * (h + 4), k * (w + 4)
-            canvas[y:y + h, x:x + w] = images[k].astype(np.uint8)
+            x = k * (w + 4)
+            canvas[top:top + h, x:x + w] = np.clip(np.rint(images[k]), 0, 255).astype(np.uint8)
             if k:
-                diff = np.clip(np.abs(images[k] - images[k - 1]) * 2, 0, 255).astype(np.uint8)
-                canvas[y + h + 4:y + 2 * h + 4, x:x + w] = 255 - diff
-    Image.fromarray(canvas).save(path)
+                back, weights = known_flow(images[k].shape, step)
+                error = np.abs(images[k] - warp(images[k - 1], back)) * weights[..., None]
+                canvas[top + h + 4:top + 2 * h + 4, x:x + w] = 255 - np.clip(error * 3, 0, 255).astype(np.uint8)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for r, (name, _) in enumerate(rows):
+        draw.text((2, r * (2 * h + 4 + label) + 1), name, fill=(0, 0, 0))
+    image.save(path)
 
 
 def main(argv=None) -> None:
@@ -138,7 +146,8 @@ def main(argv=None) -> None:
     ap.add_argument("--clips", default="pan,zoom")
     ap.add_argument("--style", type=Path, default=ROOT / "examples" / "starry_night.jpg")
     ap.add_argument("--temporal-weight", type=float, default=VideoSettings().temporal_weight)
-    ap.add_argument("--gamma0", action="store_true", help="also the warped start without the term")
+    ap.add_argument("--ways", default="independent,gamma0,temporal",
+                    help="independent: plain runs; gamma0: warped start only; temporal: the default video")
     ap.add_argument("--sheet", type=Path, help="write the pan's before/after sheet here")
     args = ap.parse_args(argv)
     options = TransferOptions(size=args.size, iterations=args.iterations, threads=args.threads)
@@ -147,9 +156,11 @@ def main(argv=None) -> None:
     for clip in args.clips.split(","):
         frames = pan_clip(args.frames, args.size, args.step) if clip == "pan" else zoom_clip(args.frames, args.size)
         step = args.step if clip == "pan" else None
-        ways = [("independent", independent(frames, args.style, options)),
-                *([("warped start, gamma 0", temporal(frames, args.style, options, 0.0))] if args.gamma0 else []),
-                ("temporal term", temporal(frames, args.style, options, args.temporal_weight))]
+        todo = args.ways.split(",")
+        ways = [*([("independent", independent(frames, args.style, options))] if "independent" in todo else []),
+                *([("warped start, gamma 0", temporal(frames, args.style, options, 0.0))] if "gamma0" in todo else []),
+                *([("temporal term", temporal(frames, args.style, options, args.temporal_weight))]
+                  if "temporal" in todo else [])]
         base = warping_error(ways[0][1][0], frames, step)
         base_style = float(np.mean(ways[0][1][1]))
         for name, (images, styles, seconds) in ways:
@@ -157,7 +168,7 @@ def main(argv=None) -> None:
             print(f"{clip:5s} {name:22s} warping error {error:9.1f} ({base / error:4.1f}x less)  style "
                   f"{np.mean(styles):.4g} ({np.mean(styles) / base_style:.2f} of independent)  {seconds:.1f} s/frame")
         if args.sheet is not None and clip == "pan":
-            sheet([(name, images) for name, (images, _, _) in (ways[0], ways[-1])], args.sheet)
+            sheet([(name, images) for name, (images, _, _) in ways], args.sheet, args.step)
             print(f"wrote {args.sheet}")
 
 
