@@ -605,8 +605,9 @@ def _video_signature() -> inspect.Signature:
         own("output", Path, typer.Option(..., "-o", "--output", metavar="OUTPUT", rich_help_panel=panel,
                                          help="A folder for PNG frames, or a video file.")),
         own("temporal_weight", float, typer.Option(defaults.temporal_weight, "--temporal-weight", metavar="G",
-                                                   rich_help_panel=panel, help="Weight of the temporal term; 0: off "
-                                                   "(frames stylized independently).")),
+                                                   rich_help_panel=panel,
+                                                   help="Weight gamma of the temporal term; 0 turns it off (each "
+                                                        "frame still starts from the warped previous one).")),
         own("flow", str, typer.Option(defaults.flow, "--flow", metavar="dis|farneback", rich_help_panel=panel,
                                       help="Optical flow (OpenCV).")),
         own("frames", str | None, typer.Option(None, "--frames", metavar="A:B", rich_help_panel=panel,
