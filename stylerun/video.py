@@ -178,7 +178,6 @@ def check_video(output: Path, options: TransferOptions, resume: bool) -> Path:
     done = sorted(folder.glob("frame_*.png")) if folder.is_dir() else []
     if done and not resume:
         raise InputError(f"{folder} holds frames of an earlier run; go on with {mention('resume')}, or remove them")
-    folder.mkdir(exist_ok=True)
     return folder
 
 
@@ -229,6 +228,7 @@ def run_video(source: str | Path, style: Any, output: str | Path, options: Trans
     styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
     folder = check_video(output, options, resume)
     clip = Source.open(source, options.max_pixels)
+    folder.mkdir(exist_ok=True)  # only once the input is known to be readable
     first, end = parse_range(settings.frames)
     total = (min(end or len(clip.files), len(clip.files)) - first) if clip.folder else \
         (end - first if end is not None else None)
