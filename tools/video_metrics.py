@@ -42,7 +42,12 @@ from stylerun.worker import ModelCache  # noqa: E402
 
 
 def pan_clip(frames: int, size: int, step: int) -> list[np.ndarray]:
-    """Crops of chelsea.jpg, each `step` px (at output scale) right of the last: flow is exactly -step in x."""
+    """Crops of chelsea.jpg, each `step` px (at output scale) right of the last: flow is exactly -step in x.
+
+    The window is 4:3 with the photo's height; a window that runs past the photo's right
+    edge sees black there (at 128 px, 8 frames, step 3: the last two frames' last 1 and 4
+    columns).
+    """
     photo = Image.open(ROOT / "examples" / "chelsea.jpg").convert("RGB")
     h = photo.height
     w = round(h * 4 / 3)
