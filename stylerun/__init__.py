@@ -5,7 +5,7 @@
     image.save("out.png")
 """
 
-from .api import transfer
+from .api import stylize_video, transfer
 from .engine import Job, Listener, Outcome, run
 from .errors import InputError, NumericError, OptionError, StylerunError, WeightsError
 from .loss import StyleLoss
@@ -15,5 +15,5 @@ from .version import __version__
 
 __all__ = [
     "InputError", "Job", "Listener", "NumericError", "OptionError", "Outcome", "Progress", "Result", "StyleLoss",
-    "StylerunError", "TransferOptions", "WeightsError", "__version__", "optimize", "run", "transfer",
+    "StylerunError", "TransferOptions", "WeightsError", "__version__", "optimize", "run", "stylize_video", "transfer",
 ]

@@ -22,7 +22,8 @@ from .engine import CallbackListener, Job, resume_job, run
 from .errors import NumericError
 from .optimizers import Progress
 from .options import TransferOptions
-from .progress import ConsoleListener, outcome_text, say
+from .progress import ConsoleListener, VideoConsole, outcome_text, say
+from .video import VideoResult, VideoSettings, parse_temporal_frames, run_video
 
 
 def transfer(
@@ -91,3 +92,43 @@ def _signature() -> inspect.Signature:
 
 
 transfer.__signature__ = _signature()
+
+
+def stylize_video(
+    source: str | Path,
+    style: Any,
+    output: str | Path,
+    *,
+    temporal_weight: float = VideoSettings.temporal_weight,
+    flow: str = VideoSettings.flow,
+    frames: str | None = None,
+    fps: float | None = None,
+    temporal_frames: str | tuple[int, ...] = VideoSettings.temporal_frames,
+    resume: bool = False,
+    stop: Callable[[], bool] | threading.Event | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> VideoResult:
+    """The twin of `stylerun video`: stylize `source` (a video file or a folder of frames) into
+    `output` (a folder of PNG frames or a video file) with temporal consistency.
+
+    Every other keyword is a transfer option, as for `transfer`. `stop` ends the run at the
+    next evaluation; finished frames are kept and `resume=True` goes on from the next one.
+    Returns the frames' records (terms, seconds) and where the result went; a non-finite loss
+    raises `NumericError`.
+    """
+    if isinstance(temporal_frames, str):
+        temporal_frames = parse_temporal_frames(temporal_frames)
+    settings = VideoSettings(temporal_weight, flow, frames, fps, tuple(temporal_frames))
+    opts = TransferOptions().replace(**options)
+    listener = None
+    if progress:
+        listener = VideoConsole(Console(stderr=True, force_terminal=False, force_jupyter=False), opts.iterations)
+    try:
+        result = run_video(source, style, output, opts, settings, listener, stop, resume)
+    finally:
+        if listener is not None:
+            listener.close()
+    if result.error:
+        raise NumericError(result.error)
+    return result

@@ -24,14 +24,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import batch, batch_cli, figures
+from . import batch, batch_cli, figures, video
 from .cache import LIMIT_ENV, Entry, cache_dir, cache_limit, clear, entries
 from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
 from .errors import StylerunError, mention_options, one_line
 from .export import export_vgg, layers_of, model_metadata
 from .forward import LayerSet
 from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
-from .progress import ConsoleListener, FigureBars, outcome_text, say, short
+from .progress import ConsoleListener, FigureBars, VideoConsole, outcome_text, say, short
 from .signals import StopSignals
 from .version import __version__
 from .weight_formats import load_weights
@@ -112,10 +112,14 @@ def spell(name: str) -> str:
     """How the CLI names an option in messages; names that are not options stay as they are."""
     if name == "output":
         return "-o"
-    return flag(name) if name in _OPTION_NAMES or name == "trust_checkpoint_paths" else name
+    if name in _OPTION_NAMES or name in _OTHER_FLAGS:
+        return flag(name)
+    return name
 
 
 _OPTION_NAMES = {f.name for f in fields(TransferOptions)}
+#: Names of other commands' flags that library messages mention.
+_OTHER_FLAGS = {"trust_checkpoint_paths", "resume", *(f.name for f in fields(video.VideoSettings))}
 
 
 def _version(value: bool) -> None:
@@ -542,6 +546,88 @@ def _batch_signature() -> inspect.Signature:
 
 batch_command.__signature__ = _batch_signature()
 app.command("batch", cls=batch_cli.BatchCommand)(batch_command)
+
+
+# --- video ---------------------------------------------------------------------------------------
+
+
+def video_command(ctx: typer.Context, **params: Any) -> None:
+    """Stylize a video (a file, or a folder of frames sorted by name) frame by frame, with temporal consistency.
+
+    Each frame starts from the previous stylized frame warped by the optical flow, and a temporal term
+    (--temporal-weight, 0 turns it off) keeps it close to that where the flow is consistent (Ruder et al. 2016).
+
+    OUTPUT: a folder (PNG frames) or a video file (.mp4, .webm, .mkv, .mov, .gif; the input's audio is copied);
+    a video's frames are kept in OUTPUT.frames beside it.
+
+    Ctrl-C or SIGTERM stops at the next evaluation; finished frames are kept and the same command with
+    --resume goes on from the next one.
+
+    Exit status: 0 done, 2 bad input or option, 3 the loss stopped being finite, 130/143 interrupted.
+    """
+    _log_warnings_to(err)
+    settings = video.VideoSettings(params["temporal_weight"], params["flow"], params["frames"], params["fps"],
+                                   video.parse_temporal_frames(params["temporal_frames"]))
+    options = TransferOptions().replace(**_option_values(ctx, params, given_only=True))
+    listener = VideoConsole(err, options.iterations, quiet=params["quiet"], spell=spell,
+                            setting=lambda name, value: f"{spell(name)} {value}")
+    with StopSignals() as stopper:
+        try:
+            result = video.run_video(params["input"], [str(s) for s in params["style"]], params["output"],
+                                         options, settings, listener, stopper.requested, params["resume"])
+        except KeyboardInterrupt:
+            say("stylerun: interrupted; finished frames are kept (go on with --resume)", err)
+            raise typer.Exit(130) from None
+        finally:
+            listener.close()
+    if result.error:
+        say(f"stylerun: error: {mention_options(result.error, spell)}; finished frames are kept", err)
+        raise typer.Exit(3)
+    if result.interrupted:
+        signum = stopper.signum or signal.SIGINT
+        say(f"stylerun: {signal.Signals(signum).name}: {len(result.frames) + result.skipped} frames done and kept; "
+            "go on with the same command and --resume", err)
+        raise typer.Exit(128 + int(signum))
+    if not params["quiet"]:
+        say(f"wrote {result.output} ({len(result.frames)} frames stylized, {result.skipped} kept from before)", err)
+
+
+def _video_signature() -> inspect.Signature:
+    kw, panel, defaults = inspect.Parameter.KEYWORD_ONLY, "Video", video.VideoSettings()
+
+    def own(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, kw, annotation=annotation, default=default)
+
+    first = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        own("input", Path, typer.Argument(..., help="A video file or a folder of frames.", metavar="INPUT")),
+        own("style", list[Path], typer.Argument(..., help="Style painting(s).", metavar="STYLE...")),
+        own("output", Path, typer.Option(..., "-o", "--output", metavar="OUTPUT", rich_help_panel=panel,
+                                         help="A folder for PNG frames, or a video file.")),
+        own("temporal_weight", float, typer.Option(defaults.temporal_weight, "--temporal-weight", metavar="G",
+                                                   rich_help_panel=panel,
+                                                   help="Weight gamma of the temporal term; 0 turns it off (each "
+                                                        "frame still starts from the warped previous one).")),
+        own("flow", str, typer.Option(defaults.flow, "--flow", metavar="dis|farneback", rich_help_panel=panel,
+                                      help="Optical flow (OpenCV).")),
+        own("frames", str | None, typer.Option(None, "--frames", metavar="A:B", rich_help_panel=panel,
+                                               help="Only frames A to B-1 (from 0).")),
+        own("fps", float | None, typer.Option(None, "--fps", metavar="FPS", rich_help_panel=panel,
+                                              help="Frame rate of a video output (default: the input's; 24 for "
+                                                   "frame folders).")),
+        own("temporal_frames", str, typer.Option("1", "--temporal-frames", metavar="1,2,4", rich_help_panel=panel,
+                                                 help="Earlier frames the temporal term ties each frame to "
+                                                      "(long-term consistency).")),
+        own("resume", bool, typer.Option(False, "--resume", rich_help_panel=panel,
+                                         help="Go on after an interrupted run: finished frames are kept.")),
+        own("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress bar.", rich_help_panel=panel)),
+    ]
+    options = [option_parameter(f.name) for f in fields(TransferOptions) if f.name not in video.NOT_FOR_VIDEO]
+    return inspect.Signature([*first, *options])
+
+
+video_command.__signature__ = _video_signature()
+app.command("video", cls=usage("[OPTIONS] INPUT STYLE... -o OUTPUT"))(video_command)
 
 
 # --- errors and logging ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from .images import (
     save_image,
 )
 from .locks import output_lock
-from .loss import StyleLoss, check_weights_file, initial_image, resize_to
+from .loss import ExtraTerm, StyleLoss, WithExtra, check_weights_file, initial_image, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
 from .runtime import default_threads
@@ -61,6 +61,12 @@ class Job:
     style: tuple[Any, ...]
     options: TransferOptions = field(default_factory=TransferOptions)
     output: Path | None = None
+    #: The starting image, (H, W, 3) RGB in 0..255, in place of what `init` names (video: the
+    #: previous stylized frame warped to this one); resized to each scale.
+    start: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: A term added to the loss: called with each stage's `StyleLoss`, it returns an `ExtraTerm`
+    #: (``value_and_grad(x)`` on the optimizer's variable) or None for no term at that stage.
+    extra: Callable[[StyleLoss], ExtraTerm | None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, content: Any, style: Any, output: str | Path | None = None, **options: Any) -> Job:
@@ -386,8 +392,10 @@ def _optimize_stages(state: _Run) -> Result:
             if resume.lbfgs_dropped:
                 state.listener.warning(f"{resume.lbfgs_dropped}; L-BFGS-B restarts its history")
         else:
-            rgb = initial_image(options.init, loss, options.seed) if previous is None else resize_to(previous,
-                                                                                                     loss.shape)
+            if previous is None:
+                previous = state.job.start if state.job.start is not None else initial_image(options.init, loss,
+                                                                                               options.seed)
+            rgb = resize_to(previous, loss.shape) if previous.shape != loss.shape else previous
             start, lbfgs, init_loss = loss.to_variable(rgb), None, math.inf
         if index == 0:
             h, w, _ = loss.shape
@@ -395,13 +403,19 @@ def _optimize_stages(state: _Run) -> Result:
             state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
         state.tell_balance(loss)
         state.stage_first = first
-        result = optimize(loss.objective, start, end, state.on_step, options.lbfgs_memory, first_iteration=first,
-                          stop=state.stop, resume=lbfgs, init_loss=init_loss, optimizer=options.optimizer,
-                          learning_rate=options.learning_rate)
+        result = optimize(objective_of(loss, state.job), start, end, state.on_step, options.lbfgs_memory,
+                          first_iteration=first, stop=state.stop, resume=lbfgs, init_loss=init_loss,
+                          optimizer=options.optimizer, learning_rate=options.learning_rate)
         previous, first = loss.to_rgb(result.image), result.iterations
         if result.interrupted or result.error:
             break
     return result
+
+
+def objective_of(loss: StyleLoss, job: Job):
+    """What the optimizer minimizes at one stage: the loss's objective, plus the job's extra term if any."""
+    term = job.extra(loss) if job.extra is not None else None
+    return loss.objective if term is None else WithExtra(loss.objective, term)
 
 
 def _finish(state: _Run, result: Result) -> Outcome:

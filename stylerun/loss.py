@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -265,6 +265,33 @@ class StyleLoss:
         loss, content, style, grad = self.model.loss_and_grad(x)
         self.last_terms = (content, style)
         return loss, grad
+
+
+class ExtraTerm(Protocol):
+    """A term added to the loss by the caller (video's temporal consistency), on the optimizer's variable."""
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+
+class WithExtra:
+    """An objective plus an `ExtraTerm`: what the optimizer sees is their sum and the sum of gradients.
+
+    `last_terms` stays the objective's (content, style), so progress shows the Gatys terms
+    while the loss includes the extra one.
+    """
+
+    def __init__(self, objective: Any, term: ExtraTerm):
+        self.objective, self.term = objective, term
+        self.shape = objective.shape
+
+    @property
+    def last_terms(self) -> tuple[float, float]:
+        return self.objective.last_terms
+
+    def loss_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = self.objective.loss_and_grad(x)
+        extra, extra_grad = self.term.value_and_grad(np.asarray(x, dtype=np.float32))
+        return value + extra, grad + extra_grad.reshape(grad.shape).astype(grad.dtype, copy=False)
 
 
 def initial_image(init: str, loss: StyleLoss, seed: int | None = 0) -> np.ndarray:

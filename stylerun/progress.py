@@ -224,3 +224,34 @@ class FigureBars(Listener):
     def sheet_done(self, figure: Figure, path: Path) -> None:
         if not self.quiet:
             say(f"wrote {path}", self.console)
+
+
+class VideoConsole(ConsoleListener):
+    """`stylerun video` progress: each frame's iterations as a `ProgressBar`, and a line per finished
+    frame with its terms, its time and the ETA of the frames still to come."""
+
+    def __init__(self, console: Console, iterations: int, **kwargs: Any):
+        super().__init__(console, iterations, **kwargs)
+        self.iterations, self.frames_started = iterations, 0
+        self.total: int | None = None
+
+    def frame_start(self, index: int, number: int, total: int | None) -> None:
+        self.bar.stop()
+        self.bar = ProgressBar(self.console, self.iterations, 0, disable=self.quiet)
+        self.frames_started, self.total = self.frames_started + 1, total
+
+    def estimate(self, estimate: Estimate) -> None:
+        if self.frames_started == 1:  # once: later frames take about as long
+            super().estimate(estimate)
+
+    def started(self, message: str) -> None:
+        self._stop_status()
+        if self.frames_started == 1:
+            self.notice(message + " per frame")
+        self.bar.start()
+
+    def frame_done(self, record: Any, eta_s: float) -> None:
+        self.bar.stop()
+        of = f"/{self.total}" if self.total is not None else ""
+        self.notice(f"frame {record.index} ({self.frames_started}{of}) {record.seconds:.1f} s: style "
+                    f"{short(record.style_loss)} temporal {short(record.temporal_loss)} ETA {duration(eta_s)}")
