@@ -249,6 +249,7 @@ def run_video(source: str | Path, style: Any, output: str | Path, options: Trans
             result.interrupted, result.error = outcome.interrupted, outcome.error
             return result
         history.keep(index, frame, outcome.image, depth)
+        options = same_weights(options, outcome)
         result.frames.append(record)
         listener.frame_done(record, _eta(result, total, number))
     if not result.frames and not result.skipped:
@@ -261,6 +262,15 @@ def run_video(source: str | Path, style: Any, output: str | Path, options: Trans
     else:
         result.output = folder
     return result
+
+
+def same_weights(options: TransferOptions, outcome: Outcome) -> TransferOptions:
+    """Options for the frames after the first: the α/β its style strength chose, so that the
+    whole clip has one balance (re-measured per frame, it would drift with the picture)."""
+    loss = outcome.loss_object
+    if loss is None or not isinstance(options.weighting(), float):
+        return options
+    return options.replace(style_strength=None, alpha=loss.alpha, beta=loss.beta)
 
 
 def _eta(result: VideoResult, total: int | None, number: int) -> float:

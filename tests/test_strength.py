@@ -136,3 +136,12 @@ def test_the_api_returns_the_record_with_the_picture(tmp_path, content_path, sty
     assert record["style_strength"] == 0.8 and record["options"]["style_strength"] == 0.8
     with Image.open(tmp_path / "out.png") as im:
         assert json.loads(im.text["stylerun"]) == record
+
+
+def test_a_video_keeps_the_first_frames_weights(content_path, style_path):
+    from stylerun.video import same_weights
+
+    outcome = run(Job.of(content_path, style_path, size=48, iterations=1, **FAST))
+    chosen = (outcome.loss_object.alpha, outcome.loss_object.beta)
+    assert same_weights(TransferOptions(style_strength=0.5), outcome).weighting() == chosen
+    assert same_weights(TransferOptions(alpha=1e-3), outcome).weighting() == (1e-3, 1.0)  # given: kept as given
