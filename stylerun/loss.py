@@ -33,6 +33,7 @@ from .images import (
 )
 from .options import TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings, check_device
+from .tiling import TiledLoss, cotangent_layers
 from .vgg import spatial_size
 
 
@@ -137,6 +138,20 @@ class StyleLoss:
         self.alpha, self.beta = balance or self._weights(opts)
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
+        self.tiled = self._tiled(opts, flavours, session, models) if opts.tile_size else None
+
+    def _tiled(self, opts: TransferOptions, flavours: Flavours, session: SessionSettings, models) -> TiledLoss:
+        """The tiled evaluation (see `tiling`): same loss and gradient, one tile's memory."""
+        if self.regions:
+            raise OptionError("tile_size", f"is not available with guided regions yet; leave out "
+                                           f"{mention('tile_size')} or the masks")
+        aux_layers = cotangent_layers(self.model.layers)
+        aux = (models or LossModel)(cached_export(aux_layers, opts.weights, flavours), opts.device, opts.threads,
+                                    session)
+        layers = self.model.layers
+        return TiledLoss(aux, layers, opts.tile_size, self.targets,
+                         [self.content_layers.get(n, 0.0) for n in layers.content],
+                         [self.style_layers.get(n, 0.0) for n in layers.style], self.alpha, self.beta, self.tv_weight)
 
     def _bind(self, alpha: float, beta: float, tv_weight: float) -> None:
         self.model.bind(self.targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
@@ -262,7 +277,7 @@ class StyleLoss:
         x = np.asarray(x, dtype=np.float32)
         if x.shape != self.shape:
             raise InputError(f"image has shape {x.shape}, this loss was built for {self.shape}")
-        loss, content, style, grad = self.model.loss_and_grad(x)
+        loss, content, style, grad = (self.tiled or self.model).loss_and_grad(x)
         self.last_terms = (content, style)
         return loss, grad
 

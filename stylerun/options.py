@@ -311,6 +311,10 @@ class TransferOptions:
     threads: int | None = option(
         None, "CPU threads for onnxruntime (default: all cores).", DEVICE,
         optional(whole(1, 4096, below="must be >= 1")), cli=int, metavar="N", resumable=True)
+    tile_size: int | None = option(
+        None, "Evaluate the loss in tiles of N pixels (rounded down to the pooling grid): the same loss and "
+        "gradient in the memory of one tile (default: the whole image at once).", DEVICE,
+        optional(whole(16, 1 << 20, below="must be >= 16")), cli=int, metavar="N", resumable=True)
 
     def __post_init__(self) -> None:
         for f in fields(self):
