@@ -131,6 +131,9 @@ class StyleLoss:
         self.style_images = [self._fit_style(decode(s, **load)) for s in styles]
         self.style_image = self.style_images[0]
         # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
+        if opts.tile_size:
+            models = self._tiled_models(opts, flavours, session, models)
+            files = files or ModelFiles(Path("(tiled)"), Path("(tiled)"), asked)
         self.model = (models or LossModel)(files or cached_export(asked, opts.weights, flavours), opts.device,
                                            opts.threads, session)
         self.targets = self._targets(load)
@@ -138,20 +141,18 @@ class StyleLoss:
         self.alpha, self.beta = balance or self._weights(opts)
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
-        self.tiled = self._tiled(opts, flavours, session, models) if opts.tile_size else None
 
-    def _tiled(self, opts: TransferOptions, flavours: Flavours, session: SessionSettings, models) -> TiledLoss:
-        """The tiled evaluation (see `tiling`): same loss and gradient, one tile's memory."""
+    def _tiled_models(self, opts: TransferOptions, flavours: Flavours, session: SessionSettings, models):
+        """files, device, threads, settings -> `TiledLoss` in place of the whole-image `LossModel` (see `tiling`)."""
         if self.regions:
             raise OptionError("tile_size", f"is not available with guided regions yet; leave out "
                                            f"{mention('tile_size')} or the masks")
-        aux_layers = cotangent_layers(self.model.layers)
-        aux = (models or LossModel)(cached_export(aux_layers, opts.weights, flavours), opts.device, opts.threads,
-                                    session)
-        layers = self.model.layers
-        return TiledLoss(aux, layers, opts.tile_size, self.targets,
-                         [self.content_layers.get(n, 0.0) for n in layers.content],
-                         [self.style_layers.get(n, 0.0) for n in layers.style], self.alpha, self.beta, self.tv_weight)
+
+        def make(files: ModelFiles, device: str, threads: int | None, settings: SessionSettings) -> TiledLoss:
+            aux = (models or LossModel)(cached_export(cotangent_layers(files.layers), opts.weights, flavours),
+                                        device, threads, settings)
+            return TiledLoss(aux, files.layers, opts.tile_size)
+        return make
 
     def _bind(self, alpha: float, beta: float, tv_weight: float) -> None:
         self.model.bind(self.targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
@@ -277,7 +278,7 @@ class StyleLoss:
         x = np.asarray(x, dtype=np.float32)
         if x.shape != self.shape:
             raise InputError(f"image has shape {x.shape}, this loss was built for {self.shape}")
-        loss, content, style, grad = (self.tiled or self.model).loss_and_grad(x)
+        loss, content, style, grad = self.model.loss_and_grad(x)
         self.last_terms = (content, style)
         return loss, grad
 

@@ -82,24 +82,58 @@ def _feature_window(layer: str, inner, outer, h: int, w: int) -> tuple[slice, sl
 
 
 class TiledLoss:
-    """The loss model's `loss_and_grad`, the same numbers, tile by tile.
+    """A `LossModel` stand-in (`layers`, `targets`, `bind`, `loss_and_grad`) that works tile by tile.
 
-    `aux` is a `LossModel` exported for `cotangent_layers(layers)` (all layers as content
-    layers, unguided); `targets`, weights, α, β and TV weight are what the loss model was bound to.
+    `aux` is a `LossModel` exported for `cotangent_layers(layers)` (every layer used as a
+    content layer, unguided); `layers` are the loss's own. Nothing here ever runs the network
+    on the whole image, so peak memory is one halo'd tile's.
     """
 
-    def __init__(self, aux: LossModel, layers: LayerSet, tile_size: int, targets: dict[str, np.ndarray],
-                 content_weights, style_weights, alpha: float, beta: float, tv_weight: float):
+    def __init__(self, aux: LossModel, layers: LayerSet, tile_size: int):
         self.aux, self.layers = aux, layers
         self.tile = aligned_tile(tile_size, layers)
         self.pad = halo(layers)
-        self.targets = targets
-        self.content_weights = dict(zip(layers.content, content_weights, strict=True))
-        self.style_weights = dict(zip(layers.style, style_weights, strict=True))
-        self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.names = cotangent_layers(layers).content
         self._forward = aux.targets_session  # kept: `bind` drops the model's own handle
         self._outputs = [content_target_name(n) for n in self.names]
+        self.bind({}, [0.0] * len(layers.content), [0.0] * len(layers.style), 1.0, 1.0)
+
+    @property
+    def provider(self) -> str:
+        return self.aux.provider
+
+    def bind(self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float,
+             tv_weight: float = 0.0) -> None:
+        """What stays fixed during optimization (as `LossModel.bind`)."""
+        self.bound = targets
+        self.content_weights = dict(zip(self.layers.content, content_weights, strict=True))
+        self.style_weights = dict(zip(self.layers.style, style_weights, strict=True))
+        self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
+
+    def targets(self, image: np.ndarray, guide: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Content features and style Grams of an (H, W, 3) image, as `LossModel.targets`, tile by tile."""
+        if guide is not None:
+            raise ValueError("tiled targets are unguided")
+        x = np.ascontiguousarray(image, dtype=np.float32)
+        h, w, _ = x.shape
+        out = {content_target_name(n): np.zeros((1, lay_channels(n), *_map_size(n, h, w)), np.float32)
+               for n in self.layers.content}
+        grams = {n: 0.0 for n in self.layers.style}
+        for inner, outer in tiles(h, w, self.tile, self.pad):
+            feats = self._features(x[outer[0]:outer[1], outer[2]:outer[3]])
+            for n in self.layers.content:
+                ry, rx = _feature_window(n, inner, outer, h, w)
+                ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
+                out[content_target_name(n)][0][:, ty, tx] = feats[n][:, ry, rx]
+            for n in self.layers.style:
+                grams[n] = grams[n] + self._interior_gram(n, feats, inner, outer, h, w)
+        out.update({style_target_name(n): np.asarray(g, np.float32) for n, g in grams.items()})
+        return out
+
+    def _interior_gram(self, n: str, feats, inner, outer, h: int, w: int) -> np.ndarray:
+        ry, rx = _feature_window(n, inner, outer, h, w)
+        f = feats[n][:, ry, rx].reshape(feats[n].shape[0], -1).astype(np.float64)
+        return f @ f.T
 
     def _features(self, image: np.ndarray) -> dict[str, np.ndarray]:
         values = self._forward.run(self._outputs, {IMAGE: np.ascontiguousarray(image, dtype=np.float32)})
@@ -113,9 +147,7 @@ class TiledLoss:
         for inner, outer in tiles(h, w, self.tile, self.pad):
             feats = self._features(x[outer[0]:outer[1], outer[2]:outer[3]])
             for n in self.layers.style:
-                ry, rx = _feature_window(n, inner, outer, h, w)
-                f = feats[n][:, ry, rx].reshape(feats[n].shape[0], -1).astype(np.float64)
-                grams[n] = grams[n] + f @ f.T
+                grams[n] = grams[n] + self._interior_gram(n, feats, inner, outer, h, w)
             for n in self.layers.content:
                 content += 0.5 * self.content_weights[n] * float(np.sum(self._content_residual(n, feats, inner, outer,
                                                                                               h, w) ** 2))
@@ -124,7 +156,7 @@ class TiledLoss:
     def _content_residual(self, n: str, feats, inner, outer, h: int, w: int) -> np.ndarray:
         ry, rx = _feature_window(n, inner, outer, h, w)
         f = feats[n][:, ry, rx].astype(np.float64)
-        target = self.targets[content_target_name(n)][0]
+        target = self.bound[content_target_name(n)][0]
         ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
         return f - target[:, ty, tx]
 
@@ -135,7 +167,7 @@ class TiledLoss:
             c = grams[n].shape[0]
             s = POOL ** pools_before(n)
             m = float((h // s) * (w // s))
-            diff = grams[n] - self.targets[style_target_name(n)].astype(np.float64)
+            diff = grams[n] - self.bound[style_target_name(n)].astype(np.float64)
             weight = self.style_weights[n]
             style += weight * float(np.sum((diff / (2.0 * c * m)) ** 2))
             slopes[n] = weight * diff / (c * c * m * m)
@@ -182,6 +214,15 @@ class TiledLoss:
             weights.append(k)
         self.aux.bind(targets, weights, [], 1.0, 0.0, 0.0)
         return self.aux.loss_and_grad(part)[3].astype(np.float64)
+
+
+def lay_channels(name: str) -> int:
+    return next(lay.channels for lay in LAYERS if lay.name == name)
+
+
+def _map_size(name: str, h: int, w: int) -> tuple[int, int]:
+    s = POOL ** pools_before(name)
+    return h // s, w // s
 
 
 def cotangent_layers(layers: LayerSet) -> LayerSet:
