@@ -245,3 +245,54 @@ def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
         grad[tuple(hi)] += 2 * d
         grad[tuple(lo)] -= 2 * d
     return loss, grad
+
+
+# --- memory budget (`max_memory`) ------------------------------------------------------------------
+#: Measured (docs/performance.md, tools/bench_tiling.py): the process before any image (both
+#: sessions, weights, Python), the network's working memory per pixel of what it is shown at
+#: once (a whole image or a halo'd tile), and the run's own arrays per image pixel besides
+#: L-BFGS-B's state (images, targets, float64 gradient sum, copies at the optimizer boundary).
+BASE_BYTES = 420 << 20
+NETWORK_BYTES_PER_PIXEL = 2600
+ARRAY_BYTES_PER_PIXEL = 160
+TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128)
+MEMORY_CHOICES = (10, 7, 5, 3)
+
+
+def lbfgs_bytes(pixels: int, m: int, channels: int = 3) -> int:
+    """L-BFGS-B's float64 state for `pixels` x `channels` variables and history `m` (see `LbfgsState.sizes`)."""
+    n = pixels * channels
+    return 8 * ((2 * m + 5) * n + 11 * m * m + 8 * m + 2 * n) + 4 * 3 * n
+
+
+def adam_bytes(pixels: int, channels: int = 3) -> int:
+    """Adam's float64 iterate, two moments and the temporaries of one step (`optimizers.adam`)."""
+    return 8 * 6 * pixels * channels
+
+
+def estimate_bytes(h: int, w: int, tile: int | None, m: int, layers: LayerSet) -> int:
+    """The process's peak for an h x w run with tiles of `tile` (None: whole image) and L-BFGS-B
+    history `m` (0: Adam)."""
+    shown = h * w if tile is None else min(h, tile + 2 * halo(layers)) * min(w, tile + 2 * halo(layers))
+    optimizer = adam_bytes(h * w) if m == 0 else lbfgs_bytes(h * w, m)
+    return BASE_BYTES + NETWORK_BYTES_PER_PIXEL * shown + ARRAY_BYTES_PER_PIXEL * h * w + optimizer
+
+
+def choose(budget: int, h: int, w: int, layers: LayerSet, m: int = 10) -> tuple[int | None, int, int] | None:
+    """(tile size or None for whole, L-BFGS-B history or 0 for Adam, estimated bytes) that fit `budget`;
+    None if nothing does.
+
+    The whole image at the asked history first; then the largest tile (fewest halo pixels)
+    at the asked history, as long as it is 256 px or more; then shorter histories; then Adam,
+    whose state is 3 float64 copies of the image against L-BFGS-B's 2m + 7.
+    """
+    options = [(None, m)] + [(t, m) for t in TILE_CHOICES if t >= 256]
+    options += [(t, k) for k in MEMORY_CHOICES if k < m for t in TILE_CHOICES]
+    options += [(t, m) for t in TILE_CHOICES if t < 256] + [(t, 0) for t in TILE_CHOICES]
+    for tile, k in options:
+        if tile is not None and tile >= max(h, w):
+            continue
+        need = estimate_bytes(h, w, tile, k, layers)
+        if need <= budget:
+            return tile, k, need
+    return None

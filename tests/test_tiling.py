@@ -73,3 +73,48 @@ def test_halo_covers_receptive_field():
 def test_tile_size_errors(value):
     with pytest.raises(OptionError):
         TransferOptions(tile_size=value)
+
+
+def test_guided_tiling_refused(content_path, style_path):
+    with pytest.raises(OptionError, match="tile_size"):
+        StyleLoss(content_path, style_path, size=48, tile_size=16, content_masks=[content_path],
+                  style_masks=[style_path], **LAYERS)
+
+
+@pytest.mark.parametrize("text, count", [("2G", 2 << 30), ("1500M", 1500 << 20), ("2.5GiB", int(2.5 * (1 << 30))),
+                                         (1 << 30, 1 << 30)])
+def test_max_memory_sizes(text, count):
+    assert TransferOptions(max_memory=text).max_memory == count
+
+
+@pytest.mark.parametrize("text", ["4X", "", "1K", True, -5])
+def test_max_memory_errors(text):
+    with pytest.raises(OptionError, match="max_memory"):
+        TransferOptions(max_memory=text)
+
+
+def test_budget_choice():
+    from stylerun.forward import LayerSet
+    from stylerun.tiling import choose, estimate_bytes
+
+    layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
+    assert choose(24 << 30, 400, 300, layers)[:2] == (None, 10)  # small: whole image, full history
+    tile, m, need = choose(2 << 30, 1536, 2048, layers)
+    assert tile is not None and need <= 2 << 30 and need == estimate_bytes(1536, 2048, tile, m, layers)
+    assert choose(100 << 20, 1536, 2048, layers) is None
+
+
+def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
+    from typer.testing import CliRunner
+
+    from stylerun.cli import app
+
+    out = tmp_path / "out.png"
+    common = [str(content_path), str(style_path), "-o", str(out), "--size", "48", "-n", "1", "--threads", "1"]
+    run = CliRunner().invoke(app, ["transfer", *common, "--max-memory", "460M", "--alpha", "1", "--beta", "1000"])
+    assert run.exit_code == 0, run.output
+    assert "max memory" in run.output and out.is_file()
+    bad = CliRunner().invoke(app, ["transfer", *common, "--max-memory", "64M"])
+    assert bad.exit_code == 2 and "too small" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, ["transfer", *common, "--tile-size", "4"])
+    assert bad.exit_code == 2 and "--tile-size" in bad.output
