@@ -192,7 +192,7 @@ class TiledLoss:
 
     def _cotangents(self, feats, slopes, inner, outer, h: int, w: int) -> dict[str, np.ndarray]:
         """dL/dF of the tile's interior positions per layer (zero in the halo)."""
-        out = {n: np.zeros(feats[n].shape, np.float64) for n in self.names}
+        out = {n: np.zeros(feats[n].shape, np.float32) for n in self.names}  # float32: what the model takes
         for n in self.layers.style:
             ry, rx = _feature_window(n, inner, outer, h, w)
             f = feats[n][:, ry, rx].astype(np.float64)
