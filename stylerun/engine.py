@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tiling
 from .checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import InputError, OptionError, StylerunError, mention
 from .estimate import Estimate, device_name, estimate, iteration_seconds
@@ -39,7 +40,7 @@ from .images import (
     save_image,
 )
 from .locks import output_lock
-from .loss import ExtraTerm, StyleLoss, WithExtra, check_weights_file, initial_image, resize_to
+from .loss import ExtraTerm, StyleLoss, WithExtra, check_weights_file, initial_image, layer_set, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
 from .runtime import default_threads
@@ -272,8 +273,35 @@ class _Run:
 
     def build(self, size: int | None) -> StyleLoss:
         balance = self.resume.balance if self.resume is not None else None
-        return StyleLoss(self.job.content, list(self.job.style), self.options.replace(size=size), models=self.models,
-                         balance=balance)
+        options = self.within_budget(self.options.replace(size=size))
+        return StyleLoss(self.job.content, list(self.job.style), options, models=self.models, balance=balance)
+
+    def within_budget(self, options: TransferOptions) -> TransferOptions:
+        """With `max_memory`: the tile size and L-BFGS-B history that fit it at this stage's size, said aloud."""
+        if options.max_memory is None:
+            return options
+        picture = decode(self.job.content, background=options.background, limit=options.max_pixels)
+        w, h = picture_size(picture) if options.size is None else fit_longest_side(picture_size(picture),
+                                                                                    options.size)
+        del picture
+        layers = layer_set(options)
+        chosen = tiling.choose(options.max_memory, h, w, layers, options.lbfgs_memory)
+        budget = f"{options.max_memory / (1 << 30):.2f} GiB"
+        if chosen is None:
+            need = tiling.estimate_bytes(h, w, tiling.TILE_CHOICES[-1], tiling.MEMORY_CHOICES[-1], layers)
+            raise OptionError("max_memory", f"{budget} is too small for {w}x{h}: it needs about "
+                                            f"{need / (1 << 30):.2f} GiB even in small tiles; raise it or lower "
+                                            f"{mention('size')}")
+        tile, m, need = chosen
+        how = "the whole image at once" if tile is None else f"tiles of {tile} px (halo {tiling.halo(layers)} px)"
+        tile_size = tile if tile is not None else options.tile_size
+        if m == 0:
+            self.listener.notice(f"max memory {budget} at {w}x{h}: {how}, Adam (L-BFGS-B's history does not fit), "
+                                 f"estimated peak {need / (1 << 30):.2f} GiB")
+            return options.replace(tile_size=tile_size, optimizer="adam")
+        self.listener.notice(f"max memory {budget} at {w}x{h}: {how}, L-BFGS-B history {m}, "
+                             f"estimated peak {need / (1 << 30):.2f} GiB")
+        return options.replace(tile_size=tile_size, lbfgs_memory=m)
 
     def tell_balance(self, loss: StyleLoss) -> None:
         """Say which α/β a style strength chose, and from what (each scale measures its own)."""
@@ -403,9 +431,9 @@ def _optimize_stages(state: _Run) -> Result:
             state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
         state.tell_balance(loss)
         state.stage_first = first
-        result = optimize(objective_of(loss, state.job), start, end, state.on_step, options.lbfgs_memory,
+        result = optimize(objective_of(loss, state.job), start, end, state.on_step, loss.options.lbfgs_memory,
                           first_iteration=first, stop=state.stop, resume=lbfgs, init_loss=init_loss,
-                          optimizer=options.optimizer, learning_rate=options.learning_rate)
+                          optimizer=loss.options.optimizer, learning_rate=options.learning_rate)
         previous, first = loss.to_rgb(result.image), result.iterations
         if result.interrupted or result.error:
             break

@@ -33,6 +33,7 @@ from .images import (
 )
 from .options import TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings, check_device
+from .tiling import TiledLoss, cotangent_layers
 from .vgg import spatial_size
 
 
@@ -130,6 +131,9 @@ class StyleLoss:
         self.style_images = [self._fit_style(decode(s, **load)) for s in styles]
         self.style_image = self.style_images[0]
         # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
+        if opts.tile_size:
+            models = self._tiled_models(opts, flavours, session, models)
+            files = files or ModelFiles(Path("(tiled)"), Path("(tiled)"), asked)
         self.model = (models or LossModel)(files or cached_export(asked, opts.weights, flavours), opts.device,
                                            opts.threads, session)
         self.targets = self._targets(load)
@@ -137,6 +141,18 @@ class StyleLoss:
         self.alpha, self.beta = balance or self._weights(opts)
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
+
+    def _tiled_models(self, opts: TransferOptions, flavours: Flavours, session: SessionSettings, models):
+        """files, device, threads, settings -> `TiledLoss` in place of the whole-image `LossModel` (see `tiling`)."""
+        if self.regions:
+            raise OptionError("tile_size", f"is not available with guided regions yet; leave out "
+                                           f"{mention('tile_size')} or the masks")
+
+        def make(files: ModelFiles, device: str, threads: int | None, settings: SessionSettings) -> TiledLoss:
+            aux = (models or LossModel)(cached_export(cotangent_layers(files.layers), opts.weights, flavours),
+                                        device, threads, settings)
+            return TiledLoss(aux, files.layers, opts.tile_size)
+        return make
 
     def _bind(self, alpha: float, beta: float, tv_weight: float) -> None:
         self.model.bind(self.targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],

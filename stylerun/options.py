@@ -129,6 +129,27 @@ def choice(*values: Any) -> Callable[[Any], Any]:
     return check
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def memory_size(value: Any) -> int:
+    """A byte count: a whole number, or ``"4G"``, ``"1500M"``, ``"2.5GiB"`` (binary units)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        count = int(value)
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        try:
+            count = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
+        except ValueError:
+            raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}") from None
+    else:
+        raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}")
+    if not 64 << 20 <= count <= 1 << 50:
+        raise ValueError(f"must be between 64M and 1024T, got {value!r}")
+    return count
+
+
 def optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else inner(value)
 
@@ -311,6 +332,14 @@ class TransferOptions:
     threads: int | None = option(
         None, "CPU threads for onnxruntime (default: all cores).", DEVICE,
         optional(whole(1, 4096, below="must be >= 1")), cli=int, metavar="N", resumable=True)
+    tile_size: int | None = option(
+        None, "Evaluate the loss in tiles of N pixels (rounded down to the pooling grid): the same loss and "
+        "gradient in the memory of one tile (default: the whole image at once).", DEVICE,
+        optional(whole(16, 1 << 20, below="must be >= 16")), cli=int, metavar="N", resumable=True)
+    max_memory: int | None = option(
+        None, "Memory budget for the whole process (e.g. 4G): chooses the tile size and the L-BFGS-B history "
+        "that fit, and says what it chose.", DEVICE, optional(memory_size), cli=str, metavar="SIZE",
+        resumable=True)
 
     def __post_init__(self) -> None:
         for f in fields(self):
