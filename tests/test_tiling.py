@@ -122,3 +122,12 @@ def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
                              capture_output=True, text=True)
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_max_memory_is_not_checkpointed_yet():
+    from stylerun.errors import OptionError
+    from stylerun.options import TransferOptions
+
+    with pytest.raises(OptionError) as info:
+        TransferOptions(max_memory="2G", checkpoint_every=5)
+    assert info.value.option == "max_memory"
