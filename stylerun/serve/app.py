@@ -1,0 +1,136 @@
+"""The FastAPI application: the job API over `Store` and one worker thread running `engine.run`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from stylerun.engine import Job, Listener, run
+from stylerun.errors import OptionError, StylerunError
+from stylerun.images import open_image, save_image
+from stylerun.options import TransferOptions
+from stylerun.serve.store import Store
+
+MAX_UPLOAD = 50 * 1024 * 1024
+
+
+class JobListener(Listener):
+    """Writes each iteration's numbers to the store and the preview image every few iterations."""
+
+    def __init__(self, store: Store, job_id: str):
+        self.store, self.job_id = store, job_id
+
+    def progress(self, progress) -> None:
+        self.store.update(self.job_id, iteration=progress.iteration, iterations=progress.iterations,
+                          loss=float(progress.loss), content_loss=float(progress.content_loss),
+                          style_loss=float(progress.style_loss), eta_s=progress.eta_s)
+        if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
+            save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
+
+
+class Runner:
+    """One job at a time, oldest queued first; a failing job is recorded, never raised."""
+
+    def __init__(self, store: Store):
+        self.store, self.wake, self.cancelled = store, threading.Event(), set()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self) -> None:
+        while True:
+            queued = self.store.ids("queued")
+            if not queued:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            self.run_one(queued[0])
+
+    def run_one(self, job_id: str) -> None:
+        store = self.store
+        record = store.get(job_id)
+        store.update(job_id, status="running")
+        try:
+            styles = [store.image(job_id, f"style{i}") for i in range(record["styles"])]
+            job = Job(store.image(job_id, "content"), tuple(styles), TransferOptions.from_dict(record["options"]),
+                      store.image(job_id, "result"))
+            run(job, JobListener(store, job_id), stop=lambda: job_id in self.cancelled)
+            store.update(job_id, status="cancelled" if job_id in self.cancelled else "done")
+        except Exception as exc:  # a failing job must never take the server down
+            store.update(job_id, status="failed", error=str(exc))
+
+
+def _read_image(upload: UploadFile, field: str, path: Path) -> None:
+    data = upload.file.read(MAX_UPLOAD + 1)
+    if len(data) > MAX_UPLOAD:
+        raise HTTPException(413, {"field": field, "error": "upload over 50 MB"})
+    try:
+        image = open_image(data)
+    except StylerunError as exc:
+        raise HTTPException(400, {"field": field, "error": str(exc)}) from exc
+    image.save(path, "PNG")
+
+
+def create_app(data: Path) -> FastAPI:
+    """The application for one data folder (the store and runner are made here, no module globals)."""
+    app = FastAPI(title="stylerun")
+    store = Store(data)
+    runner = Runner(store)
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.post("/api/jobs", status_code=201)
+    def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
+               options: str = Form("{}")) -> dict[str, Any]:
+        try:
+            parsed = TransferOptions.from_dict(json.loads(options)).to_dict()
+        except OptionError as exc:
+            raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
+        except (StylerunError, ValueError) as exc:
+            raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
+        job_id = store.add(parsed, len(style))
+        _read_image(content, "content", store.image(job_id, "content"))
+        for i, upload in enumerate(style):
+            _read_image(upload, "style", store.image(job_id, f"style{i}"))
+        runner.wake.set()
+        return {"id": job_id, "status": "queued"}
+
+    def found(job_id: str) -> dict[str, Any]:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, {"error": "no such job"})
+        return job
+
+    @app.get("/api/jobs")
+    def jobs() -> list[dict[str, Any]]:
+        return [store.get(i) for i in store.ids()]
+
+    @app.get("/api/jobs/{job_id}")
+    def get(job_id: str) -> dict[str, Any]:
+        return found(job_id)
+
+    @app.get("/api/jobs/{job_id}/preview")
+    def preview(job_id: str):
+        found(job_id)
+        path = store.image(job_id, "preview")
+        return FileResponse(path) if path.exists() else JSONResponse({"error": "no preview yet"}, 404)
+
+    @app.get("/api/jobs/{job_id}/result")
+    def result(job_id: str):
+        if found(job_id)["status"] not in ("done", "cancelled"):
+            raise HTTPException(409, {"error": "job not finished"})
+        return FileResponse(store.image(job_id, "result"))
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str) -> dict[str, Any]:
+        found(job_id)
+        runner.cancelled.add(job_id)
+        store.update(job_id, status="cancelled") if store.get(job_id)["status"] == "queued" else None
+        return store.get(job_id)
+
+    return app
