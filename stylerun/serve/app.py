@@ -63,7 +63,8 @@ class Runner:
             store.update(job_id, status="failed", error=str(exc))
 
 
-def _read_image(upload: UploadFile, field: str, path: Path) -> None:
+def _read_image(upload: UploadFile, field: str):
+    """An upload decoded through the bounded decoder (413 over the limit, 400 naming the field if unusable)."""
     data = upload.file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise HTTPException(413, {"field": field, "error": "upload over 50 MB"})
@@ -71,7 +72,7 @@ def _read_image(upload: UploadFile, field: str, path: Path) -> None:
         image = open_image(data)
     except StylerunError as exc:
         raise HTTPException(400, {"field": field, "error": str(exc)}) from exc
-    image.save(path, "PNG")
+    return image
 
 
 def create_app(data: Path) -> FastAPI:
@@ -93,10 +94,10 @@ def create_app(data: Path) -> FastAPI:
             raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
         except (StylerunError, ValueError) as exc:
             raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
+        images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
         job_id = store.add(parsed, len(style))
-        _read_image(content, "content", store.image(job_id, "content"))
-        for i, upload in enumerate(style):
-            _read_image(upload, "style", store.image(job_id, f"style{i}"))
+        for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images):
+            image.save(store.image(job_id, name), "PNG")
         runner.wake.set()
         return {"id": job_id, "status": "queued"}
 
