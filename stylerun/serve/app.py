@@ -75,9 +75,19 @@ def _read_image(upload: UploadFile, field: str):
     return image
 
 
-def create_app(data: Path) -> FastAPI:
-    """The application for one data folder (the store and runner are made here, no module globals)."""
+def create_app(data: Path, token: str | None = None) -> FastAPI:
+    """The application for one data folder (the store and runner are made here, no module globals).
+
+    With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise).
+    """
     app = FastAPI(title="stylerun")
+
+    @app.middleware("http")
+    async def auth(request, call_next):
+        if token and request.url.path.startswith("/api/") and \
+                request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        return await call_next(request)
     store = Store(data)
     runner = Runner(store)
 
@@ -96,7 +106,7 @@ def create_app(data: Path) -> FastAPI:
             raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
         images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
         job_id = store.add(parsed, len(style))
-        for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images):
+        for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images, strict=True):
             image.save(store.image(job_id, name), "PNG")
         runner.wake.set()
         return {"id": job_id, "status": "queued"}

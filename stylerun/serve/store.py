@@ -52,7 +52,7 @@ class Store:
                                   (job_id,)).fetchone()
         if row is None:
             return None
-        job = dict(zip(FIELDS, row[:len(FIELDS)]))
+        job = dict(zip(FIELDS, row[:len(FIELDS)], strict=True))
         job["options"], job["styles"] = json.loads(row[-2]), row[-1]
         job["queue_position"] = self.position(job_id) if job["status"] == "queued" else None
         return job
