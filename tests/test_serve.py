@@ -81,6 +81,8 @@ def test_bad_inputs(server):
     assert r.status_code == 422 and "iteratons" in r.text
     r = _post(server, {"iterations": -5})
     assert r.status_code == 422 and r.json()["detail"]["field"] == "iterations"
+    r = _post(server, {"weights": "/etc/passwd"})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "weights"
     r = _post(server, {"size": 32}, content=b"not an image at all")
     assert r.status_code == 400 and r.json()["detail"]["field"] == "content"
     assert httpx.get(server + "/api/health").status_code == 200

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
-from stylerun.engine import Job, Listener, run
+from stylerun.engine import PATH_OPTIONS, Job, Listener, run
 from stylerun.errors import OptionError, StylerunError
 from stylerun.images import open_image, save_image
 from stylerun.options import TransferOptions
@@ -99,7 +99,11 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
     def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
                options: str = Form("{}")) -> dict[str, Any]:
         try:
-            parsed = TransferOptions.from_dict(json.loads(options)).to_dict()
+            given = json.loads(options)
+            for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
+                if isinstance(given, dict) and given.get(name) is not None:
+                    raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
+            parsed = TransferOptions.from_dict(given).to_dict()
         except OptionError as exc:
             raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
         except (StylerunError, ValueError) as exc:
