@@ -69,6 +69,8 @@ def test_job_runs_to_a_result(server):
             break
         time.sleep(0.2)
     assert job["status"] == "done", job
+    events = httpx.get(f"{server}/api/jobs/{job_id}/events", timeout=30).text
+    assert events.startswith("data: ") and '"done"' in events
     result = httpx.get(f"{server}/api/jobs/{job_id}/result")
     assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size[0] <= 32
     assert httpx.get(f"{server}/api/jobs/{job_id}/preview").status_code == 200
@@ -85,6 +87,8 @@ def test_bad_inputs(server):
     assert r.status_code == 422 and r.json()["detail"]["field"] == "weights"
     r = _post(server, {"size": 32}, content=b"not an image at all")
     assert r.status_code == 400 and r.json()["detail"]["field"] == "content"
+    r = _post(server, {"size": 32}, content=b"\0" * (50 * 1024 * 1024 + 10))
+    assert r.status_code == 413 and r.json()["detail"]["field"] == "content"
     assert httpx.get(server + "/api/health").status_code == 200
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from stylerun.engine import PATH_OPTIONS, Job, Listener, run
 from stylerun.errors import OptionError, StylerunError
@@ -128,6 +129,20 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
     @app.get("/api/jobs/{job_id}")
     def get(job_id: str) -> dict[str, Any]:
         return found(job_id)
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str) -> StreamingResponse:
+        """Server-Sent Events: the job's state twice a second until it is no longer queued or running."""
+        found(job_id)
+
+        async def stream():
+            while True:
+                job = store.get(job_id)
+                yield f"data: {json.dumps(job)}\n\n"
+                if job["status"] not in ("queued", "running"):
+                    return
+                await asyncio.sleep(0.5)
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     @app.get("/api/jobs/{job_id}/preview")
     def preview(job_id: str):
