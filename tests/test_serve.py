@@ -77,6 +77,11 @@ def test_job_runs_to_a_result(server):
     assert any(j["id"] == job_id for j in httpx.get(server + "/api/jobs").json())
 
 
+def test_option_model_served(server):
+    names = {o["name"]: o for o in httpx.get(server + "/api/options").json()}
+    assert names["iterations"]["default"] == 500 and "weights" not in names
+
+
 def test_bad_inputs(server):
     assert httpx.get(server + "/api/jobs/nope").status_code == 404
     r = _post(server, {"iteratons": 3})

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from stylerun.engine import PATH_OPTIONS, Job, Listener, run
 from stylerun.errors import OptionError, StylerunError
 from stylerun.images import open_image, save_image
-from stylerun.options import TransferOptions
+from stylerun.options import TransferOptions, defaults, option_fields
 from stylerun.serve.store import Store
 
 MAX_UPLOAD = 50 * 1024 * 1024
@@ -95,6 +95,14 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         return {"ok": True}
+
+    @app.get("/api/options")
+    def options_model() -> list[dict[str, Any]]:
+        """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
+        values = defaults()
+        return [{"name": f.name, "type": type(values[f.name]).__name__, "default": values[f.name],
+                 "help": f.metadata["option"].help, "group": f.metadata["option"].group}
+                for f in option_fields() if f.name not in PATH_OPTIONS]
 
     @app.post("/api/jobs", status_code=201)
     def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
