@@ -663,6 +663,30 @@ def _usage_error(exc: Exception) -> bool:
     return hasattr(exc, "format_message") and hasattr(exc, "exit_code")
 
 
+# --- serve -----------------------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    data: Path = typer.Option(Path.home() / ".local" / "share" / "stylerun" / "serve", help="Jobs and images."),
+    token: str = typer.Option(None, envvar="STYLERUN_TOKEN", help="Bearer token every API call must carry."),
+) -> None:
+    """Serve the HTTP job API (needs the optional extra stylerun[serve])."""
+    if host not in LOOPBACK and not token:
+        raise StylerunError(f"binding {host} exposes the server beyond this machine; give --token or STYLERUN_TOKEN")
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as exc:
+        raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
+    uvicorn.run(create_app(data, token), host=host, port=port)
+
+
 def main() -> None:
     """Run the CLI; every error a user can cause is one line on stderr and a non-zero status."""
     command = typer.main.get_command(app)

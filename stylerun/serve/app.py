@@ -1,0 +1,174 @@
+"""The FastAPI application: the job API over `Store` and one worker thread running `engine.run`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from stylerun.engine import PATH_OPTIONS, Job, Listener, run
+from stylerun.errors import OptionError, StylerunError
+from stylerun.images import open_image, save_image
+from stylerun.options import TransferOptions, defaults, option_fields
+from stylerun.serve.store import Store
+
+MAX_UPLOAD = 50 * 1024 * 1024
+
+
+class JobListener(Listener):
+    """Writes each iteration's numbers to the store and the preview image every few iterations."""
+
+    def __init__(self, store: Store, job_id: str):
+        self.store, self.job_id = store, job_id
+
+    def progress(self, progress) -> None:
+        self.store.update(self.job_id, iteration=progress.iteration, iterations=progress.iterations,
+                          loss=float(progress.loss), content_loss=float(progress.content_loss),
+                          style_loss=float(progress.style_loss), eta_s=progress.eta_s)
+        if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
+            save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
+
+
+class Runner:
+    """One job at a time, oldest queued first; a failing job is recorded, never raised."""
+
+    def __init__(self, store: Store):
+        self.store, self.wake, self.cancelled = store, threading.Event(), set()
+        threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self) -> None:
+        while True:
+            queued = self.store.ids("queued")
+            if not queued:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            self.run_one(queued[0])
+
+    def run_one(self, job_id: str) -> None:
+        store = self.store
+        record = store.get(job_id)
+        store.update(job_id, status="running")
+        try:
+            styles = [store.image(job_id, f"style{i}") for i in range(record["styles"])]
+            job = Job(store.image(job_id, "content"), tuple(styles), TransferOptions.from_dict(record["options"]),
+                      store.image(job_id, "result"))
+            run(job, JobListener(store, job_id), stop=lambda: job_id in self.cancelled)
+            store.update(job_id, status="cancelled" if job_id in self.cancelled else "done")
+        except Exception as exc:  # a failing job must never take the server down
+            store.update(job_id, status="failed", error=str(exc))
+
+
+def _read_image(upload: UploadFile, field: str):
+    """An upload decoded through the bounded decoder (413 over the limit, 400 naming the field if unusable)."""
+    data = upload.file.read(MAX_UPLOAD + 1)
+    if len(data) > MAX_UPLOAD:
+        raise HTTPException(413, {"field": field, "error": "upload over 50 MB"})
+    try:
+        image = open_image(data)
+    except StylerunError as exc:
+        raise HTTPException(400, {"field": field, "error": str(exc)}) from exc
+    return image
+
+
+def create_app(data: Path, token: str | None = None) -> FastAPI:
+    """The application for one data folder (the store and runner are made here, no module globals).
+
+    With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise).
+    """
+    app = FastAPI(title="stylerun")
+
+    @app.middleware("http")
+    async def auth(request, call_next):
+        if token and request.url.path.startswith("/api/") and \
+                request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        return await call_next(request)
+    store = Store(data)
+    runner = Runner(store)
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/api/options")
+    def options_model() -> list[dict[str, Any]]:
+        """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
+        values = defaults()
+        return [{"name": f.name, "type": type(values[f.name]).__name__, "default": values[f.name],
+                 "help": f.metadata["option"].help, "group": f.metadata["option"].group}
+                for f in option_fields() if f.name not in PATH_OPTIONS]
+
+    @app.post("/api/jobs", status_code=201)
+    def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
+               options: str = Form("{}")) -> dict[str, Any]:
+        try:
+            given = json.loads(options)
+            for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
+                if isinstance(given, dict) and given.get(name) is not None:
+                    raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
+            parsed = TransferOptions.from_dict(given).to_dict()
+        except OptionError as exc:
+            raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
+        except (StylerunError, ValueError) as exc:
+            raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
+        images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
+        job_id = store.add(parsed, len(style))
+        for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images, strict=True):
+            image.save(store.image(job_id, name), "PNG")
+        runner.wake.set()
+        return {"id": job_id, "status": "queued"}
+
+    def found(job_id: str) -> dict[str, Any]:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, {"error": "no such job"})
+        return job
+
+    @app.get("/api/jobs")
+    def jobs() -> list[dict[str, Any]]:
+        return [store.get(i) for i in store.ids()]
+
+    @app.get("/api/jobs/{job_id}")
+    def get(job_id: str) -> dict[str, Any]:
+        return found(job_id)
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str) -> StreamingResponse:
+        """Server-Sent Events: the job's state twice a second until it is no longer queued or running."""
+        found(job_id)
+
+        async def stream():
+            while True:
+                job = store.get(job_id)
+                yield f"data: {json.dumps(job)}\n\n"
+                if job["status"] not in ("queued", "running"):
+                    return
+                await asyncio.sleep(0.5)
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/api/jobs/{job_id}/preview")
+    def preview(job_id: str):
+        found(job_id)
+        path = store.image(job_id, "preview")
+        return FileResponse(path) if path.exists() else JSONResponse({"error": "no preview yet"}, 404)
+
+    @app.get("/api/jobs/{job_id}/result")
+    def result(job_id: str):
+        if found(job_id)["status"] not in ("done", "cancelled"):
+            raise HTTPException(409, {"error": "job not finished"})
+        return FileResponse(store.image(job_id, "result"))
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str) -> dict[str, Any]:
+        found(job_id)
+        runner.cancelled.add(job_id)
+        store.update(job_id, status="cancelled") if store.get(job_id)["status"] == "queued" else None
+        return store.get(job_id)
+
+    return app

@@ -1,0 +1,110 @@
+"""`stylerun serve` end to end: a real uvicorn server on 127.0.0.1, a real HTTP client, tiny images."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _png(path: Path | None = None, size: int = 32) -> bytes:
+    image = Image.open(path).convert("RGB") if path else Image.new("RGB", (size, size), (200, 30, 30))
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path_factory.mktemp("serve")
+    code = (f"import uvicorn; from stylerun.serve.app import create_app; "
+            f"uvicorn.run(create_app({str(data)!r}), host='127.0.0.1', port={port}, log_level='warning')")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/api/health")
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _post(url: str, options: dict, content: bytes | None = None) -> httpx.Response:
+    jpgs = sorted(EXAMPLES.glob("*.jpg"))
+    files = [("content", ("c.png", content or _png(jpgs[0]), "image/png")),
+             ("style", ("s.png", _png(jpgs[-1]), "image/png"))]
+    return httpx.post(url + "/api/jobs", files=files, data={"options": json.dumps(options)}, timeout=30)
+
+
+def test_job_runs_to_a_result(server):
+    assert httpx.get(server + "/api/health").json() == {"ok": True}
+    r = _post(server, {"size": 32, "iterations": 3, "threads": 1})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    assert httpx.get(f"{server}/api/jobs/{job_id}/result").status_code in (409, 200)
+    for _ in range(600):
+        job = httpx.get(f"{server}/api/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    assert job["status"] == "done", job
+    events = httpx.get(f"{server}/api/jobs/{job_id}/events", timeout=30).text
+    assert events.startswith("data: ") and '"done"' in events
+    result = httpx.get(f"{server}/api/jobs/{job_id}/result")
+    assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).size[0] <= 32
+    assert httpx.get(f"{server}/api/jobs/{job_id}/preview").status_code == 200
+    assert any(j["id"] == job_id for j in httpx.get(server + "/api/jobs").json())
+
+
+def test_option_model_served(server):
+    names = {o["name"]: o for o in httpx.get(server + "/api/options").json()}
+    assert names["iterations"]["default"] == 500 and "weights" not in names
+
+
+def test_bad_inputs(server):
+    assert httpx.get(server + "/api/jobs/nope").status_code == 404
+    r = _post(server, {"iteratons": 3})
+    assert r.status_code == 422 and "iteratons" in r.text
+    r = _post(server, {"iterations": -5})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "iterations"
+    r = _post(server, {"weights": "/etc/passwd"})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "weights"
+    r = _post(server, {"size": 32}, content=b"not an image at all")
+    assert r.status_code == 400 and r.json()["detail"]["field"] == "content"
+    r = _post(server, {"size": 32}, content=b"\0" * (50 * 1024 * 1024 + 10))
+    assert r.status_code == 413 and r.json()["detail"]["field"] == "content"
+    assert httpx.get(server + "/api/health").status_code == 200
+
+
+def test_token_required_off_loopback_and_checked(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from stylerun.serve.app import create_app
+    client = TestClient(create_app(tmp_path, "s3cret"))
+    assert client.get("/api/health").status_code == 401
+    assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--host", "0.0.0.0", "--data", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "HOME": str(tmp_path)})
+    assert proc.returncode != 0 and "--token" in proc.stderr and "Traceback" not in proc.stderr
