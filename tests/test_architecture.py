@@ -18,18 +18,29 @@ from stylerun.checkpoint import parse_settings
 from stylerun.options import TransferOptions
 
 PACKAGE = Path(stylerun.__file__).resolve().parent
-MODULES = {p.stem: ast.parse(p.read_text()) for p in sorted(PACKAGE.glob("*.py"))}
+#: Every module of the package, subpackages included, by its dotted name inside it (``serve.app``).
+MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.read_text())
+           for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _module(dotted: str) -> str:
+    """The MODULES key an import names: the module itself, or the package it lies in."""
+    return dotted if dotted in MODULES else dotted.split(".")[0]
 
 
 def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(module, names) of every relative import in a module, at any depth (function-level ones too)."""
+    """(module, names) of every import from the package in a module, at any depth (function-level ones too):
+    relative ones of the top level, and absolute ``stylerun.x`` ones (how a subpackage imports)."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.append((node.module.split(".")[0], [a.name for a in node.names]))
-            else:  # from . import x, y
-                found.extend((a.name, []) for a in node.names)
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level == 1 and node.module:
+            found.append((_module(node.module), [a.name for a in node.names]))
+        elif node.level == 1:  # from . import x, y
+            found.extend((a.name, []) for a in node.names)
+        elif node.level == 0 and (node.module or "").startswith("stylerun."):
+            found.append((_module(node.module.removeprefix("stylerun.")), [a.name for a in node.names]))
     return found
 
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from stylerun.engine import PATH_OPTIONS, Job, Listener, run
@@ -82,21 +82,34 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise).
     """
     app = FastAPI(title="stylerun")
-
-    @app.middleware("http")
-    async def auth(request, call_next):
-        if token and request.url.path.startswith("/api/") and \
-                request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
-        return await call_next(request)
+    if token:
+        app.middleware("http")(bearer_auth(token))
     store = Store(data)
     runner = Runner(store)
+    app.include_router(service_routes())
+    app.include_router(submit_routes(store, runner))
+    app.include_router(job_routes(store, runner))
+    return app
 
-    @app.get("/api/health")
+
+def bearer_auth(token: str):
+    """Middleware refusing /api calls without ``Authorization: Bearer TOKEN``."""
+    async def auth(request, call_next):
+        if request.url.path.startswith("/api/") and request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        return await call_next(request)
+    return auth
+
+
+def service_routes() -> APIRouter:
+    """Health and the option model: what a client needs before it submits anything."""
+    router = APIRouter()
+
+    @router.get("/api/health")
     def health() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.get("/api/options")
+    @router.get("/api/options")
     def options_model() -> list[dict[str, Any]]:
         """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
         values = defaults()
@@ -104,19 +117,30 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
                  "help": f.metadata["option"].help, "group": f.metadata["option"].group}
                 for f in option_fields() if f.name not in PATH_OPTIONS]
 
-    @app.post("/api/jobs", status_code=201)
+    return router
+
+
+def _checked_options(options: str) -> dict[str, Any]:
+    """A client's options JSON through the option model (422 naming the field); server paths refused."""
+    try:
+        given = json.loads(options)
+        for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
+            if isinstance(given, dict) and given.get(name) is not None:
+                raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
+        return TransferOptions.from_dict(given).to_dict()
+    except OptionError as exc:
+        raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
+    except (StylerunError, ValueError) as exc:
+        raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
+
+
+def submit_routes(store: Store, runner: Runner) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/api/jobs", status_code=201)
     def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
                options: str = Form("{}")) -> dict[str, Any]:
-        try:
-            given = json.loads(options)
-            for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
-                if isinstance(given, dict) and given.get(name) is not None:
-                    raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
-            parsed = TransferOptions.from_dict(given).to_dict()
-        except OptionError as exc:
-            raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
-        except (StylerunError, ValueError) as exc:
-            raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
+        parsed = _checked_options(options)
         images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
         job_id = store.add(parsed, len(style))
         for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images, strict=True):
@@ -124,21 +148,28 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
         runner.wake.set()
         return {"id": job_id, "status": "queued"}
 
+    return router
+
+
+def job_routes(store: Store, runner: Runner) -> APIRouter:
+    """One job's state, events, pictures and cancellation; an unknown id is 404."""
+    router = APIRouter()
+
     def found(job_id: str) -> dict[str, Any]:
         job = store.get(job_id)
         if job is None:
             raise HTTPException(404, {"error": "no such job"})
         return job
 
-    @app.get("/api/jobs")
+    @router.get("/api/jobs")
     def jobs() -> list[dict[str, Any]]:
         return [store.get(i) for i in store.ids()]
 
-    @app.get("/api/jobs/{job_id}")
+    @router.get("/api/jobs/{job_id}")
     def get(job_id: str) -> dict[str, Any]:
         return found(job_id)
 
-    @app.get("/api/jobs/{job_id}/events")
+    @router.get("/api/jobs/{job_id}/events")
     async def events(job_id: str) -> StreamingResponse:
         """Server-Sent Events: the job's state twice a second until it is no longer queued or running."""
         found(job_id)
@@ -152,23 +183,25 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
                 await asyncio.sleep(0.5)
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @app.get("/api/jobs/{job_id}/preview")
+    @router.get("/api/jobs/{job_id}/preview")
     def preview(job_id: str):
         found(job_id)
         path = store.image(job_id, "preview")
         return FileResponse(path) if path.exists() else JSONResponse({"error": "no preview yet"}, 404)
 
-    @app.get("/api/jobs/{job_id}/result")
+    @router.get("/api/jobs/{job_id}/result")
     def result(job_id: str):
         if found(job_id)["status"] not in ("done", "cancelled"):
             raise HTTPException(409, {"error": "job not finished"})
-        return FileResponse(store.image(job_id, "result"))
+        path = store.image(job_id, "result")
+        return FileResponse(path) if path.exists() else JSONResponse({"error": "cancelled before any image"}, 404)
 
-    @app.delete("/api/jobs/{job_id}")
+    @router.delete("/api/jobs/{job_id}")
     def cancel(job_id: str) -> dict[str, Any]:
         found(job_id)
-        runner.cancelled.add(job_id)
-        store.update(job_id, status="cancelled") if store.get(job_id)["status"] == "queued" else None
+        runner.cancelled.add(job_id)  # first: a job the runner takes meanwhile stops at its next evaluation
+        if store.get(job_id)["status"] == "queued":
+            store.update(job_id, status="cancelled")
         return store.get(job_id)
 
-    return app
+    return router

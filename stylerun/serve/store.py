@@ -27,7 +27,7 @@ class Store:
         self.lock = threading.Lock()
         with self.lock, self.db:
             self.db.execute(SCHEMA)
-            # a server stopped mid-job: the job goes back to the queue (it resumes from its checkpoint)
+            # a server stopped mid-job: the job goes back to the queue and starts over (no checkpoint resume yet)
             self.db.execute("update jobs set status='queued' where status='running'")
 
     def image(self, job_id: str, name: str) -> Path:
