@@ -304,12 +304,11 @@ class _Run:
         return options.replace(tile_size=tile_size, lbfgs_memory=m)
 
     def tell_balance(self, loss: StyleLoss) -> None:
-        """Say which α/β a style strength chose, and from what (each scale measures its own)."""
-        content_far, style_far = loss.far_terms
-        if math.isfinite(content_far):
+        """Say which α/β a style strength chose (each scale measures its own)."""
+        if loss.style_strength is not None:
             h, w, _ = loss.shape
             ratio = loss.alpha / loss.beta
-            self.listener.notice(f"style strength {self.options.weighting():g}: alpha/beta {ratio:.3g} at {w}x{h}")
+            self.listener.notice(f"style strength {loss.style_strength:g}: alpha/beta {ratio:.3g} at {w}x{h}")
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
@@ -469,7 +468,7 @@ def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
     for name in PATH_OPTIONS:
         settings[name] = _names(settings.get(name))
     record = {"version": __version__, "alpha": loss.alpha, "beta": loss.beta,
-              "style_strength": options.weighting() if math.isfinite(loss.far_terms[0]) else None,
+              "style_strength": loss.style_strength,
               "far_terms": {"content": loss.far_terms[0], "style": loss.far_terms[1]}, "options": settings}
     return {"Software": f"stylerun {__version__}", "stylerun": json.dumps(record, sort_keys=True)}
 

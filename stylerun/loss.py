@@ -138,6 +138,8 @@ class StyleLoss:
                                            opts.threads, session)
         self.targets = self._targets(load)
         self.far_terms = (math.nan, math.nan)
+        #: The style strength that chose α/β here (None: the weights were given, or kept from a checkpoint).
+        self.style_strength: float | None = None
         self.alpha, self.beta = balance or self._weights(opts)
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
@@ -168,7 +170,7 @@ class StyleLoss:
         blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
         content_far = sum(weight * self.model.loss_and_grad(self.seen(resize_to(image, self.shape)))[1]
                           for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
-        self.far_terms = (content_far, style_far)
+        self.far_terms, self.style_strength = (content_far, style_far), weighting
         return strength.weights(weighting, content_far, style_far, opts.init, self.shape[0] * self.shape[1])
 
     def _targets(self, load: dict[str, Any]) -> dict[str, np.ndarray]:
