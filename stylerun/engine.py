@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -276,14 +277,17 @@ class _Run:
         options = self.within_budget(self.options.replace(size=size))
         return StyleLoss(self.job.content, list(self.job.style), options, models=self.models, balance=balance)
 
+    @cached_property
+    def content_size(self) -> tuple[int, int]:
+        """(width, height) of the content as given, decoded once for the scale plan and the memory budget."""
+        options = self.options
+        return picture_size(decode(self.job.content, background=options.background, limit=options.max_pixels))
+
     def within_budget(self, options: TransferOptions) -> TransferOptions:
         """With `max_memory`: the tile size and L-BFGS-B history that fit it at this stage's size, said aloud."""
         if options.max_memory is None:
             return options
-        picture = decode(self.job.content, background=options.background, limit=options.max_pixels)
-        w, h = picture_size(picture) if options.size is None else fit_longest_side(picture_size(picture),
-                                                                                    options.size)
-        del picture
+        w, h = self.content_size if options.size is None else fit_longest_side(self.content_size, options.size)
         layers = layer_set(options)
         chosen = tiling.choose(options.max_memory, h, w, layers, options.lbfgs_memory)
         budget = f"{options.max_memory / (1 << 30):.2f} GiB"
@@ -314,8 +318,7 @@ class _Run:
         options = self.options
         if self.resume is not None or options.scales == 1:
             return [(options.size, options.iterations)]
-        picture = decode(self.job.content, background=options.background, limit=options.max_pixels)
-        width, height = fit_longest_side(picture_size(picture), options.size)
+        width, height = fit_longest_side(self.content_size, options.size)
         return scale_plan(options.size, options.scales, options.iterations, (height, width))  # the real aspect
 
     def eta(self, p: Progress) -> float:
