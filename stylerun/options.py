@@ -141,7 +141,7 @@ def memory_size(value: Any) -> int:
         unit = text[-1:] if text[-1:] in _UNITS else ""
         try:
             count = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf"
             raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}") from None
     else:
         raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}")

@@ -90,7 +90,7 @@ def test_max_memory_sizes(text, count):
     assert TransferOptions(max_memory=text).max_memory == count
 
 
-@pytest.mark.parametrize("text", ["4X", "", "1K", True, -5])
+@pytest.mark.parametrize("text", ["4X", "", "1K", True, -5, "inf", "nanG"])
 def test_max_memory_errors(text):
     with pytest.raises(OptionError, match="max_memory"):
         TransferOptions(max_memory=text)
