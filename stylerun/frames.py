@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError, OptionError
 from .images import load_image, max_pixels
 
@@ -31,6 +30,8 @@ log = logging.getLogger("stylerun")
 MAX_FRAMES = 100_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
+#: The container each suffix names (PyAV needs it spelled out when writing to a file object).
+CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".gif": "gif"}
 FOLDER_FPS = 24.0
 
 
@@ -151,20 +152,16 @@ def check_video_output(path: Path) -> str:
 
 def encode(frames: list[Path], output: Path, fps: float, audio_from: Path | None = None,
            span: tuple[float, float | None] = (0.0, None)) -> Path:
-    """Encode PNG `frames` into `output` (written under a temporary name, then renamed), with the
+    """Encode PNG `frames` into `output` (written atomically, see `atomic`), with the
     audio of `audio_from` between `span` seconds when the container takes it."""
     av = av_module()
     codec = check_video_output(output)
-    tmp = output.with_name(f".{output.stem}.{secrets.token_hex(8)}.tmp{output.suffix}")
-    try:
-        with av.open(str(tmp), "w") as out, contextlib.ExitStack() as inputs:
-            audio = _audio_streams(av, out, audio_from, inputs) if audio_from is not None else None
-            _write_frames(av, out, codec, frames, fps)  # every stream is added before the first packet
-            if audio is not None:
-                _copy_audio(av, out, *audio, span)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(output) as f, av.open(f, "w", format=CONTAINERS[output.suffix.lower()]) as out, \
+            contextlib.ExitStack() as inputs:
+        audio = _audio_streams(av, out, audio_from, inputs) if audio_from is not None else None
+        _write_frames(av, out, codec, frames, fps)  # every stream is added before the first packet
+        if audio is not None:
+            _copy_audio(av, out, *audio, span)
     return output
 
 
