@@ -368,7 +368,11 @@ class _Run:
         loss = self.loss
         inputs = {"content": _name(self.job.content), "style": [_name(s) for s in self.job.style],
                   "output": _name(self.job.output)}
-        save_checkpoint(self.ckpt, Checkpoint(self.options, iteration, image, loss.content_image, loss.style_images,
+        # what `max_memory` chose is kept, not the budget: the resumed run goes on with the same tiles and history
+        chosen = loss.options
+        settled = self.options.replace(max_memory=None, tile_size=chosen.tile_size, optimizer=chosen.optimizer,
+                                       lbfgs_memory=chosen.lbfgs_memory)
+        save_checkpoint(self.ckpt, Checkpoint(settled, iteration, image, loss.content_image, loss.style_images,
                                               value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs,
                                               (loss.alpha, loss.beta)))
 

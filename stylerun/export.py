@@ -18,7 +18,15 @@ from .atomic import atomic_write
 from .autodiff import FASTEST, Flavours, add_gradient
 from .cache import cache_dir, cache_limit, model_path, prune, touch
 from .errors import InputError
-from .forward import IMAGE, LOSS, LayerSet, build_loss_model, build_targets_model
+from .forward import (
+    IMAGE,
+    LOSS,
+    LayerSet,
+    build_loss_model,
+    build_targets_model,
+    build_tile_loss_model,
+    build_tile_targets_model,
+)
 from .version import __version__
 from .weight_formats import load_weights
 from .weights import VGG19Weights, bundled_path, file_sha256
@@ -50,27 +58,30 @@ def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
         f.write(model.SerializeToString())
 
 
-def build_models(weights: VGG19Weights, layers: LayerSet, flavours: Flavours = FASTEST
+def build_models(weights: VGG19Weights, layers: LayerSet, flavours: Flavours = FASTEST, tiled: bool = False
                  ) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """(loss-and-gradient model, targets model), in memory."""
-    loss = add_gradient(build_loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD, flavours=flavours)
-    return loss, build_targets_model(weights, layers)
+    """(loss-and-gradient model, targets model), in memory; `tiled`: the pair a tiled evaluation
+    runs on each tile (pass 2 and pass 1, see `tiling`)."""
+    loss_model, targets_model = ((build_tile_loss_model, build_tile_targets_model) if tiled
+                                 else (build_loss_model, build_targets_model))
+    loss = add_gradient(loss_model(weights, layers), of=LOSS, wrt=IMAGE, grad_name=GRAD, flavours=flavours)
+    return loss, targets_model(weights, layers)
 
 
-def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path, flavours: Flavours = FASTEST
-               ) -> ModelFiles:
+def export_vgg(weights: VGG19Weights, layers: LayerSet, path: str | Path, flavours: Flavours = FASTEST,
+               tiled: bool = False) -> ModelFiles:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist")
-    loss, targets = build_models(weights, layers, flavours)
+    loss, targets = build_models(weights, layers, flavours, tiled)
     # targets first: a loss file on disk always has its targets file beside it
     _atomic_save(targets, targets_path(path))
     _atomic_save(loss, path)
     return ModelFiles(path, targets_path(path), layers)
 
 
-def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flavours: Flavours = FASTEST
-                  ) -> ModelFiles:
+def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flavours: Flavours = FASTEST,
+                  tiled: bool = False) -> ModelFiles:
     """The exported model for `layers`, from the cache or exported now and cached.
 
     The key holds everything that decides the graph: stylerun's and the graph's version,
@@ -82,7 +93,8 @@ def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flav
     if not source.is_file():
         raise InputError(f"weights file {source} not found")
     key = hashlib.sha256(
-        "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers), repr(flavours)]).encode()
+        "|".join([__version__, GRAPH_VERSION, file_sha256(source), repr(layers), repr(flavours)]
+                 + (["tiled"] if tiled else [])).encode()
     ).hexdigest()[:20]
     limit = cache_limit()  # a malformed $STYLERUN_CACHE_MAX is an error before the export
     directory = cache_dir()
@@ -92,7 +104,7 @@ def cached_export(layers: LayerSet, weights_path: str | Path | None = None, flav
         files = ModelFiles(path, targets_path(path), layers)
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        files = export_vgg(load_weights(weights_path), layers, path, flavours)
+        files = export_vgg(load_weights(weights_path), layers, path, flavours, tiled)
     prune(limit, keep=path, directory=directory)
     return files
 

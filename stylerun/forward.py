@@ -39,6 +39,8 @@ LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", 
 CONTENT_WEIGHTS, STYLE_WEIGHTS, ALPHA, BETA = "content_weights", "style_weights", "alpha", "beta"
 TV_WEIGHT = "tv_weight"
 STYLE_GUIDE = "style_guide"
+#: Tiled evaluation (`tiling`): the tile's own positions (1) against its halo (0), (H, W).
+INTERIOR = "interior"
 
 
 def content_target_name(layer: str) -> str:
@@ -47,6 +49,14 @@ def content_target_name(layer: str) -> str:
 
 def style_target_name(layer: str) -> str:
     return f"style_target.{layer}"
+
+
+def style_energy_name(layer: str) -> str:
+    return f"style_energy.{layer}"
+
+
+def style_slope_name(layer: str) -> str:
+    return f"style_slope.{layer}"
 
 
 @dataclass(frozen=True)
@@ -144,18 +154,22 @@ def _features(b: GraphBuilder, weights: VGG19Weights, layers: LayerSet) -> dict[
 
 
 def _guides(b: GraphBuilder, layers: LayerSet) -> dict[str, str]:
-    """STYLE_GUIDE (R, H, W) at every layer's resolution as (R, 1, h, w).
+    """STYLE_GUIDE (R, H, W) at every layer's resolution as (R, 1, h, w)."""
+    return _pooled(b, b.op("Unsqueeze", STYLE_GUIDE, b.const([1], "axis1", np.int64), hint="guide"), layers, "guide")
+
+
+def _pooled(b: GraphBuilder, mask: str, layers: LayerSet, hint: str) -> dict[str, str]:
+    """An (R, 1, H, W) mask at every layer's resolution.
 
     Masks follow the network's poolings with average pooling, so a layer's mask value is
     the fraction of its receptive block that lies in the region.
     """
-    mask = b.op("Unsqueeze", STYLE_GUIDE, b.const([1], "axis1", np.int64), hint="guide")
-    guides = {}
+    masks = {}
     for layer in truncated(layers.content + layers.style):
         if layer.kind == "pool":
-            mask = b.op("AveragePool", mask, kernel_shape=[2, 2], strides=[2, 2], hint=f"guide.{layer.name}")
-        guides[layer.name] = mask
-    return guides
+            mask = b.op("AveragePool", mask, kernel_shape=[2, 2], strides=[2, 2], hint=f"{hint}.{layer.name}")
+        masks[layer.name] = mask
+    return masks
 
 
 def _guided_grams(b: GraphBuilder, feature: str, guide: str, channels: int, layer: str, regions: int) -> list[str]:
@@ -304,3 +318,86 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
     for name in (LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS):
         b.add_output(name, [])
     return make_model(b.graph, _metadata(weights, layers, "loss"), doc="Gatys et al. style-transfer loss on VGG19")
+
+
+
+# --- tiled evaluation (see `tiling`) ---------------------------------------------------------
+
+
+def _tile_graph(weights: VGG19Weights, layers: LayerSet) -> tuple[GraphBuilder, dict[str, str], dict, dict]:
+    """A builder with IMAGE, INTERIOR and STYLE_GUIDE inputs: (builder, features, interior masks
+    (1, 1, h, w), region masks restricted to the interior (R, 1, h, w)) per layer.
+
+    A tile model always takes STYLE_GUIDE: unguided, it is one region of ones. Interior
+    edges lie on the pooling grid, so pooling the product equals the product of the poolings
+    and each pooled interior mask is 0 or 1.
+    """
+    b = _new_builder()
+    b.add_input(INTERIOR, ["height", "width"])
+    b.add_input(STYLE_GUIDE, [max(layers.regions, 1), "height", "width"])
+    feats = _features(b, network_weights(weights, layers), layers)
+    interior = b.op("Unsqueeze", INTERIOR, b.const([0, 1], "axes01", np.int64), hint="interior")
+    regions = b.op("Mul", b.op("Unsqueeze", STYLE_GUIDE, b.const([1], "axis1", np.int64)), interior, hint="regions")
+    return b, feats, _pooled(b, interior, layers, "interior"), _pooled(b, regions, layers, "guide")
+
+
+def _region_grams(b: GraphBuilder, feature: str, masks: str, layer: str, regions: int) -> list[str]:
+    """Per region, the unnormalized Gram of the features under its (interior-restricted) mask."""
+    out = []
+    for r in range(regions):
+        mask = b.op("Gather", masks, b.const([r], "region", np.int64), axis=0)
+        out.append(_gram(b, b.op("Mul", feature, mask, hint=f"{layer}.masked{r}"), _channels(layer), layer))
+    return out
+
+
+def build_tile_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
+    """Pass 1 of a tiled evaluation: a tile's contributions to the whole image's statistics.
+
+    Outputs content_target.<l> (1, N, h, w), the tile's whole feature map (the caller keeps
+    the interior), style_target.<l> (R, N, N), each region's unnormalized Gram over the
+    interior, and style_energy.<l> (R,), each region mask's sum of squares there.
+    """
+    b, feats, _, masks = _tile_graph(weights, layers)
+    regions = max(layers.regions, 1)
+    for layer in layers.content:
+        b.rename_output(feats[layer], content_target_name(layer))
+        b.add_output(content_target_name(layer), [1, None, None, None])
+    for layer in layers.style:
+        n = _channels(layer)
+        stacked = [b.op("Unsqueeze", g, b.const([0], "axis0", np.int64))
+                   for g in _region_grams(b, feats[layer], masks[layer], layer, regions)]
+        b.op("Concat", *stacked, axis=0, outputs=[style_target_name(layer)])
+        b.add_output(style_target_name(layer), [regions, n, n])
+        b.op("ReduceSumSquare", masks[layer], axes=[1, 2, 3], keepdims=0, outputs=[style_energy_name(layer)])
+        b.add_output(style_energy_name(layer), [regions])
+    return make_model(b.graph, _metadata(weights, layers, "tile-targets"), doc="Tiled evaluation, pass 1")
+
+
+def build_tile_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
+    """Pass 2 of a tiled evaluation: a surrogate loss whose image gradient on the tile is exact.
+
+    With the whole image's Grams fixed, the Gatys loss is linear in each tile's interior Gram
+    to first order: its gradient is that of 1/2 <D_r, H_r> summed over regions, H_r the
+    interior's Gram and D_r = style_slope.<l> (R, N, N) computed from the global Grams
+    (`tiling`). Content is the usual term over the interior with weights alpha * w_l.
+    """
+    b, feats, interior, masks = _tile_graph(weights, layers)
+    regions = max(layers.regions, 1)
+    b.add_input(CONTENT_WEIGHTS, [len(layers.content)])
+    terms = []
+    for i, layer in enumerate(layers.content):
+        b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])
+        diff = b.op("Mul", b.op("Sub", feats[layer], content_target_name(layer)), interior[layer])
+        weight = b.op("Mul", b.op("Gather", CONTENT_WEIGHTS, b.const(i, "index", np.int64), axis=0),
+                      b.const(0.5, "half"))
+        terms.append(b.op("Mul", b.op("ReduceSumSquare", diff, keepdims=0), weight, hint=f"{layer}.content"))
+    for layer in layers.style:
+        n = _channels(layer)
+        b.add_input(style_slope_name(layer), [regions, n, n])
+        for r, gram in enumerate(_region_grams(b, feats[layer], masks[layer], layer, regions)):
+            slope = b.op("Gather", style_slope_name(layer), b.const(r, "index", np.int64), axis=0)
+            inner = b.op("ReduceSum", b.op("Mul", slope, gram), keepdims=0)
+            terms.append(b.op("Mul", inner, b.const(0.5, "half"), hint=f"{layer}.style{r}"))
+    b.op("Sum", *terms, outputs=[LOSS])
+    b.add_output(LOSS, [])
+    return make_model(b.graph, _metadata(weights, layers, "tile-loss"), doc="Tiled evaluation, pass 2")

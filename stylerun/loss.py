@@ -33,7 +33,7 @@ from .images import (
 )
 from .options import TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings, check_device
-from .tiling import TiledLoss, cotangent_layers
+from .tiling import TiledLoss
 from .vgg import spatial_size
 
 
@@ -132,7 +132,7 @@ class StyleLoss:
         self.style_image = self.style_images[0]
         # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
         if opts.tile_size:
-            models = self._tiled_models(opts, flavours, session, models)
+            models = self._tiled_models(opts, flavours)
             files = files or ModelFiles(Path("(tiled)"), Path("(tiled)"), asked)
         self.model = (models or LossModel)(files or cached_export(asked, opts.weights, flavours), opts.device,
                                            opts.threads, session)
@@ -144,16 +144,12 @@ class StyleLoss:
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
 
-    def _tiled_models(self, opts: TransferOptions, flavours: Flavours, session: SessionSettings, models):
+    @staticmethod
+    def _tiled_models(opts: TransferOptions, flavours: Flavours):
         """files, device, threads, settings -> `TiledLoss` in place of the whole-image `LossModel` (see `tiling`)."""
-        if self.regions:
-            raise OptionError("tile_size", f"is not available with guided regions yet; leave out "
-                                           f"{mention('tile_size')} or the masks")
-
         def make(files: ModelFiles, device: str, threads: int | None, settings: SessionSettings) -> TiledLoss:
-            aux = (models or LossModel)(cached_export(cotangent_layers(files.layers), opts.weights, flavours),
-                                        device, threads, settings)
-            return TiledLoss(aux, files.layers, opts.tile_size)
+            return TiledLoss(cached_export(files.layers, opts.weights, flavours, tiled=True), device, threads,
+                             settings, opts.tile_size)
         return make
 
     def _bind(self, alpha: float, beta: float, tv_weight: float) -> None:

@@ -354,10 +354,6 @@ class TransferOptions:
                                                 "either a strength, or the two weights")
         if self.scales > 1 and self.size is None:
             raise OptionError("scales", f"above 1 needs a {mention('size')}")
-        if self.max_memory is not None and self.checkpoint_every > 0:
-            raise OptionError("max_memory", f"cannot be combined with {mention('checkpoint_every')} yet (the "
-                                            "history length it chooses is not kept in checkpoints); give "
-                                            f"{mention('tile_size')} and {mention('lbfgs_memory')} instead")
         if self.scales > 1 and self.checkpoint_every > 0:
             raise OptionError("scales", "above 1 cannot be checkpointed (the image changes size between scales); "
                                         f"leave out {mention('checkpoint_every')}, or use scales 1")

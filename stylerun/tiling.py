@@ -3,14 +3,15 @@
 A Gram matrix is a sum over positions, so it can be gathered tile by tile. Pass 1 runs the
 network forward on each tile plus a halo that covers the receptive field of the deepest
 layer (tile origins and halo on the 2^pools grid, so poolings line up and a halo comes
-from the real image; only the true image border meets the network's zero padding) and
-sums the interior positions' F F^T per style layer and (F - P)^2 per content layer.
-From the global Grams, dL/dF of every interior position is known in closed form
-(w (G - A) F / (N^2 M^2) for style, α w (F - P) for content). Pass 2 back-propagates that
-cotangent through each tile with a second exported model whose content layers are all the
-layers used: with content target P' = F - C / k and weight k its gradient is exactly J^T C.
-Each tile's image gradient is added where the tile lies. TV is computed on the whole
-image (it is cheap and local). Peak memory is one tile's network, not the image's.
+from the real image; only the true image border meets the network's zero padding). Its
+model (`forward.build_tile_targets_model`) returns each region's Gram and mask energy over
+the tile's interior, and the content features, which are summed into the whole image's.
+From the global Grams G_r the style loss is known, and so is its slope
+D_r = beta w (G_r - A_r) / (N^2 E_r): to first order the loss moves as 1/2 <D_r, H_r> with
+H_r a tile's interior Gram. Pass 2 runs each tile through a model of that surrogate plus
+the content term over the interior (`forward.build_tile_loss_model`) and adds its image
+gradient where the tile lies, which is exact. TV is computed on the whole image (cheap and
+local). Peak memory is one halo'd tile's network, not the image's.
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .forward import IMAGE, LayerSet, content_target_name, style_target_name
-from .runtime import LossModel
+from .export import GRAD, ModelFiles
+from .forward import (
+    CONTENT_WEIGHTS,
+    IMAGE,
+    INTERIOR,
+    STYLE_GUIDE,
+    LayerSet,
+    content_target_name,
+    style_energy_name,
+    style_slope_name,
+    style_target_name,
+)
+from .runtime import MEASURED, SessionSettings, create_session
 from .vgg import LAYERS, truncated
 
 #: Each 2x2 pool halves the feature maps; tile origins sit on this multiple of the pools' product.
@@ -84,136 +96,127 @@ def _feature_window(layer: str, inner, outer, h: int, w: int) -> tuple[slice, sl
 class TiledLoss:
     """A `LossModel` stand-in (`layers`, `targets`, `bind`, `loss_and_grad`) that works tile by tile.
 
-    `aux` is a `LossModel` exported for `cotangent_layers(layers)` (every layer used as a
-    content layer, unguided); `layers` are the loss's own. Nothing here ever runs the network
-    on the whole image, so peak memory is one halo'd tile's.
+    `files` is the tile model pair (`cached_export(..., tiled=True)`). Nothing here runs the
+    network on the whole image, so peak memory is one halo'd tile's.
     """
 
-    def __init__(self, aux: LossModel, layers: LayerSet, tile_size: int):
-        self.aux, self.layers = aux, layers
-        self.tile = aligned_tile(tile_size, layers)
-        self.pad = halo(layers)
-        self.names = cotangent_layers(layers).content
-        self._forward = aux.targets_session  # kept: `bind` drops the model's own handle
-        self._outputs = [content_target_name(n) for n in self.names]
-        self.bind({}, [0.0] * len(layers.content), [0.0] * len(layers.style), 1.0, 1.0)
+    def __init__(self, files: ModelFiles, device: str = "auto", threads: int | None = None,
+                 settings: SessionSettings = MEASURED, tile_size: int = 512):
+        self.layers = files.layers
+        self.tile = aligned_tile(tile_size, self.layers)
+        self.pad = halo(self.layers)
+        self.regions = max(self.layers.regions, 1)
+        self.statistics = create_session(files.targets, device, threads, settings)  # pass 1
+        self.gradient = create_session(files.loss, device, threads, settings)  # pass 2
+        self.bind({}, [0.0] * len(self.layers.content), [0.0] * len(self.layers.style), 1.0, 1.0)
 
     @property
     def provider(self) -> str:
-        return self.aux.provider
+        return self.gradient.get_providers()[0]
 
     def bind(self, targets: dict[str, np.ndarray], content_weights, style_weights, alpha: float, beta: float,
              tv_weight: float = 0.0) -> None:
         """What stays fixed during optimization (as `LossModel.bind`)."""
         self.bound = targets
+        self.guide = targets.get(STYLE_GUIDE)
         self.content_weights = dict(zip(self.layers.content, content_weights, strict=True))
         self.style_weights = dict(zip(self.layers.style, style_weights, strict=True))
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
 
     def targets(self, image: np.ndarray, guide: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Content features and style Grams of an (H, W, 3) image, as `LossModel.targets`, tile by tile."""
-        if guide is not None:
-            raise ValueError("tiled targets are unguided")
         x = np.ascontiguousarray(image, dtype=np.float32)
         h, w, _ = x.shape
         out = {content_target_name(n): np.zeros((1, lay_channels(n), *_map_size(n, h, w)), np.float32)
                for n in self.layers.content}
-        grams = {n: 0.0 for n in self.layers.style}
-        for inner, outer in tiles(h, w, self.tile, self.pad):
-            feats = self._features(x[outer[0]:outer[1], outer[2]:outer[3]])
+        grams, energies = {}, {}
+        for inner, outer, stats in self._pass1(x, guide):
             for n in self.layers.content:
                 ry, rx = _feature_window(n, inner, outer, h, w)
                 ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
-                out[content_target_name(n)][0][:, ty, tx] = feats[n][:, ry, rx]
-            for n in self.layers.style:
-                grams[n] = grams[n] + self._interior_gram(n, feats, inner, outer, h, w)
-        out.update({style_target_name(n): np.asarray(g, np.float32) for n, g in grams.items()})
+                out[content_target_name(n)][0][:, ty, tx] = stats[content_target_name(n)][0][:, ry, rx]
+            _accumulate(grams, energies, stats, self.layers.style)
+        for n in self.layers.style:
+            gram = grams[n] / (energies[n][:, None, None] + 1e-8) if self.layers.regions else grams[n][0]
+            out[style_target_name(n)] = gram.astype(np.float32)
         return out
 
-    def _interior_gram(self, n: str, feats, inner, outer, h: int, w: int) -> np.ndarray:
-        ry, rx = _feature_window(n, inner, outer, h, w)
-        f = feats[n][:, ry, rx].reshape(feats[n].shape[0], -1).astype(np.float64)
-        return f @ f.T
-
-    def _features(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        values = self._forward.run(self._outputs, {IMAGE: np.ascontiguousarray(image, dtype=np.float32)})
-        return {n: v[0] for n, v in zip(self.names, values, strict=True)}  # (N, h, w)
-
-    def _pass1(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-        """Global Grams (float64) of the style layers and the content loss."""
+    def _pass1(self, x: np.ndarray, guide: np.ndarray | None):
+        """(interior, halo'd box, pass-1 outputs) of each tile."""
         h, w, _ = x.shape
-        grams = {n: 0.0 for n in self.layers.style}
-        content = 0.0
+        names = [o.name for o in self.statistics.get_outputs()]
         for inner, outer in tiles(h, w, self.tile, self.pad):
-            feats = self._features(x[outer[0]:outer[1], outer[2]:outer[3]])
-            for n in self.layers.style:
-                grams[n] = grams[n] + self._interior_gram(n, feats, inner, outer, h, w)
-            for n in self.layers.content:
-                content += 0.5 * self.content_weights[n] * float(np.sum(self._content_residual(n, feats, inner, outer,
-                                                                                              h, w) ** 2))
-        return grams, content
+            values = self.statistics.run(names, self._tile_feeds(x, guide, inner, outer))
+            yield inner, outer, dict(zip(names, values, strict=True))
 
-    def _content_residual(self, n: str, feats, inner, outer, h: int, w: int) -> np.ndarray:
+    def _tile_feeds(self, x: np.ndarray, guide: np.ndarray | None, inner, outer) -> dict[str, np.ndarray]:
+        oy0, oy1, ox0, ox1 = outer
+        interior = np.zeros((oy1 - oy0, ox1 - ox0), np.float32)
+        interior[inner[0] - oy0:inner[1] - oy0, inner[2] - ox0:inner[3] - ox0] = 1.0
+        regions = (np.ones((self.regions, *interior.shape), np.float32) if guide is None
+                   else np.ascontiguousarray(guide[:, oy0:oy1, ox0:ox1], dtype=np.float32))
+        return {IMAGE: np.ascontiguousarray(x[oy0:oy1, ox0:ox1]), INTERIOR: interior, STYLE_GUIDE: regions}
+
+    def _content_residual(self, n: str, feature: np.ndarray, inner, outer, h: int, w: int) -> np.ndarray:
         ry, rx = _feature_window(n, inner, outer, h, w)
-        f = feats[n][:, ry, rx].astype(np.float64)
-        target = self.bound[content_target_name(n)][0]
         ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
-        return f - target[:, ty, tx]
+        return feature[0][:, ry, rx].astype(np.float64) - self.bound[content_target_name(n)][0][:, ty, tx]
 
-    def _style_terms(self, grams: dict[str, np.ndarray], h: int, w: int) -> tuple[float, dict[str, np.ndarray]]:
-        """The style loss and, per layer, the matrix D with dL_style/dF = D F."""
+    def _style_terms(self, grams, energies) -> tuple[float, dict[str, np.ndarray]]:
+        """The style loss and, per layer, the slopes D_r (R, N, N) pass 2 takes (beta included)."""
         style, slopes = 0.0, {}
         for n in self.layers.style:
-            c = grams[n].shape[0]
-            s = POOL ** pools_before(n)
-            m = float((h // s) * (w // s))
-            diff = grams[n] - self.bound[style_target_name(n)].astype(np.float64)
-            weight = self.style_weights[n]
-            style += weight * float(np.sum((diff / (2.0 * c * m)) ** 2))
-            slopes[n] = weight * diff / (c * c * m * m)
+            c = grams[n].shape[1]
+            energy = (energies[n] + (1e-8 if self.layers.regions else 0.0))[:, None, None]
+            target = self.bound[style_target_name(n)].astype(np.float64)
+            target = target if self.layers.regions else target[None] / energy
+            diff = grams[n] / energy - target
+            style += self.style_weights[n] * float(np.sum((diff / (2.0 * c)) ** 2))
+            slope = self.beta * self.style_weights[n] * diff / (c * c * energy)
+            slopes[style_slope_name(n)] = slope.astype(np.float32)
         return style, slopes
 
     def loss_and_grad(self, image: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
         x = np.ascontiguousarray(image, dtype=np.float32)
         h, w, _ = x.shape
-        grams, content = self._pass1(x)
-        style, slopes = self._style_terms(grams, h, w)
-        grad = np.zeros(x.shape, np.float64)
+        grams, energies, content = {}, {}, 0.0
+        for inner, outer, stats in self._pass1(x, self.guide):
+            _accumulate(grams, energies, stats, self.layers.style)
+            for n in self.layers.content:
+                residual = self._content_residual(n, stats[content_target_name(n)], inner, outer, h, w)
+                content += 0.5 * self.content_weights[n] * float(np.sum(residual ** 2))
+        style, slopes = self._style_terms(grams, energies)
+        tv_loss, grad = total_variation(x)
+        grad *= self.tv_weight
+        weights = np.asarray([self.alpha * self.content_weights[n] for n in self.layers.content], np.float32)
         for inner, outer in tiles(h, w, self.tile, self.pad):
-            part = x[outer[0]:outer[1], outer[2]:outer[3]]
-            feats = self._features(part)
-            cotangents = self._cotangents(feats, slopes, inner, outer, h, w)
-            grad[outer[0]:outer[1], outer[2]:outer[3]] += self._pullback(part, feats, cotangents)
-        tv_loss, tv_grad = total_variation(x)
-        grad += self.tv_weight * tv_grad
+            feeds = {**self._tile_feeds(x, self.guide, inner, outer), **slopes, CONTENT_WEIGHTS: weights,
+                     **self._content_window(inner, outer, h, w)}
+            (part,) = self.gradient.run([GRAD], feeds)
+            grad[outer[0]:outer[1], outer[2]:outer[3]] += part
         loss = self.alpha * content + self.beta * style + self.tv_weight * tv_loss
         return loss, content, style, grad.astype(np.float32)
 
-    def _cotangents(self, feats, slopes, inner, outer, h: int, w: int) -> dict[str, np.ndarray]:
-        """dL/dF of the tile's interior positions per layer (zero in the halo)."""
-        out = {n: np.zeros(feats[n].shape, np.float32) for n in self.names}  # float32: what the model takes
-        for n in self.layers.style:
-            ry, rx = _feature_window(n, inner, outer, h, w)
-            f = feats[n][:, ry, rx].astype(np.float64)
-            out[n][:, ry, rx] += self.beta * np.einsum("ij,jyx->iyx", slopes[n], f)
+    def _content_window(self, inner, outer, h: int, w: int) -> dict[str, np.ndarray]:
+        """Each content target over the halo'd tile: the whole image's inside the interior, 0 in the halo."""
+        out = {}
         for n in self.layers.content:
+            target = self.bound[content_target_name(n)]
+            window = np.zeros((1, target.shape[1], *_map_size(n, outer[1] - outer[0], outer[3] - outer[2])),
+                              np.float32)
             ry, rx = _feature_window(n, inner, outer, h, w)
-            out[n][:, ry, rx] += self.alpha * self.content_weights[n] * self._content_residual(n, feats, inner,
-                                                                                               outer, h, w)
+            ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
+            window[0][:, ry, rx] = target[0][:, ty, tx]
+            out[content_target_name(n)] = window
         return out
 
-    def _pullback(self, part: np.ndarray, feats, cotangents) -> np.ndarray:
-        """J^T C for the tile: the auxiliary content loss with target F - C/k and weight k."""
-        targets, weights = {}, []
-        for n in self.names:
-            c = cotangents[n]
-            peak = float(np.max(np.abs(c)))
-            k = peak / max(float(np.max(np.abs(feats[n]))), 1e-30) if peak > 0 else 1.0
-            targets[content_target_name(n)] = (feats[n][None] - c[None] / k).astype(np.float32)
-            weights.append(k)
-        self.aux.bind(targets, weights, [], 1.0, 0.0, 0.0)
-        return self.aux.loss_and_grad(part)[3].astype(np.float64)
+
+def _accumulate(grams: dict, energies: dict, stats: dict[str, np.ndarray], layers) -> None:
+    """Add one tile's interior Grams (R, N, N) and mask energies (R,) to the running sums, in float64."""
+    for n in layers:
+        grams[n] = grams.get(n, 0.0) + stats[style_target_name(n)].astype(np.float64)
+        energies[n] = energies.get(n, 0.0) + stats[style_energy_name(n)].astype(np.float64)
 
 
 def lay_channels(name: str) -> int:
@@ -223,12 +226,6 @@ def lay_channels(name: str) -> int:
 def _map_size(name: str, h: int, w: int) -> tuple[int, int]:
     s = POOL ** pools_before(name)
     return h // s, w // s
-
-
-def cotangent_layers(layers: LayerSet) -> LayerSet:
-    """The auxiliary model's layers: every layer used, as a content layer, unguided."""
-    names = sorted(set(layers.content) | set(layers.style), key=[lay.name for lay in LAYERS].index)
-    return LayerSet.of(names, [], layers.pooling, 0, layers.swap_red_blue)
 
 
 def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -78,10 +79,14 @@ def test_tile_size_errors(value):
         TransferOptions(tile_size=value)
 
 
-def test_guided_tiling_refused(content_path, style_path):
-    with pytest.raises(OptionError, match="tile_size"):
-        StyleLoss(content_path, style_path, size=48, tile_size=16, content_masks=[content_path],
-                  style_masks=[style_path], **LAYERS)
+def test_tiled_guided_equals_whole(content_path, style_path):
+    """Two styles under soft region masks on both sides (a ramp, so the masks are not 0/1), with TV."""
+    h, w = 54, 72
+    ramp = np.clip(np.linspace(-0.5, 1.5, w, dtype=np.float32), 0, 1)[None].repeat(h, 0)
+    shipwreck = content_path.parent / "shipwreck.jpg"
+    compare(content_path, [style_path, shipwreck], [16, 40], size=72, content_masks=[ramp, 1 - ramp],
+            style_masks=[1 - ramp, ramp],
+            tv_weight=1e-3)
 
 
 @pytest.mark.parametrize("text, count", [("2G", 2 << 30), ("1500M", 1500 << 20), ("2.5GiB", int(2.5 * (1 << 30))),
@@ -124,10 +129,26 @@ def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
         assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_max_memory_is_not_checkpointed_yet():
-    from stylerun.errors import OptionError
-    from stylerun.options import TransferOptions
+def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style_path):
+    """A run under `max_memory` checkpoints the tiles and history it chose, not the budget, and
+    resumes to exactly the uninterrupted run's picture."""
+    import stylerun
+    from stylerun.checkpoint import load_checkpoint
+    from stylerun.forward import LayerSet
+    from stylerun.images import load_image
+    from stylerun.tiling import choose, estimate_bytes
 
-    with pytest.raises(OptionError) as info:
-        TransferOptions(max_memory="2G", checkpoint_every=5)
-    assert info.value.option == "max_memory"
+    layers = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
+    h, w, _ = load_image(content_path, 160).shape
+    budget = estimate_bytes(h, w, 128, 10, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]))  # too small for whole
+    tile, m, _ = choose(budget, h, w, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]))
+    small = dict(size=160, alpha=1.0, beta=1e3, threads=1, max_memory=budget, **layers)
+    full = stylerun.transfer(content_path, style_path, iterations=4, **small)
+    stop = threading.Event()
+    stylerun.transfer(content_path, style_path, tmp_path / "run.png", iterations=4, checkpoint_every=2, stop=stop,
+                      callback=lambda p: p.iteration == 2 and stop.set(), **small)
+    state = load_checkpoint(tmp_path / "run.ckpt.npz")
+    assert tile == 128 and state.iteration == 2
+    assert (state.options.max_memory, state.options.tile_size, state.options.lbfgs_memory) == (None, tile, m)
+    resumed = stylerun.transfer(resume=tmp_path / "run.ckpt.npz", output=tmp_path / "resumed.png")
+    assert np.array_equal(np.asarray(resumed), np.asarray(full))
