@@ -162,9 +162,9 @@ class StyleLoss:
         if isinstance(weighting, tuple):
             return weighting
         self._bind(1.0, 1.0, 0.0)
-        _, _, style_far, _ = self.model.loss_and_grad(self.seen(self.content_image))
+        _, style_far = self.model.terms(self.seen(self.content_image))
         blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
-        content_far = sum(weight * self.model.loss_and_grad(self.seen(resize_to(image, self.shape)))[1]
+        content_far = sum(weight * self.model.terms(self.seen(resize_to(image, self.shape)))[0]
                           for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
         self.far_terms, self.style_strength = (content_far, style_far), weighting
         return strength.weights(weighting, content_far, style_far, opts.init, self.shape[0] * self.shape[1])

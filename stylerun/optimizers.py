@@ -131,16 +131,30 @@ def lbfgsb_driver() -> Callable | None:
 
 def adam(fun, on_iteration, x0: np.ndarray, steps: int, lr: float,
           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-    """Adam on the pixels, each step clipped back into 0..255."""
-    x = np.asarray(x0, dtype=np.float64).ravel().copy()
-    m, v = np.zeros_like(x), np.zeros_like(x)
+    """Adam on the pixels, each step clipped back into 0..255.
+
+    Float32 state updated in place: four image-sized arrays in all, which is what lets
+    `max_memory` fit print sizes (float64 with temporaries took about eight).
+    """
+    x = np.array(x0, dtype=np.float32).ravel()
+    m, v, scratch = np.zeros_like(x), np.zeros_like(x), np.empty_like(x)
     b1, b2 = betas
     for t in range(1, steps + 1):
         _, grad = fun(x)
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * grad * grad
-        step = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-        x = np.clip(x - lr * step, 0.0, 255.0)
+        np.multiply(grad, 1 - b1, out=scratch, casting="unsafe")
+        m *= b1
+        m += scratch
+        np.multiply(grad, grad, out=scratch, casting="unsafe")
+        scratch *= 1 - b2
+        v *= b2
+        v += scratch
+        np.multiply(v, 1 / (1 - b2**t), out=scratch)
+        np.sqrt(scratch, out=scratch)
+        scratch += eps
+        np.divide(m, scratch, out=scratch)
+        scratch *= lr / (1 - b1**t)
+        x -= scratch
+        np.clip(x, 0.0, 255.0, out=x)
         on_iteration()
 
 

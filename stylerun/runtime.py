@@ -225,6 +225,11 @@ class LossModel:
             self._binding.bind_output(name, "cpu")
         release_free_memory()
 
+    def terms(self, image: np.ndarray) -> tuple[float, float]:
+        """(content loss, style loss) at an (H, W, 3) image (one graph computes them with the gradient)."""
+        _, content, style, _ = self.loss_and_grad(image)
+        return content, style
+
     def loss_and_grad(self, image: np.ndarray) -> tuple[float, float, float, np.ndarray]:
         """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
         image = np.ascontiguousarray(image, dtype=np.float32)

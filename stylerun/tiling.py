@@ -180,13 +180,7 @@ class TiledLoss:
         """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
         x = np.ascontiguousarray(image, dtype=np.float32)
         h, w, _ = x.shape
-        grams, energies, content = {}, {}, 0.0
-        for inner, outer, stats in self._pass1(x, self.guide):
-            _accumulate(grams, energies, stats, self.layers.style)
-            for n in self.layers.content:
-                residual = self._content_residual(n, stats[content_target_name(n)], inner, outer, h, w)
-                content += 0.5 * self.content_weights[n] * float(np.sum(residual ** 2))
-        style, slopes = self._style_terms(grams, energies)
+        content, style, slopes = self._statistics(x)
         tv_loss, grad = total_variation(x)
         grad *= self.tv_weight
         weights = np.asarray([self.alpha * self.content_weights[n] for n in self.layers.content], np.float32)
@@ -196,7 +190,24 @@ class TiledLoss:
             (part,) = self.gradient.run([GRAD], feeds)
             grad[outer[0]:outer[1], outer[2]:outer[3]] += part
         loss = self.alpha * content + self.beta * style + self.tv_weight * tv_loss
-        return loss, content, style, grad.astype(np.float32)
+        return loss, content, style, grad
+
+    def terms(self, image: np.ndarray) -> tuple[float, float]:
+        """(content loss, style loss) at an (H, W, 3) image: pass 1 only, no gradient."""
+        content, style, _ = self._statistics(np.ascontiguousarray(image, dtype=np.float32))
+        return content, style
+
+    def _statistics(self, x: np.ndarray) -> tuple[float, float, dict[str, np.ndarray]]:
+        """Pass 1: the content and style losses and the style slopes pass 2 takes."""
+        h, w, _ = x.shape
+        grams, energies, content = {}, {}, 0.0
+        for inner, outer, stats in self._pass1(x, self.guide):
+            _accumulate(grams, energies, stats, self.layers.style)
+            for n in self.layers.content:
+                residual = self._content_residual(n, stats[content_target_name(n)], inner, outer, h, w)
+                content += 0.5 * self.content_weights[n] * float(np.sum(residual ** 2))
+        style, slopes = self._style_terms(grams, energies)
+        return content, style, slopes
 
     def _content_window(self, inner, outer, h: int, w: int) -> dict[str, np.ndarray]:
         """Each content target over the halo'd tile: the whole image's inside the interior, 0 in the halo."""
@@ -229,18 +240,21 @@ def _map_size(name: str, h: int, w: int) -> tuple[int, int]:
 
 
 def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
-    """The loss graph's TV term (squared neighbour differences, summed) and its gradient."""
-    x = x.astype(np.float64)
-    grad = np.zeros_like(x)
+    """The loss graph's TV term (squared neighbour differences, summed) and its float32 gradient.
+
+    Float32 with float64 sums, as the graph computes it, and no image-sized float64 copy.
+    """
+    grad = np.zeros(x.shape, np.float32)
     loss = 0.0
     for axis in (0, 1):
-        d = np.diff(x, axis=axis)
-        loss += float(np.sum(d * d))
+        d = np.diff(x.astype(np.float32, copy=False), axis=axis)
+        loss += float(np.einsum("ijk,ijk->", d, d, dtype=np.float64))
+        d *= 2
         lo = [slice(None)] * 3
         hi = [slice(None)] * 3
         lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        grad[tuple(hi)] += 2 * d
-        grad[tuple(lo)] -= 2 * d
+        grad[tuple(hi)] += d
+        grad[tuple(lo)] -= d
     return loss, grad
 
 
@@ -263,8 +277,8 @@ def lbfgs_bytes(pixels: int, m: int, channels: int = 3) -> int:
 
 
 def adam_bytes(pixels: int, channels: int = 3) -> int:
-    """Adam's float64 iterate, two moments and the temporaries of one step (`optimizers.adam`)."""
-    return 8 * 6 * pixels * channels
+    """Adam's float32 iterate, two moments and scratch (`optimizers.adam`), and the float64 gradient it is given."""
+    return (4 * 4 + 8) * pixels * channels
 
 
 def estimate_bytes(h: int, w: int, tile: int | None, m: int, layers: LayerSet) -> int:

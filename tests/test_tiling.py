@@ -34,6 +34,7 @@ def compare(content_path, style_path, tile_sizes, x_seed=0, **options):
         assert abs(t_loss - loss) / abs(loss) < 1e-4, (tile, t_loss, loss)
         assert relative(t_grad, grad) < 1e-4, (tile, relative(t_grad, grad))
         assert relative(tiled.last_terms, whole.last_terms) < 1e-4
+        assert relative(tiled.model.terms(x), whole.model.terms(x)) < 1e-4  # pass 1 alone (style strength)
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
