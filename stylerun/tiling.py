@@ -261,11 +261,13 @@ def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
 # --- memory budget (`max_memory`) ------------------------------------------------------------------
 #: Measured (docs/performance.md, tools/bench_tiling.py): the process before any image (both
 #: sessions, weights, Python), the network's working memory per pixel of what it is shown at
-#: once (a whole image or a halo'd tile), and the run's own arrays per image pixel besides
-#: L-BFGS-B's state (images, targets, float64 gradient sum, copies at the optimizer boundary).
-BASE_BYTES = 420 << 20
+#: once (the whole image's model; a halo'd tile's two models, whose masked copies cost more),
+#: and the run's own arrays per image pixel besides the optimizer's state (images, targets,
+#: the gradient, the best image, the float64 gradient handed to the optimizer).
+BASE_BYTES = 480 << 20
 NETWORK_BYTES_PER_PIXEL = 2600
-ARRAY_BYTES_PER_PIXEL = 160
+TILE_NETWORK_BYTES_PER_PIXEL = 3400
+ARRAY_BYTES_PER_PIXEL = 120
 TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128)
 MEMORY_CHOICES = (10, 7, 5, 3)
 
@@ -284,9 +286,12 @@ def adam_bytes(pixels: int, channels: int = 3) -> int:
 def estimate_bytes(h: int, w: int, tile: int | None, m: int, layers: LayerSet) -> int:
     """The process's peak for an h x w run with tiles of `tile` (None: whole image) and L-BFGS-B
     history `m` (0: Adam)."""
-    shown = h * w if tile is None else min(h, tile + 2 * halo(layers)) * min(w, tile + 2 * halo(layers))
+    if tile is None:
+        network = NETWORK_BYTES_PER_PIXEL * h * w
+    else:
+        network = TILE_NETWORK_BYTES_PER_PIXEL * min(h, tile + 2 * halo(layers)) * min(w, tile + 2 * halo(layers))
     optimizer = adam_bytes(h * w) if m == 0 else lbfgs_bytes(h * w, m)
-    return BASE_BYTES + NETWORK_BYTES_PER_PIXEL * shown + ARRAY_BYTES_PER_PIXEL * h * w + optimizer
+    return BASE_BYTES + network + ARRAY_BYTES_PER_PIXEL * h * w + optimizer
 
 
 def choose(budget: int, h: int, w: int, layers: LayerSet, m: int = 10) -> tuple[int | None, int, int] | None:
