@@ -52,6 +52,10 @@ class SessionSettings:
     arena: bool = True
     mem_pattern: bool = False
     spinning: bool = False
+    #: Sessions that run one after the other (a tiled evaluation's two passes) share one CPU
+    #: arena, so the process holds the larger of their peaks instead of the sum: at 1 MP in
+    #: 512 px tiles, 1448 MiB against 1725 MiB, at the same speed.
+    shared_arena: bool = False
 
 
 MEASURED = SessionSettings()
@@ -74,11 +78,21 @@ def session_options(threads: int | None, settings: SessionSettings = MEASURED,
     options.enable_cpu_mem_arena = settings.arena
     options.enable_mem_pattern = settings.mem_pattern
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
+    if settings.shared_arena and settings.arena:
+        _register_shared_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
+
+
+@functools.cache
+def _register_shared_arena() -> None:
+    """The process's one shared CPU arena (onnxruntime keeps it in its environment; registered once)."""
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
 
 
 def check_device(device: str) -> str:

@@ -17,6 +17,7 @@ local). Peak memory is one halo'd tile's network, not the image's.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -106,6 +107,7 @@ class TiledLoss:
         self.tile = aligned_tile(tile_size, self.layers)
         self.pad = halo(self.layers)
         self.regions = max(self.layers.regions, 1)
+        settings = replace(settings, shared_arena=True)  # the passes take turns: one arena serves both
         self.statistics = create_session(files.targets, device, threads, settings)  # pass 1
         self.gradient = create_session(files.loss, device, threads, settings)  # pass 2
         self.bind({}, [0.0] * len(self.layers.content), [0.0] * len(self.layers.style), 1.0, 1.0)
@@ -300,7 +302,7 @@ def choose(budget: int, h: int, w: int, layers: LayerSet, m: int = 10) -> tuple[
 
     The whole image at the asked history first; then the largest tile (fewest halo pixels)
     at the asked history, as long as it is 256 px or more; then shorter histories; then Adam,
-    whose state is 3 float64 copies of the image against L-BFGS-B's 2m + 7.
+    whose state is four float32 copies of the image against L-BFGS-B's 2m + 7 float64 ones.
     """
     options = [(None, m)] + [(t, m) for t in TILE_CHOICES if t >= 256]
     options += [(t, k) for k in MEMORY_CHOICES if k < m for t in TILE_CHOICES]
