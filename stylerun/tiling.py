@@ -263,12 +263,12 @@ def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
 # --- memory budget (`max_memory`) ------------------------------------------------------------------
 #: Measured (docs/performance.md, tools/bench_tiling.py): the process before any image (both
 #: sessions, weights, Python), the network's working memory per pixel of what it is shown at
-#: once (the whole image's model; a halo'd tile's two models, whose masked copies cost more),
+#: once (the whole image's model; a halo'd tile's two models, which share one arena),
 #: and the run's own arrays per image pixel besides the optimizer's state (images, targets,
 #: the gradient, the best image, the float64 gradient handed to the optimizer).
-BASE_BYTES = 480 << 20
+BASE_BYTES = 540 << 20
 NETWORK_BYTES_PER_PIXEL = 2600
-TILE_NETWORK_BYTES_PER_PIXEL = 3400
+TILE_NETWORK_BYTES_PER_PIXEL = 2000
 ARRAY_BYTES_PER_PIXEL = 120
 TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128)
 MEMORY_CHOICES = (10, 7, 5, 3)
