@@ -120,7 +120,7 @@ def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
 
     out = tmp_path / "out.png"
     common = [str(content_path), str(style_path), "-o", str(out), "--size", "48", "-n", "1", "--threads", "1"]
-    run = CliRunner().invoke(app, ["transfer", *common, "--max-memory", "460M", "--alpha", "1", "--beta", "1000"])
+    run = CliRunner().invoke(app, ["transfer", *common, "--max-memory", "700M", "--alpha", "1", "--beta", "1000"])
     assert run.exit_code == 0, run.output
     assert "max memory" in run.output and out.is_file()
     for flag, value, said in (("--max-memory", "64M", "too small"), ("--tile-size", "4", "--tile-size")):
