@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 
 from stylerun.engine import PATH_OPTIONS, Job, Listener, run
 from stylerun.errors import OptionError, StylerunError
 from stylerun.images import open_image, save_image
-from stylerun.options import TransferOptions, defaults, option_fields
+from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.store import Store
 
 MAX_UPLOAD = 50 * 1024 * 1024
+#: Options the server decides: files on this machine, which no client string may name.
+SERVER_DECIDES = (*PATH_OPTIONS, "checkpoint")
+#: The page (index.html, app.js, style.css), shipped inside the package: no Node build.
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 class JobListener(Listener):
@@ -28,10 +34,15 @@ class JobListener(Listener):
 
     def progress(self, progress) -> None:
         self.store.update(self.job_id, iteration=progress.iteration, iterations=progress.iterations,
-                          loss=float(progress.loss), content_loss=float(progress.content_loss),
-                          style_loss=float(progress.style_loss), eta_s=progress.eta_s)
+                          loss=_finite(progress.loss), content_loss=_finite(progress.content_loss),
+                          style_loss=_finite(progress.style_loss), eta_s=_finite(progress.eta_s))
         if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
             save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
+
+
+def _finite(value: float | None) -> float | None:
+    """A number for JSON: NaN and infinity are not JSON, so they are stored as null."""
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 class Runner:
@@ -89,6 +100,12 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
     app.include_router(service_routes())
     app.include_router(submit_routes(store, runner))
     app.include_router(job_routes(store, runner))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
     return app
 
 
@@ -113,18 +130,27 @@ def service_routes() -> APIRouter:
     def options_model() -> list[dict[str, Any]]:
         """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
         values = defaults()
-        return [{"name": f.name, "type": type(values[f.name]).__name__, "default": values[f.name],
-                 "help": f.metadata["option"].help, "group": f.metadata["option"].group}
-                for f in option_fields() if f.name not in PATH_OPTIONS]
+        return [_option_entry(f.name, f.metadata["option"], values[f.name])
+                for f in option_fields() if f.name not in SERVER_DECIDES]
 
     return router
+
+
+def _option_entry(name: str, spec: Any, default: Any) -> dict[str, Any]:
+    """One option as a form needs it: its value type (also where the default is None), choices, bounds."""
+    kind = {int: "int", float: "float", bool: "bool"}.get(spec.cli, "str")
+    bounds = bounds_of(name)
+    low, high = (None, None) if bounds is None else (bounds[0], bounds[1] if math.isfinite(bounds[1]) else None)
+    return {"name": name, "type": type(default).__name__, "kind": kind, "default": default, "help": spec.help,
+            "group": spec.group, "choices": choices_of(name), "min": low, "max": high,
+            "shown_default": spec.shown_default or (default if spec.cli_default is None else spec.cli_default)}
 
 
 def _checked_options(options: str) -> dict[str, Any]:
     """A client's options JSON through the option model (422 naming the field); server paths refused."""
     try:
         given = json.loads(options)
-        for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
+        for name in SERVER_DECIDES:  # no client string ever becomes a path on this machine
             if isinstance(given, dict) and given.get(name) is not None:
                 raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
         return TransferOptions.from_dict(given).to_dict()
