@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import serve, stop
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -31,23 +30,9 @@ def _png(path: Path | None = None, size: int = 32) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path_factory.mktemp("serve")
-    code = (f"import uvicorn; from stylerun.serve.app import create_app; "
-            f"uvicorn.run(create_app({str(data)!r}), host='127.0.0.1', port={port}, log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/api/health")
-            break
-        except OSError:
-            time.sleep(0.1)
+    proc, url = serve(tmp_path_factory.mktemp("serve") / "data")
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop(proc)
 
 
 def _post(url: str, options: dict, content: bytes | None = None) -> httpx.Response:
@@ -90,6 +75,8 @@ def test_bad_inputs(server):
     assert r.status_code == 422 and r.json()["detail"]["field"] == "iterations"
     r = _post(server, {"weights": "/etc/passwd"})
     assert r.status_code == 422 and r.json()["detail"]["field"] == "weights"
+    r = _post(server, {"checkpoint": "/tmp/elsewhere.ckpt.npz", "checkpoint_every": 1})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "checkpoint"
     r = _post(server, {"size": 32}, content=b"not an image at all")
     assert r.status_code == 400 and r.json()["detail"]["field"] == "content"
     r = _post(server, {"size": 32}, content=b"\0" * (50 * 1024 * 1024 + 10))

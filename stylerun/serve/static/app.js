@@ -173,6 +173,7 @@ async function submit(event) {
   for (const f of style) body.append("style", f);
   body.append("options", JSON.stringify(chosenOptions()));
   $("start").disabled = true;
+  $("download").hidden = true;
   try {
     const response = await api("/api/jobs", { method: "POST", body });
     const answer = await response.json().catch(() => null);
@@ -191,7 +192,7 @@ async function submit(event) {
 
 // --- watching one job -----------------------------------------------------------------------------
 
-const current = { id: null, abort: null, losses: [], previewAt: -1, loading: false, url: null };
+const current = { id: null, abort: null, losses: [], previewAt: -1, loading: false, url: null, galleryAt: 0 };
 
 function setPreview(blob, iteration) {
   const img = $("preview");
@@ -299,6 +300,10 @@ async function watch(id) {
       last = job;
       show(job);
       if (job.status === "running" && job.iteration > current.previewAt) loadPreview(id, job.iteration);
+      if (Date.now() - current.galleryAt > 5000) {  // the running job's thumbnail follows, less often
+        current.galleryAt = Date.now();
+        refreshGallery();
+      }
     });
   } catch (error) {
     if (error.name === "AbortError") return;
