@@ -42,6 +42,17 @@ def _post(url: str, options: dict, content: bytes | None = None) -> httpx.Respon
     return httpx.post(url + "/api/jobs", files=files, data={"options": json.dumps(options)}, timeout=30)
 
 
+def _wait(url: str, job_id: str, until, timeout: float = 300.0) -> dict:
+    """The job's record once `until(record)` holds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=30).json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"gave up waiting: {job}"
+        time.sleep(0.05)
+
+
 def test_job_runs_to_a_result(server):
     assert httpx.get(server + "/api/health").json() == {"ok": True}
     r = _post(server, {"size": 32, "iterations": 3, "threads": 1})
@@ -95,3 +106,57 @@ def test_token_required_off_loopback_and_checked(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--host", "0.0.0.0", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "HOME": str(tmp_path)})
     assert proc.returncode != 0 and "--token" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_best_image(server):
+    job_id = _post(server, {"size": 32, "iterations": 400, "threads": 1}).json()["id"]
+    _wait(server, job_id, lambda j: j["status"] == "running" and j["iteration"] >= 2)
+    assert httpx.delete(f"{server}/api/jobs/{job_id}").status_code == 200
+    job = _wait(server, job_id, lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "cancelled" and job["iteration"] < 400, job
+    result = httpx.get(f"{server}/api/jobs/{job_id}/result")
+    assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).format == "PNG"
+    assert httpx.delete(server + "/api/jobs/nope").status_code == 404
+
+
+def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
+    """A server killed mid-job: on restart the job goes on from its last checkpoint, the queued one waits."""
+    proc, url = serve(tmp_path / "data")
+    try:
+        first = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        second = _post(url, {"size": 32, "iterations": 4, "threads": 1}).json()["id"]
+        _wait(url, first, lambda j: j["iteration"] >= 7)  # checkpoints at 3 and 6 are written
+    finally:
+        proc.kill()  # no goodbye: the last periodic checkpoint is all there is
+        proc.wait(10)
+    proc, url = serve(tmp_path / "data")
+    try:
+        assert httpx.get(f"{url}/api/jobs/{second}").json()["status"] == "queued"
+        seen: list[dict] = []
+        done = _wait(url, first, lambda j: seen.append(j) or j["status"] not in ("queued", "running", "interrupted"))
+        assert done["status"] == "done" and done["resumed_from"] >= 6 and done["resumed_from"] % 3 == 0, done
+        assert done["iteration"] > done["resumed_from"], done
+        assert min(j["iteration"] for j in seen) >= 6  # the count went on; it never began again from 0
+        assert _wait(url, second, lambda j: j["status"] not in ("queued", "running"))["status"] == "done"
+        assert httpx.get(f"{url}/api/jobs/{first}/result").status_code == 200
+        assert not list((tmp_path / "data").rglob("*.ckpt.npz"))  # finished jobs keep no checkpoint
+    finally:
+        stop(proc)
+
+
+def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
+    """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N)."""
+    proc, url = serve(tmp_path / "data")
+    try:
+        job_id = _post(url, {"size": 32, "iterations": 300, "threads": 1}).json()["id"]  # checkpoints every 30
+        _wait(url, job_id, lambda j: j["iteration"] >= 4)
+    finally:
+        stop(proc)
+    proc, url = serve(tmp_path / "data")
+    try:
+        job = _wait(url, job_id, lambda j: j["resumed_from"] is not None)
+        assert 4 <= job["resumed_from"] < 30, job
+        assert httpx.delete(f"{url}/api/jobs/{job_id}").status_code == 200
+        assert _wait(url, job_id, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
+    finally:
+        stop(proc)

@@ -2,6 +2,7 @@
 // a gallery from GET /api/jobs. Every request goes through `api` so a bearer token, when the server
 // asks for one (401), is sent as a header; images are fetched the same way and shown as blob URLs.
 
+const ACTIVE = ["queued", "running", "interrupted"];  // a job that is not over
 // Which options the page shows up front; every other one (and its widget) comes from the option model.
 const MAIN = ["size", "iterations", "style_strength", "preserve_color", "pooling", "init"];
 const $ = (id) => document.getElementById(id);
@@ -256,12 +257,13 @@ function show(job) {
     ? `queued #${job.queue_position}` : job.status;
   $("job-status").className = `badge ${job.status}`;
   const total = job.iterations || (job.options && job.options.iterations) || 0;
-  $("stat-iter").textContent = `iteration ${job.iteration} / ${total}`;
+  const resumed = job.resumed_from ? ` (resumed from ${job.resumed_from})` : "";
+  $("stat-iter").textContent = `iteration ${job.iteration} / ${total}${resumed}`;
   $("bar-fill").style.width = total ? `${Math.min(100, 100 * job.iteration / total)}%` : "0";
   $("stat-eta").textContent = job.status === "running" ? seconds(job.eta_s) : "";
   $("stat-loss").textContent = job.loss ? `loss ${job.loss.toExponential(3)}` : "";
   $("job-error").textContent = job.error || "";
-  $("cancel").disabled = !["queued", "running"].includes(job.status);
+  $("cancel").disabled = !ACTIVE.includes(job.status);
   const last = current.losses[current.losses.length - 1];
   if (job.loss && (!last || last[0] !== job.iteration)) {
     current.losses.push([job.iteration, job.loss]);
@@ -359,7 +361,7 @@ async function start() {
   $("cancel").addEventListener("click", () => current.id && api(`/api/jobs/${current.id}`, { method: "DELETE" }));
   await buildForm();
   await refreshGallery();
-  const running = (await (await api("/api/jobs")).json()).find((j) => ["running", "queued"].includes(j.status));
+  const running = (await (await api("/api/jobs")).json()).find((j) => ACTIVE.includes(j.status));
   if (running) watch(running.id);
   document.body.dataset.ready = "1";
 }
