@@ -684,7 +684,8 @@ def serve_command(
         from .serve.app import create_app
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
-    uvicorn.run(create_app(data, token), host=host, port=port)
+    # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
+    uvicorn.run(create_app(data, token), host=host, port=port, timeout_graceful_shutdown=3)
 
 
 def main() -> None:

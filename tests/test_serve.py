@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,18 +145,33 @@ def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
         stop(proc)
 
 
+def _listen(url: str) -> None:
+    """A page's event stream, open until the server ends it."""
+    try:
+        httpx.get(url, timeout=60)
+    except httpx.HTTPError:
+        pass  # the server went away mid-stream: expected
+
+
 def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
-    """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N)."""
+    """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N),
+    even while a page holds the job's event stream open (which would otherwise last as long as the job)."""
     proc, url = serve(tmp_path / "data")
     try:
-        job_id = _post(url, {"size": 32, "iterations": 300, "threads": 1}).json()["id"]  # checkpoints every 30
+        # no periodic checkpoint ever comes: only the stop writes one
+        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
         _wait(url, job_id, lambda j: j["iteration"] >= 4)
+        threading.Thread(target=_listen, args=(f"{url}/api/jobs/{job_id}/events",), daemon=True).start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.terminate()
+        assert proc.wait(10) in (0, -15) and time.monotonic() - began < 8  # uvicorn ends by its signal
     finally:
         stop(proc)
     proc, url = serve(tmp_path / "data")
     try:
         job = _wait(url, job_id, lambda j: j["resumed_from"] is not None)
-        assert 4 <= job["resumed_from"] < 30, job
+        assert 4 <= job["resumed_from"] < 1000, job
         assert httpx.delete(f"{url}/api/jobs/{job_id}").status_code == 200
         assert _wait(url, job_id, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
     finally:
