@@ -320,19 +320,36 @@ async function watch(id) {
 
 // --- the gallery ----------------------------------------------------------------------------------
 
-const thumbs = new Map();  // "id status iteration" -> blob URL, so a refresh fetches only what changed
+const thumbs = new Map();  // job id -> {key: "status iteration", url}, so a refresh fetches only what changed
 
 async function thumbnail(job) {
-  const key = `${job.id} ${job.status} ${job.status === "running" ? job.iteration : ""}`;
-  if (thumbs.has(key)) return thumbs.get(key);
+  const key = `${job.status} ${job.status === "running" ? job.iteration : ""}`;
+  const known = thumbs.get(job.id);
+  if (known && known.key === key) return known.url;
   const which = ["done", "cancelled"].includes(job.status) ? "result" : "preview";
   const response = await api(`/api/jobs/${job.id}/${which}`);
   const url = response.ok ? URL.createObjectURL(await response.blob()) : null;
-  thumbs.set(key, url);
+  if (known && known.url) URL.revokeObjectURL(known.url);
+  thumbs.set(job.id, { key, url });
   return url;
 }
 
+const gallery = { busy: false, again: false };  // one refresh at a time; a call meanwhile runs once after it
+
 async function refreshGallery() {
+  if (gallery.busy) { gallery.again = true; return; }
+  gallery.busy = true;
+  try {
+    do {
+      gallery.again = false;
+      await drawGallery();
+    } while (gallery.again);
+  } finally {
+    gallery.busy = false;
+  }
+}
+
+async function drawGallery() {
   const jobs = (await (await api("/api/jobs")).json()).reverse().slice(0, 30);
   if (!jobs.length) return;
   const cards = await Promise.all(jobs.map(async (job) => {
