@@ -675,7 +675,10 @@ def serve_command(
     data: Path = typer.Option(Path.home() / ".local" / "share" / "stylerun" / "serve", help="Jobs and images."),
     token: str = typer.Option(None, envvar="STYLERUN_TOKEN", help="Bearer token every API call must carry."),
 ) -> None:
-    """Serve the HTTP job API (needs the optional extra stylerun[serve])."""
+    """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
+
+    Jobs and images are kept under --data; a running job goes on from its checkpoint when the server restarts.
+    """
     if host not in LOOPBACK and not token:
         raise StylerunError(f"binding {host} exposes the server beyond this machine; give --token or STYLERUN_TOKEN")
     try:
@@ -684,7 +687,8 @@ def serve_command(
         from .serve.app import create_app
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
-    uvicorn.run(create_app(data, token), host=host, port=port)
+    # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
+    uvicorn.run(create_app(data, token), host=host, port=port, timeout_graceful_shutdown=3)
 
 
 def main() -> None:

@@ -103,6 +103,7 @@ def whole(low: int, high: int, *, never: int | None = None, below: str | None = 
         if value > high:
             raise ValueError(f"must be at most {high:,}, got {value}")
         return value
+    check.bounds = (low, high)  # for a form built from the option model (`bounds_of`)
     return check
 
 
@@ -117,6 +118,7 @@ def number(low: float = 0.0, high: float = math.inf, *, above: bool = False) -> 
             bound += f" and <= {high:g}" if math.isfinite(high) else ""
             raise ValueError(f"must be a finite number {bound}, got {value}")
         return value
+    check.bounds = (low, high)
     return check
 
 
@@ -126,6 +128,7 @@ def choice(*values: Any) -> Callable[[Any], Any]:
             if value == allowed and type(value) is not bool:
                 return allowed
         raise ValueError(f"unknown {{option}} {value!r}; use one of: {', '.join(map(str, values))}")
+    check.choices = values  # for a form built from the option model (`choices_of`)
     return check
 
 
@@ -151,7 +154,20 @@ def memory_size(value: Any) -> int:
 
 
 def optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else inner(value)
+    def check(value: Any) -> Any:
+        return None if value is None else inner(value)
+    check.choices, check.bounds = getattr(inner, "choices", None), getattr(inner, "bounds", None)
+    return check
+
+
+def choices_of(name: str) -> tuple[Any, ...] | None:
+    """The values an option allows, when it is a choice (a web form shows a select for it)."""
+    return getattr(spec(name).check, "choices", None)
+
+
+def bounds_of(name: str) -> tuple[float, float] | None:
+    """(low, high) of a numeric option (a web form sets min and max from it; high may be infinite)."""
+    return getattr(spec(name).check, "bounds", None)
 
 
 def layers(value: Any) -> dict[str, float]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +21,39 @@ def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
         cli.main()
     code = info.value.code
     return (0 if code is None else int(code)), capsys.readouterr().err
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it), on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(data: Path, port: int | None = None, token: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url)."""
+    port = port or free_port()
+    extra = ["--token", token] if token else []
+    with open(Path(data).parent / f"{Path(data).name}-serve.log", "ab") as log:  # the server's own log, to read
+        proc = subprocess.Popen([sys.executable, "-m", "stylerun", "serve", "--data", str(data), "--port", str(port),
+                                 *extra], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=5)  # the page needs no token
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"stylerun serve did not start (exit status {proc.poll()})") from None
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import serve, stop
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -31,23 +31,9 @@ def _png(path: Path | None = None, size: int = 32) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path_factory.mktemp("serve")
-    code = (f"import uvicorn; from stylerun.serve.app import create_app; "
-            f"uvicorn.run(create_app({str(data)!r}), host='127.0.0.1', port={port}, log_level='warning')")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/api/health")
-            break
-        except OSError:
-            time.sleep(0.1)
+    proc, url = serve(tmp_path_factory.mktemp("serve") / "data")
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop(proc)
 
 
 def _post(url: str, options: dict, content: bytes | None = None) -> httpx.Response:
@@ -55,6 +41,17 @@ def _post(url: str, options: dict, content: bytes | None = None) -> httpx.Respon
     files = [("content", ("c.png", content or _png(jpgs[0]), "image/png")),
              ("style", ("s.png", _png(jpgs[-1]), "image/png"))]
     return httpx.post(url + "/api/jobs", files=files, data={"options": json.dumps(options)}, timeout=30)
+
+
+def _wait(url: str, job_id: str, until, timeout: float = 300.0) -> dict:
+    """The job's record once `until(record)` holds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", timeout=30).json()
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"gave up waiting: {job}"
+        time.sleep(0.05)
 
 
 def test_job_runs_to_a_result(server):
@@ -90,6 +87,8 @@ def test_bad_inputs(server):
     assert r.status_code == 422 and r.json()["detail"]["field"] == "iterations"
     r = _post(server, {"weights": "/etc/passwd"})
     assert r.status_code == 422 and r.json()["detail"]["field"] == "weights"
+    r = _post(server, {"checkpoint": "/tmp/elsewhere.ckpt.npz", "checkpoint_every": 1})
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "checkpoint"
     r = _post(server, {"size": 32}, content=b"not an image at all")
     assert r.status_code == 400 and r.json()["detail"]["field"] == "content"
     r = _post(server, {"size": 32}, content=b"\0" * (50 * 1024 * 1024 + 10))
@@ -108,3 +107,72 @@ def test_token_required_off_loopback_and_checked(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--host", "0.0.0.0", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "HOME": str(tmp_path)})
     assert proc.returncode != 0 and "--token" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cancel_stops_a_running_job_and_keeps_its_best_image(server):
+    job_id = _post(server, {"size": 32, "iterations": 400, "threads": 1}).json()["id"]
+    _wait(server, job_id, lambda j: j["status"] == "running" and j["iteration"] >= 2)
+    assert httpx.delete(f"{server}/api/jobs/{job_id}").status_code == 200
+    job = _wait(server, job_id, lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "cancelled" and job["iteration"] < 400, job
+    result = httpx.get(f"{server}/api/jobs/{job_id}/result")
+    assert result.status_code == 200 and Image.open(io.BytesIO(result.content)).format == "PNG"
+    assert httpx.delete(server + "/api/jobs/nope").status_code == 404
+
+
+def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
+    """A server killed mid-job: on restart the job goes on from its last checkpoint, the queued one waits."""
+    proc, url = serve(tmp_path / "data")
+    try:
+        first = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        second = _post(url, {"size": 32, "iterations": 4, "threads": 1}).json()["id"]
+        _wait(url, first, lambda j: j["iteration"] >= 7)  # checkpoints at 3 and 6 are written
+    finally:
+        proc.kill()  # no goodbye: the last periodic checkpoint is all there is
+        proc.wait(10)
+    proc, url = serve(tmp_path / "data")
+    try:
+        assert httpx.get(f"{url}/api/jobs/{second}").json()["status"] == "queued"
+        seen: list[dict] = []
+        done = _wait(url, first, lambda j: seen.append(j) or j["status"] not in ("queued", "running", "interrupted"))
+        assert done["status"] == "done" and done["resumed_from"] >= 6 and done["resumed_from"] % 3 == 0, done
+        assert done["iteration"] > done["resumed_from"], done
+        assert min(j["iteration"] for j in seen) >= 6  # the count went on; it never began again from 0
+        assert _wait(url, second, lambda j: j["status"] not in ("queued", "running"))["status"] == "done"
+        assert httpx.get(f"{url}/api/jobs/{first}/result").status_code == 200
+        assert not list((tmp_path / "data").rglob("*.ckpt.npz"))  # finished jobs keep no checkpoint
+    finally:
+        stop(proc)
+
+
+def _listen(url: str) -> None:
+    """A page's event stream, open until the server ends it."""
+    try:
+        httpx.get(url, timeout=60)
+    except httpx.HTTPError:
+        pass  # the server went away mid-stream: expected
+
+
+def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
+    """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N),
+    even while a page holds the job's event stream open (which would otherwise last as long as the job)."""
+    proc, url = serve(tmp_path / "data")
+    try:
+        # no periodic checkpoint ever comes: only the stop writes one
+        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        _wait(url, job_id, lambda j: j["iteration"] >= 4)
+        threading.Thread(target=_listen, args=(f"{url}/api/jobs/{job_id}/events",), daemon=True).start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.terminate()
+        assert proc.wait(10) in (0, -15) and time.monotonic() - began < 8  # uvicorn ends by its signal
+    finally:
+        stop(proc)
+    proc, url = serve(tmp_path / "data")
+    try:
+        job = _wait(url, job_id, lambda j: j["resumed_from"] is not None)
+        assert 4 <= job["resumed_from"] < 1000, job
+        assert httpx.delete(f"{url}/api/jobs/{job_id}").status_code == 200
+        assert _wait(url, job_id, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
+    finally:
+        stop(proc)

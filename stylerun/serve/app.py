@@ -4,64 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import math
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 
-from stylerun.engine import PATH_OPTIONS, Job, Listener, run
+from stylerun.engine import PATH_OPTIONS
 from stylerun.errors import OptionError, StylerunError
-from stylerun.images import open_image, save_image
-from stylerun.options import TransferOptions, defaults, option_fields
+from stylerun.images import open_image
+from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
+from stylerun.serve.runner import ACTIVE, Runner
 from stylerun.serve.store import Store
 
 MAX_UPLOAD = 50 * 1024 * 1024
-
-
-class JobListener(Listener):
-    """Writes each iteration's numbers to the store and the preview image every few iterations."""
-
-    def __init__(self, store: Store, job_id: str):
-        self.store, self.job_id = store, job_id
-
-    def progress(self, progress) -> None:
-        self.store.update(self.job_id, iteration=progress.iteration, iterations=progress.iterations,
-                          loss=float(progress.loss), content_loss=float(progress.content_loss),
-                          style_loss=float(progress.style_loss), eta_s=progress.eta_s)
-        if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
-            save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
-
-
-class Runner:
-    """One job at a time, oldest queued first; a failing job is recorded, never raised."""
-
-    def __init__(self, store: Store):
-        self.store, self.wake, self.cancelled = store, threading.Event(), set()
-        threading.Thread(target=self.loop, daemon=True).start()
-
-    def loop(self) -> None:
-        while True:
-            queued = self.store.ids("queued")
-            if not queued:
-                self.wake.wait(1.0)
-                self.wake.clear()
-                continue
-            self.run_one(queued[0])
-
-    def run_one(self, job_id: str) -> None:
-        store = self.store
-        record = store.get(job_id)
-        store.update(job_id, status="running")
-        try:
-            styles = [store.image(job_id, f"style{i}") for i in range(record["styles"])]
-            job = Job(store.image(job_id, "content"), tuple(styles), TransferOptions.from_dict(record["options"]),
-                      store.image(job_id, "result"))
-            run(job, JobListener(store, job_id), stop=lambda: job_id in self.cancelled)
-            store.update(job_id, status="cancelled" if job_id in self.cancelled else "done")
-        except Exception as exc:  # a failing job must never take the server down
-            store.update(job_id, status="failed", error=str(exc))
+#: Options the server decides: files on this machine, which no client string may name.
+SERVER_DECIDES = (*PATH_OPTIONS, "checkpoint")
+#: The page (index.html, app.js, style.css), shipped inside the package: no Node build.
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _read_image(upload: UploadFile, field: str):
@@ -81,14 +44,26 @@ def create_app(data: Path, token: str | None = None) -> FastAPI:
 
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise).
     """
-    app = FastAPI(title="stylerun")
-    if token:
-        app.middleware("http")(bearer_auth(token))
     store = Store(data)
     runner = Runner(store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await asyncio.to_thread(runner.close)  # the running job keeps a checkpoint; the next start goes on
+
+    app = FastAPI(title="stylerun", lifespan=lifespan)
+    if token:
+        app.middleware("http")(bearer_auth(token))
     app.include_router(service_routes())
     app.include_router(submit_routes(store, runner))
     app.include_router(job_routes(store, runner))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
     return app
 
 
@@ -113,18 +88,27 @@ def service_routes() -> APIRouter:
     def options_model() -> list[dict[str, Any]]:
         """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
         values = defaults()
-        return [{"name": f.name, "type": type(values[f.name]).__name__, "default": values[f.name],
-                 "help": f.metadata["option"].help, "group": f.metadata["option"].group}
-                for f in option_fields() if f.name not in PATH_OPTIONS]
+        return [_option_entry(f.name, f.metadata["option"], values[f.name])
+                for f in option_fields() if f.name not in SERVER_DECIDES]
 
     return router
+
+
+def _option_entry(name: str, spec: Any, default: Any) -> dict[str, Any]:
+    """One option as a form needs it: its value type (also where the default is None), choices, bounds."""
+    kind = {int: "int", float: "float", bool: "bool"}.get(spec.cli, "str")
+    bounds = bounds_of(name)
+    low, high = (None, None) if bounds is None else (bounds[0], bounds[1] if math.isfinite(bounds[1]) else None)
+    return {"name": name, "type": type(default).__name__, "kind": kind, "default": default, "help": spec.help,
+            "group": spec.group, "choices": choices_of(name), "min": low, "max": high,
+            "shown_default": spec.shown_default or (default if spec.cli_default is None else spec.cli_default)}
 
 
 def _checked_options(options: str) -> dict[str, Any]:
     """A client's options JSON through the option model (422 naming the field); server paths refused."""
     try:
         given = json.loads(options)
-        for name in PATH_OPTIONS:  # no client string ever becomes a path on this machine
+        for name in SERVER_DECIDES:  # no client string ever becomes a path on this machine
             if isinstance(given, dict) and given.get(name) is not None:
                 raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
         return TransferOptions.from_dict(given).to_dict()
@@ -178,7 +162,7 @@ def job_routes(store: Store, runner: Runner) -> APIRouter:
             while True:
                 job = store.get(job_id)
                 yield f"data: {json.dumps(job)}\n\n"
-                if job["status"] not in ("queued", "running"):
+                if job["status"] not in ACTIVE:
                     return
                 await asyncio.sleep(0.5)
         return StreamingResponse(stream(), media_type="text/event-stream")
@@ -200,8 +184,9 @@ def job_routes(store: Store, runner: Runner) -> APIRouter:
     def cancel(job_id: str) -> dict[str, Any]:
         found(job_id)
         runner.cancelled.add(job_id)  # first: a job the runner takes meanwhile stops at its next evaluation
-        if store.get(job_id)["status"] == "queued":
+        if store.get(job_id)["status"] in ("queued", "interrupted"):
             store.update(job_id, status="cancelled")
+            store.checkpoint(job_id).unlink(missing_ok=True)
         return store.get(job_id)
 
     return router

@@ -1,4 +1,4 @@
-"""The SQLite job store: one row per job; images live beside it under server-made names."""
+"""The SQLite job store: one row per job; images and checkpoints live beside it under server-made names."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from stylerun.checkpoint import SUFFIX
+
 SCHEMA = """create table if not exists jobs (
   id text primary key, status text, options text, styles integer, created real, finished real,
   iteration integer default 0, iterations integer default 0, loss real, content_loss real, style_loss real,
-  eta_s real, error text)"""
-FIELDS = ("id", "status", "iteration", "iterations", "loss", "content_loss", "style_loss", "eta_s", "error")
+  eta_s real, error text, resumed_from integer)"""
+FIELDS = ("id", "status", "iteration", "iterations", "loss", "content_loss", "style_loss", "eta_s", "error",
+          "resumed_from")
 
 
 class Store:
@@ -22,17 +25,25 @@ class Store:
 
     def __init__(self, data: Path):
         self.data = Path(data)
-        (self.data / "images").mkdir(parents=True, exist_ok=True)
+        self.images = self.data / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.data / "jobs.sqlite", check_same_thread=False)
         self.lock = threading.Lock()
         with self.lock, self.db:
             self.db.execute(SCHEMA)
-            # a server stopped mid-job: the job goes back to the queue and starts over (no checkpoint resume yet)
-            self.db.execute("update jobs set status='queued' where status='running'")
+            columns = {row[1] for row in self.db.execute("pragma table_info(jobs)")}
+            if "resumed_from" not in columns:  # a database from before resuming
+                self.db.execute("alter table jobs add column resumed_from integer")
+            # a server stopped mid-job: the job is interrupted, and goes on from its checkpoint (the runner's)
+            self.db.execute("update jobs set status='interrupted' where status='running'")
 
     def image(self, job_id: str, name: str) -> Path:
         """The file for one of a job's images; `job_id` is server-made (a uuid hex), `name` a constant."""
-        return self.data / "images" / f"{job_id}-{name}.png"
+        return self.images / f"{job_id}-{name}.png"
+
+    def checkpoint(self, job_id: str) -> Path:
+        """The job's checkpoint, where `worker.Work` writes it for a job run in the images folder."""
+        return self.images / f"{job_id}{SUFFIX}"
 
     def add(self, options: dict[str, Any], styles: int) -> str:
         job_id = uuid.uuid4().hex
