@@ -674,6 +674,8 @@ def serve_command(
     port: int = typer.Option(8000, help="Port to listen on."),
     data: Path = typer.Option(Path.home() / ".local" / "share" / "stylerun" / "serve", help="Jobs and images."),
     token: str = typer.Option(None, envvar="STYLERUN_TOKEN", help="Bearer token every API call must carry."),
+    workers: int = typer.Option(1, min=1, max=64, metavar="N",
+                                help="Jobs run at once; the cores are shared among them (a job's own threads win)."),
 ) -> None:
     """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
 
@@ -688,7 +690,7 @@ def serve_command(
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
-    uvicorn.run(create_app(data, token), host=host, port=port, timeout_graceful_shutdown=3)
+    uvicorn.run(create_app(data, token, workers), host=host, port=port, timeout_graceful_shutdown=3)
 
 
 def main() -> None:

@@ -30,10 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data: Path, port: int | None = None, token: str | None = None) -> tuple[subprocess.Popen, str]:
+def serve(data: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = ()
+          ) -> tuple[subprocess.Popen, str]:
     """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url)."""
     port = port or free_port()
-    extra = ["--token", token] if token else []
+    extra = [*(["--token", token] if token else []), *args]
     with open(Path(data).parent / f"{Path(data).name}-serve.log", "ab") as log:  # the server's own log, to read
         proc = subprocess.Popen([sys.executable, "-m", "stylerun", "serve", "--data", str(data), "--port", str(port),
                                  *extra], stdout=log, stderr=log)

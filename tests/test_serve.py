@@ -120,6 +120,28 @@ def test_cancel_stops_a_running_job_and_keeps_its_best_image(server):
     assert httpx.delete(server + "/api/jobs/nope").status_code == 404
 
 
+def test_workers_run_jobs_side_by_side(tmp_path):
+    """--workers 2: two jobs run at once (each claimed by one worker), a third waits first in line."""
+    proc, url = serve(tmp_path / "data", args=("--workers", "2"))
+    try:
+        ids = [_post(url, {"size": 32, "iterations": 400, "threads": 1}).json()["id"] for _ in range(3)]
+        deadline = time.monotonic() + 120
+        while True:
+            jobs = {j["id"]: j for j in httpx.get(url + "/api/jobs", timeout=30).json()}
+            if all(jobs[i]["status"] == "running" and jobs[i]["iteration"] >= 1 for i in ids[:2]):
+                break
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.05)
+        third = httpx.get(f"{url}/api/jobs/{ids[2]}", timeout=30).json()
+        assert third["status"] == "queued" and third["queue_position"] == 1, third
+        for job_id in ids:
+            assert httpx.delete(f"{url}/api/jobs/{job_id}", timeout=30).status_code == 200
+        for job_id in ids:
+            assert _wait(url, job_id, lambda j: j["status"] not in ("queued", "running"))["status"] == "cancelled"
+    finally:
+        stop(proc)
+
+
 def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
     """A server killed mid-job: on restart the job goes on from its last checkpoint, the queued one waits."""
     proc, url = serve(tmp_path / "data")

@@ -39,13 +39,14 @@ def _read_image(upload: UploadFile, field: str):
     return image
 
 
-def create_app(data: Path, token: str | None = None) -> FastAPI:
+def create_app(data: Path, token: str | None = None, workers: int = 1) -> FastAPI:
     """The application for one data folder (the store and runner are made here, no module globals).
 
-    With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise).
+    With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise);
+    `workers` jobs run at once.
     """
     store = Store(data)
-    runner = Runner(store)
+    runner = Runner(store, workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,4 +1,4 @@
-"""The server's worker: one job at a time through `engine.run`, checkpointed so a restart goes on.
+"""The server's workers: each runs one job at a time through `engine.run`, checkpointed so a restart goes on.
 
 A job is run the way a batch job is (`worker.Work`): its checkpoint is written every few
 iterations under the data folder, and a job the last server left running (status
@@ -14,11 +14,13 @@ from typing import Any
 
 from stylerun.batch import checkpoint_every
 from stylerun.engine import Listener, Outcome, run
-from stylerun.errors import OptionError, StylerunError
+from stylerun.errors import StylerunError
+from stylerun.executors import sizing
 from stylerun.images import save_image
 from stylerun.options import TransferOptions
+from stylerun.runtime import default_threads
 from stylerun.serve.store import Store
-from stylerun.worker import Task, Work, error_text
+from stylerun.worker import ModelCache, Task, Work, error_text
 
 #: Statuses of a job that is not over: the event stream follows these.
 ACTIVE = ("queued", "running", "interrupted")
@@ -48,42 +50,51 @@ def checkpointed(options: TransferOptions) -> TransferOptions:
     if options.checkpoint_every > 0:
         return options
     every = checkpoint_every(options)
-    try:
-        return options.replace(checkpoint_every=every) if every > 0 else options
-    except OptionError:  # max_memory: its choices are not kept in checkpoints, so none are written
-        return options
+    return options.replace(checkpoint_every=every) if every > 0 else options
 
 
 class Runner:
-    """One job at a time, interrupted ones first, then the oldest queued; a failing job is recorded, never raised."""
+    """`workers` jobs at once, interrupted ones first, then the oldest queued; a failing job is recorded, never raised.
 
-    def __init__(self, store: Store):
+    Each worker is a thread (onnxruntime releases the GIL while it computes) with its own
+    session cache, as a batch worker has; a job whose client chose no thread count gets
+    the cores shared out among the workers (`executors.sizing`).
+    """
+
+    def __init__(self, store: Store, workers: int = 1, cores: int | None = None):
         self.store, self.wake, self.cancelled = store, threading.Event(), set()
         self.closing = False
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
+        self.workers, self.threads = sizing(workers, cores or default_threads(), workers)
+        self.claiming = threading.Lock()
+        self.pool = [threading.Thread(target=self.loop, args=(ModelCache(),), daemon=True) for _ in range(workers)]
+        for thread in self.pool:
+            thread.start()
 
-    def next_job(self) -> str | None:
-        for status in ("interrupted", "queued"):
-            waiting = self.store.ids(status)
-            if waiting:
-                return waiting[0]
+    def claim(self) -> str | None:
+        """The next job, marked running so that no other worker takes it."""
+        with self.claiming:
+            for status in ("interrupted", "queued"):
+                waiting = self.store.ids(status)
+                if waiting:
+                    self.store.update(waiting[0], status="running")
+                    return waiting[0]
         return None
 
-    def loop(self) -> None:
+    def loop(self, models: ModelCache) -> None:
         while not self.closing:
-            job_id = self.next_job()
+            job_id = self.claim()
             if job_id is None:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            self.run_one(job_id)
+            self.run_one(job_id, models)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; the running one stops at its next evaluation and keeps a checkpoint to go on from."""
+        """Stop taking jobs; running ones stop at their next evaluation and keep a checkpoint to go on from."""
         self.closing = True
         self.wake.set()
-        self.thread.join(timeout)
+        for thread in self.pool:
+            thread.join(timeout)
 
     def work(self, job_id: str) -> Work:
         """The job as the batch's worker runs it: inputs and output under the data folder, its checkpoint there."""
@@ -91,18 +102,20 @@ class Runner:
         styles = tuple(str(store.image(job_id, f"style{i}")) for i in range(record["styles"]))
         ckpt = store.checkpoint(job_id)
         options = checkpointed(TransferOptions.from_dict(record["options"]))
+        if options.threads is None:
+            options = options.replace(threads=self.threads)
         task = Task(job_id, str(store.image(job_id, "content")), styles, options,
                     store.image(job_id, "result").name, None, str(ckpt) if ckpt.is_file() else None)
         return Work(task, store.images)
 
-    def run_one(self, job_id: str) -> None:
+    def run_one(self, job_id: str, models: ModelCache | None = None) -> None:
         store = self.store
         try:
             warnings: list[str] = []
             job, state = self.work(job_id).job(warnings)
             store.update(job_id, status="running", resumed_from=None if state is None else state.iteration,
                          error="; ".join(warnings) or None)
-            outcome = run(job, JobListener(store, job_id), resume=state,
+            outcome = run(job, JobListener(store, job_id), resume=state, models=models,
                           stop=lambda: self.closing or job_id in self.cancelled)
             self.record(job_id, outcome)
         except Exception as exc:  # a failing job must never take the server down
