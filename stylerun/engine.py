@@ -44,7 +44,7 @@ from .locks import output_lock
 from .loss import ExtraTerm, StyleLoss, WithExtra, check_weights_file, initial_image, layer_set, resize_to
 from .optimizers import Progress, Result, optimize
 from .options import RESUMABLE, TransferOptions
-from .runtime import default_threads
+from .runtime import default_threads, release_free_memory
 from .version import __version__
 from .weight_formats import detect_format
 
@@ -419,6 +419,8 @@ def _optimize_stages(state: _Run) -> Result:
     first = resume.iteration if resume is not None else 0
     result: Result | None = None
     for index, (size, end) in enumerate(state.plan):
+        state.loss = None  # the last scale's sessions and arrays go before the next scale's are made
+        release_free_memory()
         loss = state.build(size)
         state.loss, state.stage_index = loss, index
         if resume is not None:
