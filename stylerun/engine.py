@@ -414,38 +414,44 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
 
 
 def _optimize_stages(state: _Run) -> Result:
-    options, resume = state.options, state.resume
+    resume = state.resume
     previous: np.ndarray | None = None
     first = resume.iteration if resume is not None else 0
     result: Result | None = None
     for index, (size, end) in enumerate(state.plan):
         state.loss = None  # the last scale's sessions and arrays go before the next scale's are made
         release_free_memory()
-        loss = state.build(size)
-        state.loss, state.stage_index = loss, index
-        if resume is not None:
-            start, lbfgs, init_loss = resume.image, resume.lbfgs, resume.loss
-            if resume.lbfgs_dropped:
-                state.listener.warning(f"{resume.lbfgs_dropped}; L-BFGS-B restarts its history")
-        else:
-            if previous is None:
-                previous = state.job.start if state.job.start is not None else initial_image(options.init, loss,
-                                                                                               options.seed)
-            rgb = resize_to(previous, loss.shape) if previous.shape != loss.shape else previous
-            start, lbfgs, init_loss = loss.to_variable(rgb), None, math.inf
-        if index == 0:
-            h, w, _ = loss.shape
-            n = options.iterations
-            state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
-        state.tell_balance(loss)
-        state.stage_first = first
-        result = optimize(objective_of(loss, state.job), start, end, state.on_step, loss.options.lbfgs_memory,
-                          first_iteration=first, stop=state.stop, resume=lbfgs, init_loss=init_loss,
-                          optimizer=loss.options.optimizer, learning_rate=options.learning_rate)
-        previous, first = loss.to_rgb(result.image), result.iterations
+        result = _stage(state, index, size, end, previous, first)
+        previous, first = state.loss.to_rgb(result.image), result.iterations
         if result.interrupted or result.error:
             break
     return result
+
+
+def _stage(state: _Run, index: int, size: int | None, end: int, previous: np.ndarray | None, first: int) -> Result:
+    """One scale: its loss, its starting point (the last scale's result, the init, or the checkpoint) and the run."""
+    options, resume = state.options, state.resume
+    loss = state.build(size)
+    state.loss, state.stage_index = loss, index
+    if resume is not None:
+        start, lbfgs, init_loss = resume.image, resume.lbfgs, resume.loss
+        if resume.lbfgs_dropped:
+            state.listener.warning(f"{resume.lbfgs_dropped}; L-BFGS-B restarts its history")
+    else:
+        if previous is None:
+            previous = state.job.start if state.job.start is not None else initial_image(options.init, loss,
+                                                                                           options.seed)
+        rgb = resize_to(previous, loss.shape) if previous.shape != loss.shape else previous
+        start, lbfgs, init_loss = loss.to_variable(rgb), None, math.inf
+    if index == 0:
+        h, w, _ = loss.shape
+        n = options.iterations
+        state.listener.started(f"{w}x{h}, {n} iteration{'s' if n != 1 else ''}")  # the device: in the estimate
+    state.tell_balance(loss)
+    state.stage_first = first
+    return optimize(objective_of(loss, state.job), start, end, state.on_step, loss.options.lbfgs_memory,
+                    first_iteration=first, stop=state.stop, resume=lbfgs, init_loss=init_loss,
+                    optimizer=loss.options.optimizer, learning_rate=options.learning_rate)
 
 
 def objective_of(loss: StyleLoss, job: Job):
