@@ -432,6 +432,7 @@ def _stage(state: _Run, index: int, size: int | None, end: int, previous: np.nda
     """One scale: its loss, its starting point (the last scale's result, the init, or the checkpoint) and the run."""
     options, resume = state.options, state.resume
     loss = state.build(size)
+    loss.stop_with(state.stop)
     state.loss, state.stage_index = loss, index
     if resume is not None:
         start, lbfgs, init_loss = resume.image, resume.lbfgs, resume.loss

@@ -55,6 +55,11 @@ class DeepImageError(ValueError):
     """A 16-bit image file the full-precision reader cannot use (the caller names the file)."""
 
 
+class EvaluationStopped(Exception):
+    """A stop asked for in the middle of an evaluation (a tiled one takes minutes at print sizes):
+    the optimizer ends the run as it does for a stop between evaluations."""
+
+
 class NumericError(StylerunError):
     """The loss or gradient stopped being finite."""
 

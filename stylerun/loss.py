@@ -244,6 +244,12 @@ class StyleLoss:
             return color.match_color(style_image, self.content_image)
         return style_image
 
+    def stop_with(self, stop: Callable[[], bool] | None) -> None:
+        """Let `stop` end an evaluation between tiles: at print sizes one tiled evaluation takes
+        minutes, too long to wait for after Ctrl-C. (A whole-image evaluation is one call.)"""
+        if isinstance(self.model, TiledLoss):
+            self.model.stop = stop
+
     def seen(self, rgb: np.ndarray) -> np.ndarray:
         """What the network is shown of an RGB image: itself, or its luminance in luminance mode."""
         return color.gray(rgb) if self.preserve_color == "luminance" else rgb

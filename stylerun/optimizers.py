@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from scipy.optimize import Bounds, minimize
 
-from .errors import InputError, NumericError, mention
+from .errors import EvaluationStopped, InputError, NumericError, mention
 from .options import ADAM_LEARNING_RATE, TransferOptions
 
 
@@ -269,7 +269,10 @@ class _Tracker:
         image = x.reshape(self.shape).astype(np.float32)
         if not np.isfinite(image).all():
             raise NumericError(f"the image became non-finite at evaluation {self.evals + 1}")
-        value, grad = self.loss.loss_and_grad(image)
+        try:
+            value, grad = self.loss.loss_and_grad(image)
+        except EvaluationStopped:
+            raise _Stopped from None
         self.evals += 1
         hint = f"try a smaller {mention('alpha')}/{mention('beta')} or layer weights, or check the model file"
         if not math.isfinite(value):
@@ -344,7 +347,10 @@ def optimize(
     except NumericError as exc:
         error = str(exc)
     if not math.isfinite(track.best_loss) and error is None:
-        value, _ = loss.loss_and_grad(track.best_x)  # no evaluation finished: the loss of the start
+        try:
+            value, _ = loss.loss_and_grad(track.best_x)  # no evaluation finished: the loss of the start
+        except EvaluationStopped:  # stopped inside the first evaluation, and again: no loss is known
+            value = math.nan
         track.best_loss = value if math.isfinite(value) else math.nan
     elif not math.isfinite(track.best_loss):
         track.best_loss = math.nan

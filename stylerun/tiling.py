@@ -16,11 +16,12 @@ local). Peak memory is one halo'd tile's network, not the image's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
 
+from .errors import EvaluationStopped
 from .export import GRAD, ModelFiles
 from .forward import (
     CONTENT_WEIGHTS,
@@ -110,6 +111,8 @@ class TiledLoss:
         settings = replace(settings, shared_arena=True)  # the passes take turns: one arena serves both
         self.statistics = create_session(files.targets, device, threads, settings)  # pass 1
         self.gradient = create_session(files.loss, device, threads, settings)  # pass 2
+        #: Asked between tiles; True ends the evaluation with `EvaluationStopped` (see `StyleLoss.stop_with`).
+        self.stop: Callable[[], bool] | None = None
         self.bind({}, [0.0] * len(self.layers.content), [0.0] * len(self.layers.style), 1.0, 1.0)
 
     @property
@@ -148,8 +151,13 @@ class TiledLoss:
         h, w, _ = x.shape
         names = [o.name for o in self.statistics.get_outputs()]
         for inner, outer in tiles(h, w, self.tile, self.pad):
+            self._check_stop()
             values = self.statistics.run(names, self._tile_feeds(x, guide, inner, outer))
             yield inner, outer, dict(zip(names, values, strict=True))
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop():
+            raise EvaluationStopped
 
     def _tile_feeds(self, x: np.ndarray, guide: np.ndarray | None, inner, outer) -> dict[str, np.ndarray]:
         oy0, oy1, ox0, ox1 = outer
@@ -187,6 +195,7 @@ class TiledLoss:
         grad *= self.tv_weight
         weights = np.asarray([self.alpha * self.content_weights[n] for n in self.layers.content], np.float32)
         for inner, outer in tiles(h, w, self.tile, self.pad):
+            self._check_stop()
             feeds = {**self._tile_feeds(x, self.guide, inner, outer), **slopes, CONTENT_WEIGHTS: weights,
                      **self._content_window(inner, outer, h, w)}
             (part,) = self.gradient.run([GRAD], feeds)

@@ -153,3 +153,19 @@ def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style
     assert (state.options.max_memory, state.options.tile_size, state.options.lbfgs_memory) == (None, tile, m)
     resumed = stylerun.transfer(resume=tmp_path / "run.ckpt.npz", output=tmp_path / "resumed.png")
     assert np.array_equal(np.asarray(resumed), np.asarray(full))
+
+
+def test_a_stop_ends_a_tiled_evaluation_between_tiles(content_path, style_path):
+    """At print sizes one evaluation takes minutes: a stop asked mid-evaluation ends the run at the
+    next tile, with the best image so far, instead of after the evaluation."""
+    import stylerun
+
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 40  # once per evaluation and once per tile: 1 + 15 + 15 for the first
+
+    image = stylerun.transfer(content_path, style_path, size=72, iterations=5, tile_size=16, alpha=1.0, beta=1e3,
+                              threads=1, stop=stop, **{k: v for k, v in LAYERS.items() if k != "threads"})
+    assert image.size == (72, 48) and len(asked) == 41  # inside the second evaluation, at the first "yes"
