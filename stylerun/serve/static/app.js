@@ -214,6 +214,8 @@ async function loadPreview(id, iteration) {
       setPreview(await response.blob(), iteration);
       current.previewAt = iteration;
     }
+  } catch (error) {
+    // the server is busy or away: the next event asks again
   } finally {
     current.loading = false;
   }
@@ -309,7 +311,11 @@ async function watch(id) {
     });
   } catch (error) {
     if (error.name === "AbortError") return;
-    throw error;
+    // the connection dropped (server restarted, network): say so and follow the job again
+    $("preview-empty").textContent = "Connection lost; reconnecting…";
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    if (id === current.id) watch(id);
+    return;
   }
   if (last && id === current.id) {
     if (["done", "cancelled"].includes(last.status)) await loadResult(last);
@@ -344,6 +350,8 @@ async function refreshGallery() {
       gallery.again = false;
       await drawGallery();
     } while (gallery.again);
+  } catch (error) {
+    // the server is busy or away: the next refresh draws the gallery again
   } finally {
     gallery.busy = false;
   }
