@@ -95,6 +95,11 @@ def _feature_window(layer: str, inner, outer, h: int, w: int) -> tuple[slice, sl
     return ry, rx
 
 
+def _windows(layer: str, inner, outer, h: int, w: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """The interior in `layer`'s map: (in the halo'd tile's map, in the whole image's map)."""
+    return _feature_window(layer, inner, outer, h, w), _feature_window(layer, inner, (0, h, 0, w), h, w)
+
+
 class TiledLoss:
     """A `LossModel` stand-in (`layers`, `targets`, `bind`, `loss_and_grad`) that works tile by tile.
 
@@ -137,8 +142,7 @@ class TiledLoss:
         grams, energies = {}, {}
         for inner, outer, stats in self._pass1(x, guide):
             for n in self.layers.content:
-                ry, rx = _feature_window(n, inner, outer, h, w)
-                ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
+                (ry, rx), (ty, tx) = _windows(n, inner, outer, h, w)
                 out[content_target_name(n)][0][:, ty, tx] = stats[content_target_name(n)][0][:, ry, rx]
             _accumulate(grams, energies, stats, self.layers.style)
         for n in self.layers.style:
@@ -168,8 +172,7 @@ class TiledLoss:
         return {IMAGE: np.ascontiguousarray(x[oy0:oy1, ox0:ox1]), INTERIOR: interior, STYLE_GUIDE: regions}
 
     def _content_residual(self, n: str, feature: np.ndarray, inner, outer, h: int, w: int) -> np.ndarray:
-        ry, rx = _feature_window(n, inner, outer, h, w)
-        ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
+        (ry, rx), (ty, tx) = _windows(n, inner, outer, h, w)
         return feature[0][:, ry, rx].astype(np.float64) - self.bound[content_target_name(n)][0][:, ty, tx]
 
     def _style_terms(self, grams, energies) -> tuple[float, dict[str, np.ndarray]]:
@@ -227,8 +230,7 @@ class TiledLoss:
             target = self.bound[content_target_name(n)]
             window = np.zeros((1, target.shape[1], *_map_size(n, outer[1] - outer[0], outer[3] - outer[2])),
                               np.float32)
-            ry, rx = _feature_window(n, inner, outer, h, w)
-            ty, tx = _feature_window(n, inner, (0, h, 0, w), h, w)
+            (ry, rx), (ty, tx) = _windows(n, inner, outer, h, w)
             window[0][:, ry, rx] = target[0][:, ty, tx]
             out[content_target_name(n)] = window
         return out
