@@ -172,19 +172,30 @@ def _pooled(b: GraphBuilder, mask: str, layers: LayerSet, hint: str) -> dict[str
     return masks
 
 
-def _guided_grams(b: GraphBuilder, feature: str, guide: str, channels: int, layer: str, regions: int) -> list[str]:
+def _guided_grams(b: GraphBuilder, feature: str, guide: str, layer: str, regions: int) -> list[str]:
     """Per region r, the Gram of the masked features normalized by the mask's energy.
 
     G_r = (F m_r)(F m_r)^T / sum(m_r^2): with a mask of ones this is G / M, so guided and
     unguided losses agree; the normalization makes regions of any area comparable.
     """
-    grams = []
+    energy = b.op("Add", _energies(b, guide), b.const(1e-8, "tiny"))
+    return [b.op("Div", gram, b.op("Gather", energy, b.const(r, "index", np.int64), axis=0),
+                 hint=f"{layer}.guided_gram{r}")
+            for r, gram in enumerate(_region_grams(b, feature, guide, layer, regions))]
+
+
+def _region_grams(b: GraphBuilder, feature: str, masks: str, layer: str, regions: int) -> list[str]:
+    """Per region, the unnormalized Gram of the features under its mask (R, 1, h, w)."""
+    out = []
     for r in range(regions):
-        mask = b.op("Gather", guide, b.const([r], "region", np.int64), axis=0)  # (1, 1, h, w)
-        energy = b.op("Add", b.op("ReduceSumSquare", mask, keepdims=0), b.const(1e-8, "tiny"))
-        masked = b.op("Mul", feature, mask, hint=f"{layer}.masked{r}")
-        grams.append(b.op("Div", _gram(b, masked, channels, layer), energy, hint=f"{layer}.guided_gram{r}"))
-    return grams
+        mask = b.op("Gather", masks, b.const([r], "region", np.int64), axis=0)  # (1, 1, h, w)
+        out.append(_gram(b, b.op("Mul", feature, mask, hint=f"{layer}.masked{r}"), _channels(layer), layer))
+    return out
+
+
+def _energies(b: GraphBuilder, masks: str, outputs: list[str] | int = 1) -> str:
+    """Each region mask's sum of squares, (R,)."""
+    return b.op("ReduceSumSquare", masks, axes=[1, 2, 3], keepdims=0, outputs=outputs)
 
 
 def _gram(b: GraphBuilder, feature: str, channels: int, layer: str) -> str:
@@ -247,7 +258,7 @@ def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelPr
     for layer in layers.style:
         n = _channels(layer)
         if layers.regions:
-            grams = _guided_grams(b, feats[layer], guides[layer], n, layer, layers.regions)
+            grams = _guided_grams(b, feats[layer], guides[layer], layer, layers.regions)
             stacked = [b.op("Unsqueeze", g, b.const([0], "axis0", np.int64)) for g in grams]
             b.op("Concat", *stacked, axis=0, outputs=[style_target_name(layer)])
             b.add_output(style_target_name(layer), [layers.regions, n, n])
@@ -296,7 +307,7 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
         if layers.regions:
             # sum_r ((G_r - A_r) / (2N))^2 with normalized guided Grams (see _guided_grams)
             squares = []
-            for r, gram in enumerate(_guided_grams(b, feats[layer], guides[layer], n, layer, layers.regions)):
+            for r, gram in enumerate(_guided_grams(b, feats[layer], guides[layer], layer, layers.regions)):
                 target = b.op("Gather", style_target_name(layer), b.const(r, "index", np.int64), axis=0)
                 diff = b.op("Mul", b.op("Sub", gram, target), b.const(0.5 / n, "half_over_n"))
                 squares.append(b.op("ReduceSumSquare", diff, keepdims=0))
@@ -320,7 +331,6 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
     return make_model(b.graph, _metadata(weights, layers, "loss"), doc="Gatys et al. style-transfer loss on VGG19")
 
 
-
 # --- tiled evaluation (see `tiling`) ---------------------------------------------------------
 
 
@@ -341,15 +351,6 @@ def _tile_graph(weights: VGG19Weights, layers: LayerSet) -> tuple[GraphBuilder, 
     return b, feats, _pooled(b, interior, layers, "interior"), _pooled(b, regions, layers, "guide")
 
 
-def _region_grams(b: GraphBuilder, feature: str, masks: str, layer: str, regions: int) -> list[str]:
-    """Per region, the unnormalized Gram of the features under its (interior-restricted) mask."""
-    out = []
-    for r in range(regions):
-        mask = b.op("Gather", masks, b.const([r], "region", np.int64), axis=0)
-        out.append(_gram(b, b.op("Mul", feature, mask, hint=f"{layer}.masked{r}"), _channels(layer), layer))
-    return out
-
-
 def build_tile_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
     """Pass 1 of a tiled evaluation: a tile's contributions to the whole image's statistics.
 
@@ -368,7 +369,7 @@ def build_tile_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.Mo
                    for g in _region_grams(b, feats[layer], masks[layer], layer, regions)]
         b.op("Concat", *stacked, axis=0, outputs=[style_target_name(layer)])
         b.add_output(style_target_name(layer), [regions, n, n])
-        b.op("ReduceSumSquare", masks[layer], axes=[1, 2, 3], keepdims=0, outputs=[style_energy_name(layer)])
+        _energies(b, masks[layer], [style_energy_name(layer)])
         b.add_output(style_energy_name(layer), [regions])
     return make_model(b.graph, _metadata(weights, layers, "tile-targets"), doc="Tiled evaluation, pass 1")
 

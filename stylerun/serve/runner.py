@@ -64,7 +64,7 @@ class Runner:
     def __init__(self, store: Store, workers: int = 1, cores: int | None = None):
         self.store, self.wake, self.cancelled = store, threading.Event(), set()
         self.closing = False
-        self.workers, self.threads = sizing(workers, cores or default_threads(), workers)
+        self.threads = sizing(workers, cores or default_threads(), workers)[1]  # per job
         self.claiming = threading.Lock()
         self.pool = [threading.Thread(target=self.loop, args=(ModelCache(),), daemon=True) for _ in range(workers)]
         for thread in self.pool:
