@@ -55,8 +55,8 @@ def expand_arguments(args: list[str]) -> list[str]:
     return out
 
 
-class BatchCommand(TyperCommand):
-    """The `batch` command, with `expand_arguments` applied before Click parses."""
+class ExpandedCommand(TyperCommand):
+    """A command whose words go through `expand_arguments` before Click parses (`batch`, and `serve`'s bare --ray)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, expand_arguments(list(args)))

@@ -507,6 +507,11 @@ resumes stopped ones from their checkpoints.
         raise typer.Exit(status)
 
 
+#: `--ray` of batch and serve (a bare --ray becomes "local": `batch_cli.expand_arguments`).
+RAY_HELP = ("Run jobs on Ray actors: alone, a local instance; auto or ray://HOST:PORT, a cluster. "
+            "Needs pip install 'stylerun\\[ray]'.")
+
+
 def _batch_signature() -> inspect.Signature:
     kw, panel = inspect.Parameter.KEYWORD_ONLY, "Batch"
 
@@ -529,9 +534,7 @@ def _batch_signature() -> inspect.Signature:
         own("workers", int | None, typer.Option(None, "--workers", min=1, metavar="N", show_default=False,
                                                 help="Jobs at once (default: so that workers x threads <= cores).",
                                                 rich_help_panel=panel)),
-        own("ray", str | None, typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False,
-                                            help="Run on Ray: alone, a local instance; auto or ray://HOST:PORT, a "
-                                                 "cluster. Needs pip install 'stylerun\\[ray]'.",
+        own("ray", str | None, typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False, help=RAY_HELP,
                                             rich_help_panel=panel)),
         own("gpus_per_job", float, typer.Option(0.0, "--gpus-per-job", min=0.0, metavar="G",
                                                 help="With --ray: GPUs each job reserves.", rich_help_panel=panel)),
@@ -545,7 +548,7 @@ def _batch_signature() -> inspect.Signature:
 
 
 batch_command.__signature__ = _batch_signature()
-app.command("batch", cls=batch_cli.BatchCommand)(batch_command)
+app.command("batch", cls=batch_cli.ExpandedCommand)(batch_command)
 
 
 # --- video ---------------------------------------------------------------------------------------
@@ -668,7 +671,7 @@ def _usage_error(exc: Exception) -> bool:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-@app.command("serve")
+@app.command("serve", cls=batch_cli.ExpandedCommand)
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --token."),
     port: int = typer.Option(8000, help="Port to listen on."),
@@ -676,6 +679,8 @@ def serve_command(
     token: str = typer.Option(None, envvar="STYLERUN_TOKEN", help="Bearer token every API call must carry."),
     workers: int = typer.Option(1, min=1, max=64, metavar="N",
                                 help="Jobs run at once; the cores are shared among them (a job's own threads win)."),
+    ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False,
+                            help=RAY_HELP + " One actor per worker."),
 ) -> None:
     """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
 
@@ -689,8 +694,10 @@ def serve_command(
         from .serve.app import create_app
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
+    application = create_app(data, token, workers, ray)
+    print(f"stylerun serve: jobs run on {application.state.runner.describe()}", file=sys.stderr, flush=True)
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
-    uvicorn.run(create_app(data, token, workers), host=host, port=port, timeout_graceful_shutdown=3)
+    uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=3)
 
 
 def main() -> None:

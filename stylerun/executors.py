@@ -23,13 +23,14 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .errors import StylerunError
 from .runtime import default_threads
-from .worker import ModelCache, Shipped, Task, TaskResult, failed, perform
+from .worker import ModelCache, Shipped, Task, TaskResult, Watch, failed, perform
 
 #: Thread pools of the numerical libraries in each local worker: as many threads as the job's,
 #: not one per core. Otherwise OpenBLAS (L-BFGS-B's vector steps) starts a thread per core in
@@ -150,23 +151,40 @@ def import_ray() -> Any:
 class RayWorker:
     """The actor: one per slot, keeping its loss sessions across the jobs it runs.
 
-    It runs with two threads so that `stop` is served while `perform` runs.
+    It runs with two threads so that `stop` and `progress` are served while `perform` runs.
     """
 
     def __init__(self) -> None:
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # every job, for good: the batch is ending
+        self.stopped: set[str] = set()  # single jobs (a served job cancelled); the actor goes on
         self.models = ModelCache()
+        self.watch: Watch | None = None
 
-    def perform(self, task: Task) -> TaskResult:
+    def perform(self, task: Task, watch: bool = False) -> TaskResult:
+        """Run `task`; with `watch`, `progress` reports on it while it runs."""
         items = (task.content, *task.style)
         refs = [item.data for item in items if not isinstance(item.data, bytes)]  # Ray object refs
         if refs:
             data = iter(import_ray().get(refs))
             items = tuple(item if isinstance(item.data, bytes) else Shipped(item.name, next(data)) for item in items)
-        return perform(replace(task, content=items[0], style=items[1:]), self.stopping.is_set, self.models)
+        self.watch = Watch() if watch else None
+        try:
+            return perform(replace(task, content=items[0], style=items[1:]),
+                           lambda: self.stopping.is_set() or task.id in self.stopped, self.models, self.watch)
+        finally:
+            self.stopped.discard(task.id)
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def progress(self) -> dict[str, Any] | None:
+        """What is new in the watched job (`Watch.take`), or None if the job is not watched."""
+        watch = self.watch
+        return None if watch is None else watch.take()
+
+    def stop(self, task_id: str | None = None) -> None:
+        """Stop the job `task_id` at its next evaluation; with no id, every job from now on."""
+        if task_id is None:
+            self.stopping.set()
+        else:
+            self.stopped.add(task_id)
 
     def stats(self) -> tuple[int, int]:
         """(sessions created, sessions reused)."""
@@ -189,6 +207,7 @@ class RayExecutor:
         self.busy: dict[Any, tuple[Task, Any]] = {}
         self.puts: dict[str, Any] = {}
         self.startup_s = 0.0
+        self.lock = threading.Lock()  # the slots, for callers on several threads (`follow`)
 
     def describe(self) -> str:
         where = "a local Ray instance" if self.address == LOCAL else f"Ray at {self.address}"
@@ -221,10 +240,16 @@ class RayExecutor:
         if self.gpus and workers is None:
             self.slots = max(1, min(self.slots, int(resources.get("GPU", 0) // self.gpus)))
 
-    def ship(self, task: Task) -> Task:
-        """The task with its input files in the object store (each file once) and nothing left to the filesystem."""
+    def ship(self, task: Task, share: bool = True) -> Task:
+        """The task with its input files in the object store and nothing left to the filesystem.
+
+        With `share` each file is put once for the batch's many jobs; without, the bytes
+        travel with this task alone and are freed with it (a server's uploads are used once).
+        """
         def put(path: Any) -> Shipped:
             key = str(path)
+            if not share:
+                return Shipped(key, Path(path).read_bytes())
             if key not in self.puts:
                 self.puts[key] = self.ray.put(Path(path).read_bytes())
             return Shipped(key, self.puts[key])
@@ -233,10 +258,11 @@ class RayExecutor:
         return replace(task, content=put(task.content), style=tuple(put(s) for s in task.style), outdir=None,
                        resume=resume)
 
-    def submit(self, task: Task) -> Any:
-        actor = self.free.pop()
-        ref = actor.perform.remote(self.ship(task))
-        self.busy[ref] = (task, actor)
+    def submit(self, task: Task, watch: bool = False, share: bool = True) -> Any:
+        with self.lock:
+            actor = self.free.pop()
+            ref = actor.perform.remote(self.ship(task, share), watch)
+            self.busy[ref] = (task, actor)
         return ref
 
     def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, TaskResult]]:
@@ -244,14 +270,45 @@ class RayExecutor:
         return [(ref, self._result(ref)) for ref in ready]
 
     def _result(self, ref: Any) -> TaskResult:
-        task, actor = self.busy.pop(ref)
+        with self.lock:
+            task, actor = self.busy.pop(ref)
         try:
             result = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # the actor died (node lost, out of memory): replace it
             actor = self.actor_class.remote()
             result = failed(task.id, f"the Ray worker failed while this job ran: {' '.join(str(exc).split())[:300]}")
-        self.free.append(actor)
+        with self.lock:
+            self.free.append(actor)
         return result
+
+    def follow(self, task: Task, report: Callable[[dict[str, Any]], None], stop: Callable[[], bool],
+               every: float = 1.0) -> TaskResult:
+        """Run one task on a free actor, handing what is new in it (`Watch.take`) to `report` about
+        every `every` seconds and once at the end; once `stop()` is true the actor is asked to stop
+        the task, which then ends ``interrupted`` with its checkpoint and picture in the result.
+
+        For callers that each run one task at a time, on as many threads as there are slots (the
+        server's workers); a batch uses `submit` and `wait` instead.
+        """
+        ref = self.submit(task, watch=True, share=False)
+        with self.lock:
+            actor = self.busy[ref][1]
+        asked = False
+        while not self.ray.wait([ref], timeout=every)[0]:
+            if not asked and stop():
+                actor.stop.remote(task.id)
+                asked = True
+            self._report(actor, report)
+        self._report(actor, report)  # the last iterations' numbers and preview
+        return self._result(ref)
+
+    def _report(self, actor: Any, report: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            taken = self.ray.get(actor.progress.remote(), timeout=60)
+        except self.ray.exceptions.RayError:  # the actor is gone: its task's result says so
+            return
+        if taken is not None:
+            report(taken)
 
     def request_stop(self) -> None:
         for _, actor in self.busy.values():

@@ -13,9 +13,11 @@ must not end a batch of a thousand.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -24,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from PIL import Image
+
 from .checkpoint import SUFFIX
 from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
 from .errors import StylerunError, mention_options, one_line
 from .export import ModelFiles
+from .images import to_uint8
 from .options import RESUMABLE, TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings
 
@@ -83,6 +88,8 @@ class TaskResult:
     #: Shipped tasks only: files made, by path relative to the batch folder, and the checkpoint of a stopped job.
     files: dict[str, bytes] = field(default_factory=dict, repr=False)
     checkpoint: bytes | None = field(default=None, repr=False)
+    #: Shipped tasks only: a stopped job's best picture, which a batch leaves out and a cancelled served job keeps.
+    stopped: bytes | None = field(default=None, repr=False)
 
 
 def failed(task_id: str, error: str, seconds: float = 0.0) -> TaskResult:
@@ -125,8 +132,68 @@ class _Warnings(Listener):
         self.messages.append(message)
 
 
-def perform(task: Task, stop: Callable[[], bool] | None = None, models: ModelCache | None = None) -> TaskResult:
-    """Run `task` to its end (or until `stop`), never raising for anything the job itself causes."""
+def progress_numbers(progress: Any) -> dict[str, Any]:
+    """An iteration's numbers as a job record holds them."""
+    return {"iteration": progress.iteration, "iterations": progress.iterations, "loss": progress.loss,
+            "content_loss": progress.content_loss, "style_loss": progress.style_loss, "eta_s": progress.eta_s}
+
+
+def png_bytes(rgb: Any) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(to_uint8(rgb)).save(out, "PNG")
+    return out.getvalue()
+
+
+class Watch(_Warnings):
+    """A running job as another thread sees it: its latest numbers, preview and checkpoint.
+
+    A Ray actor runs the job on one thread and answers its driver's `take` calls on the
+    other; each call returns what is new since the last, so a preview or a checkpoint
+    crosses the network once. The preview is a PNG every `every` iterations and at the end.
+    """
+
+    def __init__(self, every: int = 2):
+        super().__init__()
+        self.every, self.lock = every, threading.Lock()
+        self.numbers: dict[str, Any] = {}
+        self.preview: bytes | None = None
+        self.checkpoint: Path | None = None
+        self.checkpoint_seen: int | None = None
+
+    def begin(self, checkpoint: Path, resumed_from: int | None) -> None:
+        """The job is built: where its checkpoints will be written, and the iteration it goes on from."""
+        with self.lock:
+            self.checkpoint = checkpoint
+            self.numbers = {"resumed_from": resumed_from}
+
+    def progress(self, progress: Any) -> None:
+        png = None
+        if progress.iteration % self.every == 0 or progress.iteration == progress.iterations:
+            png = png_bytes(progress.rgb())
+        with self.lock:
+            self.numbers.update(progress_numbers(progress))
+            self.preview = png or self.preview
+
+    def take(self) -> dict[str, Any]:
+        """The latest numbers, and the preview and checkpoint bytes when new (else None)."""
+        with self.lock:
+            taken = {**self.numbers, "warnings": list(self.messages), "preview": self.preview, "checkpoint": None}
+            self.preview, checkpoint = None, self.checkpoint
+        try:  # written atomically by the engine; gone once the job's folder is removed
+            stat = checkpoint.stat() if checkpoint is not None else None
+            if stat is not None and stat.st_mtime_ns != self.checkpoint_seen:
+                taken["checkpoint"], self.checkpoint_seen = checkpoint.read_bytes(), stat.st_mtime_ns
+        except FileNotFoundError:
+            pass
+        return taken
+
+
+def perform(task: Task, stop: Callable[[], bool] | None = None, models: ModelCache | None = None,
+            watch: Watch | None = None) -> TaskResult:
+    """Run `task` to its end (or until `stop`), never raising for anything the job itself causes.
+
+    `watch`, if given, follows the run for another thread (see `Watch`).
+    """
     begin = time.perf_counter()
     parent = None
     if task.outdir is not None:
@@ -136,7 +203,7 @@ def perform(task: Task, stop: Callable[[], bool] | None = None, models: ModelCac
         with tempfile.TemporaryDirectory(prefix=f"{task.id}-", dir=parent) as folder:
             work = Work(task, Path(folder))
             try:
-                return work.perform(stop, models, begin)
+                return work.perform(stop, models, begin, watch)
             except (StylerunError, MemoryError, RecursionError) as exc:
                 return failed(task.id, work.unlocal(error_text(exc)), time.perf_counter() - begin)
     except Exception as exc:  # a bug: recorded with its place, and the batch goes on
@@ -202,9 +269,12 @@ class Work:
         overrides["checkpoint"] = str(self.checkpoint)
         return resume_job(resume, self.output, **overrides)
 
-    def perform(self, stop: Callable[[], bool] | None, models: ModelCache | None, begin: float) -> TaskResult:
-        listener = _Warnings()
+    def perform(self, stop: Callable[[], bool] | None, models: ModelCache | None, begin: float,
+                watch: Watch | None = None) -> TaskResult:
+        listener = watch or _Warnings()
         job, state = self.job(listener.messages)
+        if watch is not None:
+            watch.begin(self.checkpoint, None if state is None else state.iteration)
         outcome = run(job, listener, stop, resume=state, models=models)
         status = "interrupted" if outcome.interrupted else "failed" if outcome.error else "done"
         error = None if outcome.error is None else mention_options(outcome.error, str)
@@ -235,8 +305,11 @@ class Work:
                 result.files[str(here / path.name)] = path.read_bytes()
             else:
                 os.replace(path, Path(task.outdir, here, path.name))
-        if task.outdir is None and outcome.interrupted and self.checkpoint.is_file():
-            result.checkpoint = self.checkpoint.read_bytes()
+        if task.outdir is None and outcome.interrupted:
+            if self.checkpoint.is_file():
+                result.checkpoint = self.checkpoint.read_bytes()
+            if self.output.is_file():
+                result.stopped = self.output.read_bytes()
 
 
 def final_terms(outcome: Outcome) -> tuple[float | None, float | None, float | None]:

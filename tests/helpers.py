@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,12 +34,16 @@ def free_port() -> int:
 
 def serve(data: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = ()
           ) -> tuple[subprocess.Popen, str]:
-    """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url)."""
+    """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url).
+
+    The server leads its own process group, so `kill` can take every process it started
+    (a Ray instance's too) as a power cut would.
+    """
     port = port or free_port()
     extra = [*(["--token", token] if token else []), *args]
     with open(Path(data).parent / f"{Path(data).name}-serve.log", "ab") as log:  # the server's own log, to read
         proc = subprocess.Popen([sys.executable, "-m", "stylerun", "serve", "--data", str(data), "--port", str(port),
-                                 *extra], stdout=log, stderr=log)
+                                 *extra], stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -52,9 +58,27 @@ def serve(data: Path, port: int | None = None, token: str | None = None, args: t
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a service manager stops it; a server that does not end in 20 s is killed."""
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+        kill(proc)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL to the server and everything it started: no goodbye, no checkpoint written on the way out."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process the server started (its process group) is still there."""
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

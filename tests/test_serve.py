@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import serve, stop
+from helpers import group_alive, kill, serve, stop
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -55,7 +55,8 @@ def _wait(url: str, job_id: str, until, timeout: float = 300.0) -> dict:
 
 
 def test_job_runs_to_a_result(server):
-    assert httpx.get(server + "/api/health").json() == {"ok": True}
+    health = httpx.get(server + "/api/health").json()
+    assert health["ok"] is True and "in this process" in health["workers"], health
     r = _post(server, {"size": 32, "iterations": 3, "threads": 1})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
@@ -150,8 +151,7 @@ def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
         second = _post(url, {"size": 32, "iterations": 4, "threads": 1}).json()["id"]
         _wait(url, first, lambda j: j["iteration"] >= 7)  # checkpoints at 3 and 6 are written
     finally:
-        proc.kill()  # no goodbye: the last periodic checkpoint is all there is
-        proc.wait(10)
+        kill(proc)  # no goodbye: the last periodic checkpoint is all there is
     proc, url = serve(tmp_path / "data")
     try:
         assert httpx.get(f"{url}/api/jobs/{second}").json()["status"] == "queued"
@@ -198,3 +198,89 @@ def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
         assert _wait(url, job_id, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
     finally:
         stop(proc)
+
+
+# --- --ray: the same jobs on Ray actors; what they make comes back to the server's data folder -------------------
+
+
+def _ray_serve(data: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    pytest.importorskip("ray")
+    return serve(data, args=("--ray", *args))
+
+
+def _preview(url: str, job_id: str) -> bytes:
+    r = httpx.get(f"{url}/api/jobs/{job_id}/preview", timeout=30)
+    return r.content if r.status_code == 200 else b""
+
+
+def _kill_actor() -> None:
+    """SIGKILL the Ray actor running a job, as the out-of-memory killer or a lost node would."""
+    found = subprocess.run(["pgrep", "-f", "ray::RayWorker"], capture_output=True, text=True).stdout.split()
+    assert found, "no Ray actor process"
+    subprocess.run(["kill", "-9", *found], check=True)
+
+
+def test_ray_actor_streams_progress_cancels_and_survives_a_dead_actor(tmp_path):
+    proc, url = _ray_serve(tmp_path / "data")
+    try:
+        health = httpx.get(url + "/api/health", timeout=30).json()
+        assert "1 Ray actor" in health["workers"] and "local Ray instance" in health["workers"], health
+        # numbers and preview come back while the actor paints; cancel keeps its best picture
+        long = _post(url, {"size": 32, "iterations": 400, "threads": 1}).json()["id"]
+        first = _wait(url, long, lambda j: j["iteration"] >= 2 and _preview(url, long))
+        before = _preview(url, long)
+        later = _wait(url, long, lambda j: j["iteration"] >= first["iteration"] + 6 and _preview(url, long) != before)
+        assert later["loss"] < first["loss"] and later["eta_s"] is not None, (first, later)
+        assert httpx.delete(f"{url}/api/jobs/{long}", timeout=30).status_code == 200
+        job = _wait(url, long, lambda j: j["status"] not in ("queued", "running"))
+        assert job["status"] == "cancelled" and job["iteration"] < 400, job
+        assert Image.open(io.BytesIO(httpx.get(f"{url}/api/jobs/{long}/result").content)).format == "PNG"
+        # the actor goes on to the next job (its cancel was for that job only)
+        short = _post(url, {"size": 32, "iterations": 5, "threads": 1}).json()["id"]
+        done = _wait(url, short, lambda j: j["status"] not in ("queued", "running"))
+        assert done["status"] == "done" and done["iteration"] == 5 and done["content_loss"] > 0, done
+        result = httpx.get(f"{url}/api/jobs/{short}/result")
+        assert result.status_code == 200 and max(Image.open(io.BytesIO(result.content)).size) == 32
+        # an actor killed mid-job: that job fails with a reason, a new actor takes the next one
+        doomed = _post(url, {"size": 32, "iterations": 400, "threads": 1}).json()["id"]
+        _wait(url, doomed, lambda j: j["status"] == "running" and j["iteration"] >= 2)
+        _kill_actor()
+        failed = _wait(url, doomed, lambda j: j["status"] not in ("queued", "running"))
+        assert failed["status"] == "failed" and "Ray worker failed" in failed["error"], failed
+        after = _post(url, {"size": 32, "iterations": 3, "threads": 1}).json()["id"]
+        assert _wait(url, after, lambda j: j["status"] not in ("queued", "running"))["status"] == "done"
+    finally:
+        stop(proc)
+    assert not group_alive(proc), "the server left Ray processes behind"
+
+
+def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
+    """The actor's checkpoints are written in the server's data folder: periodic ones survive a crash of the
+    whole process group; a SIGTERM stops the job where it stood and brings that checkpoint back."""
+    data = tmp_path / "data"
+    proc, url = _ray_serve(data)
+    try:
+        crashed = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        _wait(url, crashed, lambda j: j["iteration"] >= 7 and (data / "images" / f"{crashed}.ckpt.npz").is_file())
+    finally:
+        kill(proc)
+    proc, url = _ray_serve(data)
+    try:
+        seen: list[dict] = []
+        done = _wait(url, crashed, lambda j: seen.append(j) or j["status"] not in ("queued", "running", "interrupted"))
+        assert done["status"] == "done" and done["resumed_from"] >= 3 and done["resumed_from"] % 3 == 0, done
+        assert min(j["iteration"] for j in seen) >= 3 and done["iteration"] == 150
+        stopped = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        _wait(url, stopped, lambda j: j["iteration"] >= 4)
+    finally:
+        stop(proc)
+    assert proc.returncode in (0, -15) and not group_alive(proc)
+    proc, url = _ray_serve(data)
+    try:
+        job = _wait(url, stopped, lambda j: j["resumed_from"] is not None)
+        assert 4 <= job["resumed_from"] < 1000, job
+        assert httpx.delete(f"{url}/api/jobs/{stopped}").status_code == 200
+        assert _wait(url, stopped, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
+    finally:
+        stop(proc)
+    assert not list(data.rglob("*.ckpt.npz"))

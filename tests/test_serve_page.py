@@ -81,6 +81,7 @@ def test_page_paints_watches_and_downloads(tmp_path):
             page.goto(url)
             page.wait_for_selector("body[data-ready]")
             assert page.locator("#advanced-options fieldset").count() >= 3  # built from /api/options
+            assert "worker thread in this process" in page.text_content("#runs-on")  # from /api/health
             fill_job(page, content, style, 48, 40)
             page.click("#start")
             first, later = watch_preview_change(page)

@@ -1,4 +1,4 @@
-"""The FastAPI application: the job API over `Store` and one worker thread running `engine.run`."""
+"""The FastAPI application: the job API over `Store`, and the page; jobs run by `Runner`."""
 
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def _read_image(upload: UploadFile, field: str):
     return image
 
 
-def create_app(data: Path, token: str | None = None, workers: int = 1) -> FastAPI:
+def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str | None = None) -> FastAPI:
     """The application for one data folder (the store and runner are made here, no module globals).
 
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise);
-    `workers` jobs run at once.
+    `workers` jobs run at once, here or, with `ray`, on that Ray cluster's actors.
     """
     store = Store(data)
-    runner = Runner(store, workers)
+    runner = Runner(store, workers, ray=ray)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,9 +54,10 @@ def create_app(data: Path, token: str | None = None, workers: int = 1) -> FastAP
         await asyncio.to_thread(runner.close)  # the running job keeps a checkpoint; the next start goes on
 
     app = FastAPI(title="stylerun", lifespan=lifespan)
+    app.state.runner = runner
     if token:
         app.middleware("http")(bearer_auth(token))
-    app.include_router(service_routes())
+    app.include_router(service_routes(runner))
     app.include_router(submit_routes(store, runner))
     app.include_router(job_routes(store, runner))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -77,13 +78,14 @@ def bearer_auth(token: str):
     return auth
 
 
-def service_routes() -> APIRouter:
+def service_routes(runner: Runner) -> APIRouter:
     """Health and the option model: what a client needs before it submits anything."""
     router = APIRouter()
 
     @router.get("/api/health")
     def health() -> dict[str, Any]:
-        return {"ok": True}
+        """Up, and where jobs run."""
+        return {"ok": True, "workers": runner.describe()}
 
     @router.get("/api/options")
     def options_model() -> list[dict[str, Any]]:

@@ -1,26 +1,33 @@
-"""The server's workers: each runs one job at a time through `engine.run`, checkpointed so a restart goes on.
+"""The server's workers: each runs one job at a time, checkpointed so a restart goes on.
 
 A job is run the way a batch job is (`worker.Work`): its checkpoint is written every few
 iterations under the data folder, and a job the last server left running (status
 ``interrupted``) goes on from that checkpoint; a checkpoint that cannot be used means the job
 starts over, and says so in its record. Interrupted jobs run before queued ones.
+
+Jobs run in this process through `engine.run`, or, with a Ray address, on Ray actors
+(`executors.RayExecutor.follow`): the inputs travel to the actor, and its numbers, preview,
+checkpoints and result come back to be written here, so the data folder stays the one place
+a job's state is kept whichever machine computes it.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import threading
 from typing import Any
 
+from stylerun.atomic import atomic_write
 from stylerun.batch import checkpoint_every
-from stylerun.engine import Listener, Outcome, run
+from stylerun.engine import Listener, run
 from stylerun.errors import StylerunError
-from stylerun.executors import sizing
+from stylerun.executors import RayExecutor, sizing
 from stylerun.images import save_image
 from stylerun.options import TransferOptions
 from stylerun.runtime import default_threads
 from stylerun.serve.store import Store
-from stylerun.worker import ModelCache, Task, Work, error_text
+from stylerun.worker import ModelCache, Task, Work, error_text, progress_numbers
 
 #: Statuses of a job that is not over: the event stream follows these.
 ACTIVE = ("queued", "running", "interrupted")
@@ -32,17 +39,39 @@ def finite(value: float | None) -> float | None:
 
 
 class JobListener(Listener):
-    """Writes each iteration's numbers to the store and the preview image every few iterations."""
+    """Writes a job's numbers to the store, and its preview image every few iterations.
+
+    `progress` serves a job run here; `report` one run on a Ray actor, whose preview and
+    checkpoints come as bytes (`worker.Watch.take`).
+    """
 
     def __init__(self, store: Store, job_id: str):
         self.store, self.job_id = store, job_id
 
+    def numbers(self, numbers: dict[str, Any]) -> None:
+        if "iteration" in numbers:  # (a remote job's first report may come before its first iteration)
+            self.store.update(self.job_id, iteration=numbers["iteration"], iterations=numbers["iterations"],
+                              **{k: finite(numbers[k]) for k in ("loss", "content_loss", "style_loss", "eta_s")})
+
     def progress(self, progress: Any) -> None:
-        self.store.update(self.job_id, iteration=progress.iteration, iterations=progress.iterations,
-                          loss=finite(progress.loss), content_loss=finite(progress.content_loss),
-                          style_loss=finite(progress.style_loss), eta_s=finite(progress.eta_s))
+        self.numbers(progress_numbers(progress))
         if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
             save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
+
+    def report(self, taken: dict[str, Any]) -> None:
+        self.numbers(taken)
+        if "resumed_from" in taken:
+            self.store.update(self.job_id, resumed_from=taken["resumed_from"],
+                              error="; ".join(taken.get("warnings") or []) or None)
+        write(self.store.image(self.job_id, "preview"), taken.get("preview"))
+        write(self.store.checkpoint(self.job_id), taken.get("checkpoint"))
+
+
+def write(path: Any, data: bytes | None) -> None:
+    """`data` into `path` in one rename (readers never see half a file); nothing when there is none."""
+    if data is not None:
+        with atomic_write(path) as f:
+            f.write(data)
 
 
 def checkpointed(options: TransferOptions) -> TransferOptions:
@@ -56,19 +85,41 @@ def checkpointed(options: TransferOptions) -> TransferOptions:
 class Runner:
     """`workers` jobs at once, interrupted ones first, then the oldest queued; a failing job is recorded, never raised.
 
-    Each worker is a thread (onnxruntime releases the GIL while it computes) with its own
-    session cache, as a batch worker has; a job whose client chose no thread count gets
-    the cores shared out among the workers (`executors.sizing`).
+    Each worker is a thread. Without `ray` it runs its job here (onnxruntime releases the
+    GIL while it computes) with its own session cache, as a batch worker has, and a job
+    whose client chose no thread count gets the cores shared out among the workers
+    (`executors.sizing`). With `ray` (an address, or "local" for an instance started here)
+    each worker thread follows its job on one of `workers` Ray actors, sized the same way
+    from the cluster's cores. Ray is reached before the server starts, so a wrong address
+    is one line, not a server that fails every job.
     """
 
-    def __init__(self, store: Store, workers: int = 1, cores: int | None = None):
+    def __init__(self, store: Store, workers: int = 1, cores: int | None = None, ray: str | None = None):
         self.store, self.wake, self.cancelled = store, threading.Event(), set()
         self.closing = False
-        self.threads = sizing(workers, cores or default_threads(), workers)[1]  # per job
+        self.remote: RayExecutor | None = None
+        if ray is not None:
+            self.remote = RayExecutor(ray, workers, workers, None)
+            before = signal.getsignal(signal.SIGTERM)
+            self.remote.start()
+            if threading.current_thread() is threading.main_thread():
+                # Ray's driver handler ends a stopped server with exit status 15; a server ends by the signal
+                signal.signal(signal.SIGTERM, before)
+            self.threads = self.remote.threads
+        else:
+            self.threads = sizing(workers, cores or default_threads(), workers)[1]  # per job
         self.claiming = threading.Lock()
         self.pool = [threading.Thread(target=self.loop, args=(ModelCache(),), daemon=True) for _ in range(workers)]
         for thread in self.pool:
             thread.start()
+
+    def describe(self) -> str:
+        """Where jobs run, for the health answer and the server's first line."""
+        if self.remote is not None:
+            return self.remote.describe()
+        n = len(self.pool)
+        return f"{n} worker thread{'s' if n > 1 else ''} in this process x {self.threads} onnxruntime thread" + \
+            ("s" if self.threads > 1 else "")
 
     def claim(self) -> str | None:
         """The next job, marked running so that no other worker takes it."""
@@ -87,7 +138,15 @@ class Runner:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            self.run_one(job_id, models)
+            try:
+                if self.remote is None:
+                    self.run_here(job_id, models)
+                else:
+                    self.run_remote(job_id)
+            except Exception as exc:  # a failing job must never take the server down
+                self.store.update(job_id, status="failed", error=error_text(exc) if isinstance(exc, StylerunError)
+                                  else f"unexpected {type(exc).__name__}: {exc}")
+                self.store.checkpoint(job_id).unlink(missing_ok=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; running ones stop at their next evaluation and keep a checkpoint to go on from."""
@@ -95,8 +154,13 @@ class Runner:
         self.wake.set()
         for thread in self.pool:
             thread.join(timeout)
+        if self.remote is not None:
+            self.remote.close()
 
-    def work(self, job_id: str) -> Work:
+    def stopping(self, job_id: str) -> bool:
+        return self.closing or job_id in self.cancelled
+
+    def task(self, job_id: str) -> Task:
         """The job as the batch's worker runs it: inputs and output under the data folder, its checkpoint there."""
         store, record = self.store, self.store.get(job_id)
         styles = tuple(str(store.image(job_id, f"style{i}")) for i in range(record["styles"]))
@@ -104,30 +168,37 @@ class Runner:
         options = checkpointed(TransferOptions.from_dict(record["options"]))
         if options.threads is None:
             options = options.replace(threads=self.threads)
-        task = Task(job_id, str(store.image(job_id, "content")), styles, options,
+        return Task(job_id, str(store.image(job_id, "content")), styles, options,
                     store.image(job_id, "result").name, None, str(ckpt) if ckpt.is_file() else None)
-        return Work(task, store.images)
 
-    def run_one(self, job_id: str, models: ModelCache | None = None) -> None:
-        store = self.store
-        try:
-            warnings: list[str] = []
-            job, state = self.work(job_id).job(warnings)
-            store.update(job_id, status="running", resumed_from=None if state is None else state.iteration,
-                         error="; ".join(warnings) or None)
-            outcome = run(job, JobListener(store, job_id), resume=state, models=models,
-                          stop=lambda: self.closing or job_id in self.cancelled)
-            self.record(job_id, outcome)
-        except Exception as exc:  # a failing job must never take the server down
-            store.update(job_id, status="failed", error=error_text(exc) if isinstance(exc, StylerunError) else
-                         f"unexpected {type(exc).__name__}: {exc}")
-            store.checkpoint(job_id).unlink(missing_ok=True)
+    def run_here(self, job_id: str, models: ModelCache | None = None) -> None:
+        warnings: list[str] = []
+        job, state = Work(self.task(job_id), self.store.images).job(warnings)
+        self.store.update(job_id, status="running", resumed_from=None if state is None else state.iteration,
+                          error="; ".join(warnings) or None)
+        outcome = run(job, JobListener(self.store, job_id), resume=state, models=models,
+                      stop=lambda: self.stopping(job_id))
+        self.record(job_id, outcome.interrupted, outcome.error)
 
-    def record(self, job_id: str, outcome: Outcome) -> None:
+    def run_remote(self, job_id: str) -> None:
+        """The job on a Ray actor; what it makes is written here as it comes back."""
+        listener = JobListener(self.store, job_id)
+        result = self.remote.follow(self.task(job_id), listener.report, lambda: self.stopping(job_id))
+        if result.status == "done":
+            write(self.store.image(job_id, "result"), result.files.get(self.store.image(job_id, "result").name))
+            self.store.update(job_id, iteration=result.iterations, loss=finite(result.loss),
+                              content_loss=finite(result.content_loss), style_loss=finite(result.style_loss))
+        elif result.status == "interrupted" and job_id in self.cancelled:
+            write(self.store.image(job_id, "result"), result.stopped)  # a cancelled job keeps its best picture
+        elif result.status == "interrupted":
+            write(self.store.checkpoint(job_id), result.checkpoint)  # the server is stopping: where it stood
+        self.record(job_id, result.status == "interrupted", result.error)
+
+    def record(self, job_id: str, interrupted: bool, error: str | None) -> None:
         """How the run ended; only a job stopped by the server's own shutdown keeps its checkpoint."""
-        if outcome.interrupted and job_id not in self.cancelled:
+        if interrupted and job_id not in self.cancelled:
             self.store.update(job_id, status="interrupted")
             return
-        status = "cancelled" if job_id in self.cancelled else "failed" if outcome.error else "done"
-        self.store.update(job_id, status=status, **({"error": outcome.error} if outcome.error else {}))
+        status = "cancelled" if job_id in self.cancelled else "failed" if error else "done"
+        self.store.update(job_id, status=status, **({"error": error} if error else {}))
         self.store.checkpoint(job_id).unlink(missing_ok=True)

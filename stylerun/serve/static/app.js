@@ -385,6 +385,7 @@ async function start() {
   $("job-form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", () => current.id && api(`/api/jobs/${current.id}`, { method: "DELETE" }));
   await buildForm();
+  $("runs-on").textContent = `jobs run on ${(await (await api("/api/health")).json()).workers}`;
   await refreshGallery();
   const running = (await (await api("/api/jobs")).json()).find((j) => ACTIVE.includes(j.status));
   if (running) watch(running.id);
