@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -217,15 +218,30 @@ class RayExecutor:
 
     def start(self) -> None:
         begin = time.perf_counter()
+        self.check_reachable()
         try:
             self.connect()
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ... by situation
+            hint = ""
+            if self.address != LOCAL and "RAY_AUTH_MODE" not in os.environ:
+                hint = " (a cluster started with token authentication, ray start's default, needs RAY_AUTH_MODE=token)"
             raise StylerunError(f"cannot start or reach Ray ({LOCAL if self.address == LOCAL else self.address}): "
-                                f"{' '.join(str(exc).split())}") from None
+                                f"{' '.join(str(exc).split())}{hint}") from None
         actor = self.ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_concurrency=2)(RayWorker)
         self.free = [actor.remote() for _ in range(self.slots)]
         self.actor_class = actor
         self.startup_s = time.perf_counter() - begin
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """A HOST:PORT that nothing answers on is refused here: Ray itself would retry for minutes."""
+        host, _, port = self.address.removeprefix("ray://").rpartition(":")
+        if not port.isdigit():  # local, auto
+            return
+        try:
+            socket.create_connection((host, int(port)), timeout).close()
+        except OSError as exc:
+            raise StylerunError(f"cannot reach Ray at {self.address}: {exc.strerror or exc} "
+                                f"(is the cluster started? ray start --head)") from None
 
     def connect(self) -> None:
         ray, (workers, threads) = self.ray, self.asked
@@ -282,7 +298,7 @@ class RayExecutor:
         return result
 
     def follow(self, task: Task, report: Callable[[dict[str, Any]], None], stop: Callable[[], bool],
-               every: float = 1.0) -> TaskResult:
+               every: float = 0.5) -> TaskResult:
         """Run one task on a free actor, handing what is new in it (`Watch.take`) to `report` about
         every `every` seconds and once at the end; once `stop()` is true the actor is asked to stop
         the task, which then ends ``interrupted`` with its checkpoint and picture in the result.

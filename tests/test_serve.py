@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import group_alive, kill, serve, stop
+from helpers import free_port, group_alive, kill, serve, stop
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -284,3 +284,15 @@ def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
     finally:
         stop(proc)
     assert not list(data.rglob("*.ckpt.npz"))
+
+
+def test_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path):
+    """Ray retries an unreachable address for minutes; the server refuses it before starting instead."""
+    pytest.importorskip("ray")
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--data", str(tmp_path), "--port",
+                           str(free_port()), "--ray", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("stylerun: error: cannot reach Ray at 127.0.0.1:") and proc.stderr.count("\n") == 1
+    assert time.monotonic() - began < 30
