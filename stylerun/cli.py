@@ -27,10 +27,10 @@ from rich.table import Table
 from . import batch, batch_cli, figures, video
 from .cache import LIMIT_ENV, Entry, cache_dir, cache_limit, clear, entries
 from .engine import PATH_OPTIONS, Job, Outcome, resume_job, run
-from .errors import StylerunError, mention_options, one_line
+from .errors import OptionError, StylerunError, mention_options, one_line
 from .export import export_vgg, layers_of, model_metadata
 from .forward import LayerSet
-from .options import GROUPS, INITS, RESUMABLE, TransferOptions, spec
+from .options import GROUPS, INITS, RESUMABLE, TransferOptions, memory_size, spec
 from .progress import ConsoleListener, FigureBars, VideoConsole, outcome_text, say, short
 from .signals import StopSignals
 from .version import __version__
@@ -508,7 +508,7 @@ resumes stopped ones from their checkpoints.
 
 
 #: `--ray` of batch and serve (a bare --ray becomes "local": `batch_cli.expand_arguments`).
-RAY_HELP = ("Run jobs on Ray actors: alone, a local instance; auto or ray://HOST:PORT, a cluster. "
+RAY_HELP = ("Run jobs on Ray actors: alone, a local instance; auto, HOST:PORT or ray://HOST:PORT, a cluster. "
             "Needs pip install 'stylerun\\[ray]'.")
 
 
@@ -681,6 +681,10 @@ def serve_command(
                                 help="Jobs run at once; the cores are shared among them (a job's own threads win)."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False,
                             help=RAY_HELP + " One actor per worker."),
+    max_memory: str = typer.Option(None, "--max-memory", metavar="SIZE", show_default=False,
+                                   help="Each job's memory budget (e.g. 4G); larger pictures run in tiles, a "
+                                        "client may ask for less. Default: 70% of this machine's memory shared among "
+                                        "--workers."),
 ) -> None:
     """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
 
@@ -694,7 +698,11 @@ def serve_command(
         from .serve.app import create_app
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
-    application = create_app(data, token, workers, ray)
+    try:
+        budget = None if max_memory is None else memory_size(max_memory)
+    except ValueError as exc:
+        raise OptionError("max_memory", str(exc)) from None
+    application = create_app(data, token, workers, ray, budget)
     print(f"stylerun serve: jobs run on {application.state.runner.describe()}", file=sys.stderr, flush=True)
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=3)

@@ -296,3 +296,19 @@ def test_ray_address_where_nothing_answers_is_one_line_at_once(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("stylerun: error: cannot reach Ray at 127.0.0.1:") and proc.stderr.count("\n") == 1
     assert time.monotonic() - began < 30
+
+
+def test_jobs_run_within_the_servers_memory_budget(tmp_path):
+    """--max-memory caps every job: a client may ask for less, not more; a job that cannot fit fails with
+    the reason instead of growing until the system kills the server."""
+    proc, url = serve(tmp_path / "data", args=("--max-memory", "64M"))
+    try:
+        assert "up to 0.06 GiB per job" in httpx.get(url + "/api/health", timeout=30).json()["workers"]
+        r = _post(url, {"size": 32, "iterations": 3, "max_memory": "1G"})
+        assert r.status_code == 422 and r.json()["detail"]["field"] == "max_memory", r.text
+        job_id = _post(url, {"size": 32, "iterations": 3, "threads": 1}).json()["id"]
+        job = _wait(url, job_id, lambda j: j["status"] not in ("queued", "running"))
+        assert job["status"] == "failed" and "max_memory" in job["error"] and "too small" in job["error"], job
+        assert httpx.get(url + "/api/health", timeout=30).status_code == 200
+    finally:
+        stop(proc)

@@ -39,14 +39,16 @@ def _read_image(upload: UploadFile, field: str):
     return image
 
 
-def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str | None = None) -> FastAPI:
+def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str | None = None,
+               max_memory: int | None = None) -> FastAPI:
     """The application for one data folder (the store and runner are made here, no module globals).
 
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise);
-    `workers` jobs run at once, here or, with `ray`, on that Ray cluster's actors.
+    `workers` jobs run at once, here or, with `ray`, on that Ray cluster's actors, each
+    within `max_memory` bytes (default: `runner.job_memory`).
     """
     store = Store(data)
-    runner = Runner(store, workers, ray=ray)
+    runner = Runner(store, workers, ray=ray, max_memory=max_memory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -107,14 +109,19 @@ def _option_entry(name: str, spec: Any, default: Any) -> dict[str, Any]:
             "shown_default": spec.shown_default or (default if spec.cli_default is None else spec.cli_default)}
 
 
-def _checked_options(options: str) -> dict[str, Any]:
-    """A client's options JSON through the option model (422 naming the field); server paths refused."""
+def _checked_options(options: str, max_memory: int | None) -> dict[str, Any]:
+    """A client's options JSON through the option model (422 naming the field); server paths refused,
+    and a memory budget over the server's."""
     try:
         given = json.loads(options)
         for name in SERVER_DECIDES:  # no client string ever becomes a path on this machine
             if isinstance(given, dict) and given.get(name) is not None:
                 raise HTTPException(422, {"field": name, "error": f"{name} is a server path; not accepted"})
-        return TransferOptions.from_dict(given).to_dict()
+        checked = TransferOptions.from_dict(given)
+        if max_memory is not None and (checked.max_memory or 0) > max_memory:
+            raise HTTPException(422, {"field": "max_memory", "error": f"over this server's limit per job "
+                                                                      f"({max_memory / (1 << 30):.2f} GiB)"})
+        return checked.to_dict()
     except OptionError as exc:
         raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
     except (StylerunError, ValueError) as exc:
@@ -127,7 +134,7 @@ def submit_routes(store: Store, runner: Runner) -> APIRouter:
     @router.post("/api/jobs", status_code=201)
     def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
                options: str = Form("{}")) -> dict[str, Any]:
-        parsed = _checked_options(options)
+        parsed = _checked_options(options, runner.max_memory)
         images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
         job_id = store.add(parsed, len(style))
         for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images, strict=True):

@@ -25,7 +25,7 @@ from stylerun.errors import StylerunError
 from stylerun.executors import RayExecutor, sizing
 from stylerun.images import save_image
 from stylerun.options import TransferOptions
-from stylerun.runtime import default_threads
+from stylerun.runtime import default_threads, machine_memory
 from stylerun.serve.store import Store
 from stylerun.worker import ModelCache, Task, Work, error_text, progress_numbers
 
@@ -74,6 +74,16 @@ def write(path: Any, data: bytes | None) -> None:
             f.write(data)
 
 
+#: Of the machine's memory, the share the jobs may take together by default (the rest: the server, the system).
+JOBS_SHARE = 0.7
+
+
+def job_memory(workers: int) -> int | None:
+    """The default memory budget of one job: `JOBS_SHARE` of this machine's memory, shared among the workers."""
+    total = machine_memory()
+    return None if total is None else max(64 << 20, int(total * JOBS_SHARE / workers))
+
+
 def checkpointed(options: TransferOptions) -> TransferOptions:
     """The job's options with the batch's checkpoint rhythm where the client chose none (or none can be made)."""
     if options.checkpoint_every > 0:
@@ -94,9 +104,13 @@ class Runner:
     is one line, not a server that fails every job.
     """
 
-    def __init__(self, store: Store, workers: int = 1, cores: int | None = None, ray: str | None = None):
+    def __init__(self, store: Store, workers: int = 1, cores: int | None = None, ray: str | None = None,
+                 max_memory: int | None = None):
         self.store, self.wake, self.cancelled = store, threading.Event(), set()
         self.closing = False
+        #: Each job's `max_memory`, unless it asks for less: a job too large for it runs in tiles (or fails
+        #: with a reason) rather than growing until the system kills the server.
+        self.max_memory = max_memory or job_memory(workers)
         self.remote: RayExecutor | None = None
         if ray is not None:
             self.remote = RayExecutor(ray, workers, workers, None)
@@ -114,12 +128,13 @@ class Runner:
             thread.start()
 
     def describe(self) -> str:
-        """Where jobs run, for the health answer and the server's first line."""
+        """Where jobs run and in how much memory, for the health answer and the server's first line."""
+        budget = "" if self.max_memory is None else f", up to {self.max_memory / (1 << 30):.2f} GiB per job"
         if self.remote is not None:
-            return self.remote.describe()
+            return self.remote.describe() + budget
         n = len(self.pool)
         return f"{n} worker thread{'s' if n > 1 else ''} in this process x {self.threads} onnxruntime thread" + \
-            ("s" if self.threads > 1 else "")
+            ("s" if self.threads > 1 else "") + budget
 
     def claim(self) -> str | None:
         """The next job, marked running so that no other worker takes it."""
@@ -168,6 +183,8 @@ class Runner:
         options = checkpointed(TransferOptions.from_dict(record["options"]))
         if options.threads is None:
             options = options.replace(threads=self.threads)
+        if self.max_memory is not None and (options.max_memory or self.max_memory) >= self.max_memory:
+            options = options.replace(max_memory=self.max_memory)
         return Task(job_id, str(store.image(job_id, "content")), styles, options,
                     store.image(job_id, "result").name, None, str(ckpt) if ckpt.is_file() else None)
 
