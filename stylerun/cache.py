@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .sizes import parse_bytes
 
 CACHE_ENV = "STYLERUN_CACHE"
 LIMIT_ENV = "STYLERUN_CACHE_MAX"
@@ -31,7 +32,6 @@ LEFTOVER_S = 3600.0
 _MODEL = re.compile(r"vgg19-(?P<deepest>[a-z0-9_]+)-(?P<pooling>[a-z]+)-(?P<key>[0-9a-f]{20})\.onnx")
 #: `atomic_write`'s temporaries of a model, left by a killed export (a random hex part, or an older pid).
 _LEFTOVER = re.compile(r"\.vgg19-[a-z0-9_]+-[a-z]+-[0-9a-f]{20}(\.targets)?\.[0-9a-f]+\.tmp\.onnx")
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
 def cache_dir() -> Path:
@@ -48,10 +48,11 @@ def cache_limit() -> int:
     text = os.environ.get(LIMIT_ENV, "").strip()
     if not text:
         return DEFAULT_LIMIT
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", text.lower())
-    if match is None:
-        raise InputError(f"{LIMIT_ENV} must be a size such as 500M or 2G (bytes without a unit), got '{text}'")
-    return int(float(match[1]) * _UNITS[match[2]])
+    try:
+        return parse_bytes(text, binary=False)
+    except ValueError:
+        raise InputError(f"{LIMIT_ENV} must be a size such as 500M or 2G (bytes without a unit), "
+                         f"got '{text}'") from None
 
 
 @dataclass(frozen=True)

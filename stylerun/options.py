@@ -27,6 +27,7 @@ import numpy as np
 from .errors import InputError, OptionError, mention
 from .images import WHITE, parse_color
 from .presets import PRESETS, resolve
+from .sizes import parse_bytes
 from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
 
 INITS = ("content", "style", "white", "random")
@@ -132,20 +133,12 @@ def choice(*values: Any) -> Callable[[Any], Any]:
     return check
 
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
 def memory_size(value: Any) -> int:
     """A byte count: a whole number, or ``"4G"``, ``"1500M"``, ``"2.5GiB"`` (binary units)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         count = int(value)
     elif isinstance(value, str):
-        text = value.strip().upper().removesuffix("IB").removesuffix("B")
-        unit = text[-1:] if text[-1:] in _UNITS else ""
-        try:
-            count = int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
-        except (ValueError, OverflowError):  # OverflowError: "inf"
-            raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}") from None
+        count = parse_bytes(value)
     else:
         raise ValueError(f"must be a size such as 4G, 1500M or a byte count, got {value!r}")
     if not 64 << 20 <= count <= 1 << 50:

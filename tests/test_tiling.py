@@ -96,7 +96,7 @@ def test_max_memory_sizes(text, count):
     assert TransferOptions(max_memory=text).max_memory == count
 
 
-@pytest.mark.parametrize("text", ["4X", "", "1K", True, -5, "inf", "nanG"])
+@pytest.mark.parametrize("text", ["4X", "", "1K", True, -5, "inf", "nanG", "9" * 400 + "G"])
 def test_max_memory_errors(text):
     with pytest.raises(OptionError, match="max_memory"):
         TransferOptions(max_memory=text)
