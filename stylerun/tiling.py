@@ -82,6 +82,21 @@ def tiles(h: int, w: int, tile: int, pad: int) -> Iterator[tuple[tuple[int, int,
             yield (y0, y1, x0, x1), (max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad))
 
 
+#: An evaluation in tiles takes about this many times as long, per pixel the network is shown, as the
+#: whole image (two passes, the first without a gradient). tools/bench_tiling.py, 512 px tiles:
+#: tiled/whole 1.8x, 2.3x, 2.9x at 0.25, 1 and 4 MP, where shown/whole pixels x 4/3 is 1.7x, 2.2x, 2.4x.
+TILE_TIME_FACTOR = 4 / 3
+
+
+def evaluation_cost(h: int, w: int, tile: int | None, layers: LayerSet) -> float:
+    """An evaluation's time in pixels of whole-image evaluation (the time is proportional to them):
+    the pixels for the whole image (`tile` None), more for tiles with their halos."""
+    if tile is None:
+        return float(h * w)
+    shown = sum((y1 - y0) * (x1 - x0) for _, (y0, y1, x0, x1) in tiles(h, w, aligned_tile(tile, layers), halo(layers)))
+    return TILE_TIME_FACTOR * shown
+
+
 def _feature_window(layer: str, inner, outer, h: int, w: int) -> tuple[slice, slice]:
     """The interior's rows and columns of `layer`'s map inside the halo'd tile's map.
 

@@ -169,3 +169,16 @@ def test_a_stop_ends_a_tiled_evaluation_between_tiles(content_path, style_path):
     image = stylerun.transfer(content_path, style_path, size=72, iterations=5, tile_size=16, alpha=1.0, beta=1e3,
                               threads=1, stop=stop, **{k: v for k, v in LAYERS.items() if k != "threads"})
     assert image.size == (72, 48) and len(asked) == 41  # inside the second evaluation, at the first "yes"
+
+
+def test_the_eta_counts_a_tiled_evaluation_as_its_halos_and_two_passes():
+    from stylerun.forward import LayerSet
+    from stylerun.tiling import TILE_TIME_FACTOR, evaluation_cost
+
+    layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
+    assert evaluation_cost(300, 400, None, layers) == 300 * 400
+    pad = halo(layers)
+    shown = sum((y1 - y0) * (x1 - x0) for _, (y0, y1, x0, x1) in tiles(1536, 2048, 512, pad))
+    assert evaluation_cost(1536, 2048, 512, layers) == pytest.approx(TILE_TIME_FACTOR * shown)
+    assert 1.5 < evaluation_cost(1536, 2048, 512, layers) / (1536 * 2048) < 2.5  # the halos' and passes' cost
+    assert evaluation_cost(64, 64, 512, layers) == pytest.approx(TILE_TIME_FACTOR * 64 * 64)  # one tile, two passes
