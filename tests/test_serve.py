@@ -190,7 +190,12 @@ def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
         assert proc.wait(10) in (0, -15) and time.monotonic() - began < 8  # uvicorn ends by its signal
     finally:
         stop(proc)
-    proc, url = serve(tmp_path / "data")
+    _goes_on_from_where_it_stood(tmp_path / "data", job_id)
+
+
+def _goes_on_from_where_it_stood(data: Path, job_id: str, *args: str) -> None:
+    """A restarted server goes on with the job stopped at iteration 4 or later, from there; then cancels it."""
+    proc, url = serve(data, args=args)
     try:
         job = _wait(url, job_id, lambda j: j["resumed_from"] is not None)
         assert 4 <= job["resumed_from"] < 1000, job
@@ -275,14 +280,7 @@ def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
     finally:
         stop(proc)
     assert proc.returncode in (0, -15) and not group_alive(proc)
-    proc, url = _ray_serve(data)
-    try:
-        job = _wait(url, stopped, lambda j: j["resumed_from"] is not None)
-        assert 4 <= job["resumed_from"] < 1000, job
-        assert httpx.delete(f"{url}/api/jobs/{stopped}").status_code == 200
-        assert _wait(url, stopped, lambda j: j["status"] not in ("running", "interrupted"))["status"] == "cancelled"
-    finally:
-        stop(proc)
+    _goes_on_from_where_it_stood(data, stopped, "--ray")
     assert not list(data.rglob("*.ckpt.npz"))
 
 
@@ -312,3 +310,28 @@ def test_jobs_run_within_the_servers_memory_budget(tmp_path):
         assert httpx.get(url + "/api/health", timeout=30).status_code == 200
     finally:
         stop(proc)
+
+
+def test_jobs_side_by_side_in_the_server_get_one_blas_thread_each(tmp_path):
+    """Two workers in one process would share BLAS's thread pool and spin against each other
+    (tools/bench_serve.py: 76-77 s against 67-68 s for two 256 px jobs); the pool is kept to one thread."""
+    from threadpoolctl import threadpool_info
+
+    from stylerun.serve.runner import Runner
+    from stylerun.serve.store import Store
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    before = blas_threads()
+    runner = Runner(Store(tmp_path), workers=2, cores=2)
+    try:
+        assert blas_threads() == {1}
+    finally:
+        runner.close(5)
+    assert blas_threads() == before
+    single = Runner(Store(tmp_path), workers=1, cores=2)
+    try:
+        assert blas_threads() == before  # one job at a time: its BLAS keeps the threads it had
+    finally:
+        single.close(5)

@@ -18,6 +18,8 @@ import signal
 import threading
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from stylerun.atomic import atomic_write
 from stylerun.batch import checkpoint_every
 from stylerun.engine import Listener, run
@@ -112,6 +114,7 @@ class Runner:
         #: with a reason) rather than growing until the system kills the server.
         self.max_memory = max_memory or job_memory(workers)
         self.remote: RayExecutor | None = None
+        self.blas: Any = None
         if ray is not None:
             self.remote = RayExecutor(ray, workers, workers, None)
             before = signal.getsignal(signal.SIGTERM)
@@ -122,6 +125,10 @@ class Runner:
             self.threads = self.remote.threads
         else:
             self.threads = sizing(workers, cores or default_threads(), workers)[1]  # per job
+            # Jobs side by side in one process share one BLAS thread pool (L-BFGS-B's vector steps); callers
+            # on several threads make its threads spin against each other. tools/bench_serve.py, 2 x 256 px
+            # on 2 workers: 76-77 s each with the pool as it is, 67-68 s with one BLAS thread.
+            self.blas = threadpool_limits(1, user_api="blas") if workers > 1 else None
         self.claiming = threading.Lock()
         self.pool = [threading.Thread(target=self.loop, args=(ModelCache(),), daemon=True) for _ in range(workers)]
         for thread in self.pool:
@@ -171,6 +178,8 @@ class Runner:
             thread.join(timeout)
         if self.remote is not None:
             self.remote.close()
+        if self.blas is not None:
+            self.blas.restore_original_limits()
 
     def stopping(self, job_id: str) -> bool:
         return self.closing or job_id in self.cancelled
