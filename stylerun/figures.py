@@ -424,7 +424,8 @@ def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Se
                          f"use a smaller --size, or raise the limit with {MAX_PIXELS_ENV}=N")
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((PAD, 7), title, fill="black", font=_font(14))
+    title_font = _fitting_font(draw, title, width - 2 * PAD)
+    draw.text((PAD, 7), _fit(draw, title, title_font, width - 2 * PAD), fill="black", font=title_font)
     font = _font(11)
     for i, (im, lines) in enumerate(zip(images, labels, strict=True)):
         x = PAD + (i % columns) * (w + PAD)
@@ -433,6 +434,15 @@ def contact_sheet(title: str, images: Sequence[Image.Image], labels: Sequence[Se
         for k, line in enumerate(lines[:LABEL_LINES]):
             draw.text((x, y + h + 2 + k * LABEL_LINE_H), _fit(draw, line, font, w), fill="black", font=font)
     return sheet
+
+
+def _fitting_font(draw: ImageDraw.ImageDraw, text: str, width: int, sizes: Sequence[int] = (14, 13, 12, 11, 10)):
+    """The largest of `sizes` in which `text` fits `width` (a sheet of two panels is narrow), else the smallest."""
+    for size in sizes:
+        font = _font(size)
+        if draw.textlength(text, font=font) <= width:
+            break
+    return font
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:

@@ -124,3 +124,13 @@ def test_plan_validates_inputs(images):
         figures.plan(images["content"], [images["a"]], ["fig4"], size=48, iterations=1, sweep_init="blank")
     with pytest.raises(InputError, match="32 pixels"):
         figures.plan(images["content"], [images["a"]], ["fig4"], size=20, iterations=1)
+
+
+def test_a_long_title_fits_a_narrow_sheet():
+    """Figure 3 with two styles is two panels wide; its title was cut off mid-word at the sheet's edge."""
+    title = figures.TITLES["fig3"] + ", from the content photo"
+    panels = [Image.new("RGB", (256, 192), "gray")] * 2
+    sheet = np.asarray(figures.contact_sheet(title, panels, [["a"], ["b"]]).convert("L"))
+    bar = sheet[: figures.TITLE_H]
+    ink = np.nonzero((bar < 128).any(axis=0))[0]
+    assert ink.size and ink[-1] < sheet.shape[1] - figures.PAD // 2, (ink[-1], sheet.shape[1])
