@@ -112,8 +112,8 @@ def stylize_video(
     """The twin of `stylerun video`: stylize `source` (a video file or a folder of frames) into
     `output` (a folder of PNG frames or a video file) with temporal consistency.
 
-    Every other keyword is a transfer option, as for `transfer`. `stop` ends the run at the
-    next evaluation; finished frames are kept and `resume=True` goes on from the next one.
+    Every other keyword is a transfer option, as for `transfer`. `stop` ends the run within a
+    moment (mid-evaluation); finished frames are kept and `resume=True` goes on from the next one.
     Returns the frames' records (terms, seconds) and where the result went; a non-finite loss
     raises `NumericError`.
     """

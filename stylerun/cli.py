@@ -187,7 +187,7 @@ def transfer_command(ctx: typer.Context, **params: Any) -> None:
     seconds. After the first iteration stylerun estimates the time of the whole run, and
     names a faster --size when it is long.
 
-    Ctrl-C or SIGTERM stops at the next evaluation and writes the best image so far (and a
+    Ctrl-C or SIGTERM stops within a moment (mid-evaluation) and writes the best image so far (and a
     checkpoint, with --checkpoint-every, to go on from with --resume).
 
     Exit status: 0 done, 2 bad input or option, 3 the loss stopped being finite, 130/143
@@ -563,7 +563,7 @@ def video_command(ctx: typer.Context, **params: Any) -> None:
     OUTPUT: a folder (PNG frames) or a video file (.mp4, .webm, .mkv, .mov, .gif; the input's audio is copied);
     a video's frames are kept in OUTPUT.frames beside it.
 
-    Ctrl-C or SIGTERM stops at the next evaluation; finished frames are kept and the same command with
+    Ctrl-C or SIGTERM stops within a moment; finished frames are kept and the same command with
     --resume goes on from the next one.
 
     Exit status: 0 done, 2 bad input or option, 3 the loss stopped being finite, 130/143 interrupted.

@@ -245,10 +245,10 @@ class StyleLoss:
         return style_image
 
     def stop_with(self, stop: Callable[[], bool] | None) -> None:
-        """Let `stop` end an evaluation between tiles: at print sizes one tiled evaluation takes
-        minutes, too long to wait for after Ctrl-C. (A whole-image evaluation is one call.)"""
-        if isinstance(self.model, TiledLoss):
-            self.model.stop = stop
+        """Let `stop` end an evaluation in the middle (`EvaluationStopped`): between tiles of a tiled
+        one, within onnxruntime's run of a whole-image one. At print sizes one evaluation takes
+        minutes, too long to wait for after Ctrl-C, a cancel or a server's SIGTERM."""
+        self.model.stop = stop
 
     def seen(self, rgb: np.ndarray) -> np.ndarray:
         """What the network is shown of an RGB image: itself, or its luminance in luminance mode."""

@@ -11,13 +11,15 @@ import ctypes
 import functools
 import io
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelError, OptionError
+from .errors import EvaluationStopped, ModelError, OptionError
 from .export import GRAD, ModelFiles
 from .forward import (
     ALPHA,
@@ -184,6 +186,9 @@ class LossModel:
         self.device = _device_of(self.session)
         self._binding = self.session.io_binding()
         self._resident: dict[str, ort.OrtValue] = {}
+        #: Asked while an evaluation runs; True cuts it short with `EvaluationStopped` (`StyleLoss.stop_with`).
+        self.stop: Callable[[], bool] | None = None
+        self._run_options = ort.RunOptions()
 
     @property
     def provider(self) -> str:
@@ -248,9 +253,37 @@ class LossModel:
         """(loss, content_loss, style_loss, d loss / d image) at an (H, W, 3) float32 image."""
         image = np.ascontiguousarray(image, dtype=np.float32)
         self._binding.bind_cpu_input(IMAGE, image)
-        self.session.run_with_iobinding(self._binding)
+        if self.stop is None:
+            self.session.run_with_iobinding(self._binding)
+        else:
+            self._run_stoppable(self.stop)
         loss, content, style, grad = self._binding.copy_outputs_to_cpu()
         return float(loss), float(content), float(style), grad
+
+    def _run_stoppable(self, stop: Callable[[], bool], every: float = 0.05) -> None:
+        """The evaluation, with `stop` asked every `every` s on another thread while onnxruntime
+        computes (it releases the GIL); a yes sets the run's terminate flag, which onnxruntime
+        checks between nodes. A 4 MP evaluation takes over a minute on a CPU: too long to wait for."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(every):
+                if stop():
+                    self._run_options.terminate = True
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            self.session.run_with_iobinding(self._binding, self._run_options)
+        except Exception:
+            if self._run_options.terminate:
+                raise EvaluationStopped from None
+            raise
+        finally:
+            done.set()
+            watcher.join()
+            self._run_options.terminate = False  # the next evaluation runs in full (a late yes came after this one)
 
 
 def default_threads() -> int:

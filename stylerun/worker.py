@@ -118,6 +118,7 @@ class ModelCache:
             self.created += 1
         else:
             self.reused += 1
+            model.stop = None  # the last job's stop (a cancelled job's says yes for good) is not this one's
         self.models[key] = model
         while len(self.models) > self.size:
             self.models.popitem(last=False)

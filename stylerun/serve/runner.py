@@ -171,7 +171,7 @@ class Runner:
                 self.store.checkpoint(job_id).unlink(missing_ok=True)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; running ones stop at their next evaluation and keep a checkpoint to go on from."""
+        """Stop taking jobs; running ones stop within a moment and keep a checkpoint to go on from."""
         self.closing = True
         self.wake.set()
         for thread in self.pool:
