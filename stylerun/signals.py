@@ -10,8 +10,8 @@ import threading
 class StopSignals:
     """SIGINT and SIGTERM as a polite request to stop, for the length of a `with` block.
 
-    The first signal sets `signum` (so ``engine.run(job, stop=signals.requested)`` ends at
-    the current evaluation and returns the best image); a second one while `hurry` is True
+    The first signal sets `signum` (so ``engine.run(job, stop=signals.requested)`` ends
+    within the current evaluation and returns the best image); a second one while `hurry` is True
     raises KeyboardInterrupt at once. Set `hurry` False around work that must not be cut
     short, such as writing the result. Outside the main thread this does nothing, and a
     signal this process was started ignoring (SIGINT in a shell's background job) stays
