@@ -501,9 +501,11 @@ def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
         settings = {}
     for name in PATH_OPTIONS:
         settings[name] = _names(settings.get(name))
+    # far terms not measured (weights given, or kept from a checkpoint) are null: strict JSON has no NaN
+    content_far, style_far = (v if math.isfinite(v) else None for v in loss.far_terms)
     record = {"version": __version__, "alpha": loss.alpha, "beta": loss.beta,
               "style_strength": loss.style_strength,
-              "far_terms": {"content": loss.far_terms[0], "style": loss.far_terms[1]}, "options": settings}
+              "far_terms": {"content": content_far, "style": style_far}, "options": settings}
     return {"Software": f"stylerun {__version__}", "stylerun": json.dumps(record, sort_keys=True)}
 
 

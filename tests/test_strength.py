@@ -127,6 +127,20 @@ def test_outputs_record_the_weights_in_use(tmp_path, content_path, style_path, n
     assert record["far_terms"]["content"] == pytest.approx(outcome.loss_object.far_terms[0])
 
 
+def test_the_record_is_strict_json_when_nothing_was_measured(tmp_path, content_path, style_path):
+    """Given weights measure no far terms: they are null, not NaN, which strict JSON parsers refuse."""
+    out = tmp_path / "out.png"
+    run(Job.of(content_path, style_path, out, size=48, iterations=1, **{**FAST, "alpha": 1e-3, "beta": 1.0}))
+    with Image.open(out) as im:
+        text = im.text["stylerun"]
+
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    record = json.loads(text, parse_constant=refuse)
+    assert record["far_terms"] == {"content": None, "style": None} and record["style_strength"] is None
+
+
 def test_the_api_returns_the_record_with_the_picture(tmp_path, content_path, style_path):
     import stylerun
 
