@@ -390,6 +390,13 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.nan_to_num(array, nan=0.0)), 0, 255).astype(np.uint8)
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """An (H, W, 3) image as the bytes of an 8-bit PNG file (a preview sent over the network)."""
+    out = io.BytesIO()
+    Image.fromarray(to_uint8(array)).save(out, "PNG")
+    return out.getvalue()
+
+
 def check_size(
     width: int,
     height: int,

@@ -13,7 +13,6 @@ must not end a batch of a thousand.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import tempfile
@@ -26,13 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from PIL import Image
-
 from .checkpoint import SUFFIX
 from .engine import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
 from .errors import StylerunError, mention_options, one_line
 from .export import ModelFiles
-from .images import to_uint8
+from .images import png_bytes
 from .options import RESUMABLE, TransferOptions
 from .runtime import MEASURED, LossModel, SessionSettings
 
@@ -137,12 +134,6 @@ def progress_numbers(progress: Any) -> dict[str, Any]:
     """An iteration's numbers as a job record holds them."""
     return {"iteration": progress.iteration, "iterations": progress.iterations, "loss": progress.loss,
             "content_loss": progress.content_loss, "style_loss": progress.style_loss, "eta_s": progress.eta_s}
-
-
-def png_bytes(rgb: Any) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(to_uint8(rgb)).save(out, "PNG")
-    return out.getvalue()
 
 
 class Watch(_Warnings):
