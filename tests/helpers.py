@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -36,8 +34,8 @@ def serve(data: Path, port: int | None = None, token: str | None = None, args: t
           ) -> tuple[subprocess.Popen, str]:
     """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url).
 
-    The server leads its own process group, so `kill` can take every process it started
-    (a Ray instance's too) as a power cut would.
+    The server leads its own session, so `kill` can take every process it started (a Ray
+    instance's too) as a power cut would.
     """
     port = port or free_port()
     extra = [*(["--token", token] if token else []), *args]
@@ -67,18 +65,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL to the server and everything it started: no goodbye, no checkpoint written on the way out."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL to the server and everything it started (its session: Ray's workers lead process groups of
+    their own): no goodbye, no checkpoint written on the way out."""
+    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
     proc.wait(10)
 
 
-def group_alive(proc: subprocess.Popen) -> bool:
-    """Whether any process the server started (its process group) is still there."""
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def session_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process the server started (its session, Ray's workers included) is still there."""
+    return subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).returncode == 0

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port, group_alive, kill, serve, stop
+from helpers import free_port, kill, serve, session_alive, stop
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -218,9 +218,11 @@ def _preview(url: str, job_id: str) -> bytes:
     return r.content if r.status_code == 200 else b""
 
 
-def _kill_actor() -> None:
-    """SIGKILL the Ray actor running a job, as the out-of-memory killer or a lost node would."""
-    found = subprocess.run(["pgrep", "-f", "ray::RayWorker"], capture_output=True, text=True).stdout.split()
+def _kill_actor(server: subprocess.Popen) -> None:
+    """SIGKILL the Ray actor running a job, as the out-of-memory killer or a lost node would (this
+    server's own: its session's, not another Ray's on the machine)."""
+    found = subprocess.run(["pgrep", "-s", str(server.pid), "-f", "ray::RayWorker"], capture_output=True,
+                           text=True).stdout.split()
     assert found, "no Ray actor process"
     subprocess.run(["kill", "-9", *found], check=True)
 
@@ -249,14 +251,14 @@ def test_ray_actor_streams_progress_cancels_and_survives_a_dead_actor(tmp_path):
         # an actor killed mid-job: that job fails with a reason, a new actor takes the next one
         doomed = _post(url, {"size": 32, "iterations": 400, "threads": 1}).json()["id"]
         _wait(url, doomed, lambda j: j["status"] == "running" and j["iteration"] >= 2)
-        _kill_actor()
+        _kill_actor(proc)
         failed = _wait(url, doomed, lambda j: j["status"] not in ("queued", "running"))
         assert failed["status"] == "failed" and "Ray worker failed" in failed["error"], failed
         after = _post(url, {"size": 32, "iterations": 3, "threads": 1}).json()["id"]
         assert _wait(url, after, lambda j: j["status"] not in ("queued", "running"))["status"] == "done"
     finally:
         stop(proc)
-    assert not group_alive(proc), "the server left Ray processes behind"
+    assert not session_alive(proc), "the server left Ray processes behind"
 
 
 def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
@@ -279,7 +281,7 @@ def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
         _wait(url, stopped, lambda j: j["iteration"] >= 4)
     finally:
         stop(proc)
-    assert proc.returncode in (0, -15) and not group_alive(proc)
+    assert proc.returncode in (0, -15) and not session_alive(proc)
     _goes_on_from_where_it_stood(data, stopped, "--ray")
     assert not list(data.rglob("*.ckpt.npz"))
 
