@@ -33,3 +33,9 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """`data` into `path` through `atomic_write`: readers see the old file or the whole new one."""
+    with atomic_write(path) as f:
+        f.write(data)

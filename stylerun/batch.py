@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .atomic import atomic_write
+from .atomic import write_bytes
 from .checkpoint import SUFFIX
 from .engine import PATH_OPTIONS, Job, check_job
 from .errors import InputError, StylerunError
@@ -381,8 +381,7 @@ class Manifest:
     def write(self) -> None:
         text = "".join(json.dumps({k: _finite(v) for k, v in r.items()}) + "\n" for r in self.records)
         if text != self.text:
-            with atomic_write(self.path) as f:
-                f.write(text.encode())
+            write_bytes(self.path, text.encode())
             self.text = text
 
 
@@ -498,11 +497,9 @@ class Batch:
         for name, data in result.files.items():
             path = target(self.outdir, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as f:
-                f.write(data)
+            write_bytes(path, data)
         if result.checkpoint is not None:
-            with atomic_write(ckpt) as f:
-                f.write(result.checkpoint)
+            write_bytes(ckpt, result.checkpoint)
 
     def tidy(self) -> None:
         """Remove the batch's own folders where they are empty (nothing to resume, nothing running)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_bytes
 from .engine import CallbackListener, Job, run
 from .errors import InputError
 from .images import MAX_PIXELS_ENV, check_size, fit_longest_side, max_pixels, open_image, save_image, to_uint8
@@ -373,8 +373,7 @@ def _json_default(x):
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as f:
-        f.write(text.encode())
+    write_bytes(path, text.encode())
 
 
 # --- contact sheets ---------------------------------------------------------------------------

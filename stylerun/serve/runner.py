@@ -20,7 +20,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from stylerun.atomic import atomic_write
+from stylerun.atomic import write_bytes
 from stylerun.batch import checkpoint_every
 from stylerun.engine import Listener, run
 from stylerun.errors import StylerunError
@@ -72,8 +72,7 @@ class JobListener(Listener):
 def write(path: Any, data: bytes | None) -> None:
     """`data` into `path` in one rename (readers never see half a file); nothing when there is none."""
     if data is not None:
-        with atomic_write(path) as f:
-            f.write(data)
+        write_bytes(path, data)
 
 
 #: Of the machine's memory, the share the jobs may take together by default (the rest: the server, the system).
