@@ -293,21 +293,25 @@ class _Run:
         `within_budget` will choose them, so that the ETA of a run whose last scale is tiled is not
         that of an untiled one (a 2048 px recipe took 40 min where 13 were foretold)."""
         if size not in self.costs:
-            options, (w, h) = self.options, self.stage_size(size)
-            layers, tile = layer_set(options), options.tile_size
-            if options.max_memory is not None:
-                chosen = tiling.choose(options.max_memory, h, w, layers, options.lbfgs_memory)
-                tile = chosen[0] if chosen is not None else None
-            self.costs[size] = tiling.evaluation_cost(h, w, tile, layers)
+            (w, h), tile = self.stage_size(size), self.options.tile_size
+            chosen = self.budget_choice(size) if self.options.max_memory is not None else None
+            if chosen is not None and chosen[0] is not None:
+                tile = chosen[0]
+            self.costs[size] = tiling.evaluation_cost(h, w, tile, layer_set(self.options))
         return self.costs[size]
+
+    def budget_choice(self, size: int | None) -> tuple[int | None, int, int] | None:
+        """`tiling.choose` under `max_memory` at the stage of longest side `size`: (tile or None for
+        the whole image, L-BFGS-B history or 0 for Adam, estimated bytes), or None if nothing fits."""
+        options, (w, h) = self.options, self.stage_size(size)
+        return tiling.choose(options.max_memory, h, w, layer_set(options), options.lbfgs_memory)
 
     def within_budget(self, options: TransferOptions) -> TransferOptions:
         """With `max_memory`: the tile size and L-BFGS-B history that fit it at this stage's size, said aloud."""
         if options.max_memory is None:
             return options
-        w, h = self.stage_size(options.size)
-        layers = layer_set(options)
-        chosen = tiling.choose(options.max_memory, h, w, layers, options.lbfgs_memory)
+        (w, h), layers = self.stage_size(options.size), layer_set(options)
+        chosen = self.budget_choice(options.size)
         budget = f"{options.max_memory / (1 << 30):.2f} GiB"
         if chosen is None:
             need = tiling.estimate_bytes(h, w, tiling.TILE_CHOICES[-1], tiling.MEMORY_CHOICES[-1], layers)
