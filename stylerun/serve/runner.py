@@ -191,8 +191,8 @@ class Runner:
         options = checkpointed(TransferOptions.from_dict(record["options"]))
         if options.threads is None:
             options = options.replace(threads=self.threads)
-        if self.max_memory is not None and (options.max_memory or self.max_memory) >= self.max_memory:
-            options = options.replace(max_memory=self.max_memory)
+        if self.max_memory is not None:  # a client's smaller budget stands
+            options = options.replace(max_memory=min(options.max_memory or self.max_memory, self.max_memory))
         return Task(job_id, str(store.image(job_id, "content")), styles, options,
                     store.image(job_id, "result").name, None, str(ckpt) if ckpt.is_file() else None)
 
