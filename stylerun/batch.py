@@ -36,7 +36,7 @@ from typing import Any
 
 from .atomic import write_bytes
 from .checkpoint import SUFFIX
-from .engine import PATH_OPTIONS, Job, check_job
+from .engine import PATH_OPTIONS, Job, check_job, json_value
 from .errors import InputError, StylerunError
 from .limits import check_regular_file
 from .options import RESUMABLE, TransferOptions
@@ -368,10 +368,6 @@ def new_record(entry: Entry, status: str) -> dict[str, Any]:
             "seconds": None, "error": entry.error, "checkpoint": None, "resumed_from": None, "warnings": []}
 
 
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 class Manifest:
     """`OUTDIR/manifest.jsonl`, one record per job in job order; written atomically, and only when it changed."""
 
@@ -379,7 +375,7 @@ class Manifest:
         self.path, self.records, self.text = path, records, text
 
     def write(self) -> None:
-        text = "".join(json.dumps({k: _finite(v) for k, v in r.items()}) + "\n" for r in self.records)
+        text = "".join(json.dumps({k: json_value(v) for k, v in r.items()}) + "\n" for r in self.records)
         if text != self.text:
             write_bytes(self.path, text.encode())
             self.text = text

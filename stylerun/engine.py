@@ -497,6 +497,14 @@ def _finish(state: _Run, result: Result) -> Outcome:
                    provider=loss.provider, loss_object=loss, record=record)
 
 
+def json_value(value: Any) -> Any:
+    """`value` as a JSON record (file metadata, a batch manifest, a served job) holds it: a float
+    that is NaN or infinite becomes null, as strict JSON has neither; anything else is kept."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
     """What made a picture, for its file's metadata: the weights in use and the options (file names only)."""
     try:
@@ -505,11 +513,10 @@ def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
         settings = {}
     for name in PATH_OPTIONS:
         settings[name] = _names(settings.get(name))
-    # far terms not measured (weights given, or kept from a checkpoint) are null: strict JSON has no NaN
-    content_far, style_far = (v if math.isfinite(v) else None for v in loss.far_terms)
+    content_far, style_far = loss.far_terms  # NaN where not measured (weights given, or kept from a checkpoint)
     record = {"version": __version__, "alpha": loss.alpha, "beta": loss.beta,
               "style_strength": loss.style_strength,
-              "far_terms": {"content": content_far, "style": style_far}, "options": settings}
+              "far_terms": {"content": json_value(content_far), "style": json_value(style_far)}, "options": settings}
     return {"Software": f"stylerun {__version__}", "stylerun": json.dumps(record, sort_keys=True)}
 
 

@@ -136,6 +136,14 @@ def progress_numbers(progress: Any) -> dict[str, Any]:
             "content_loss": progress.content_loss, "style_loss": progress.style_loss, "eta_s": progress.eta_s}
 
 
+#: A followed job's preview is a new picture every this many iterations (and at the last).
+PREVIEW_EVERY = 2
+
+
+def preview_due(progress: Any, every: int = PREVIEW_EVERY) -> bool:
+    return progress.iteration % every == 0 or progress.iteration == progress.iterations
+
+
 class Watch(_Warnings):
     """A running job as another thread sees it: its latest numbers, preview and checkpoint.
 
@@ -144,7 +152,7 @@ class Watch(_Warnings):
     crosses the network once. The preview is a PNG every `every` iterations and at the end.
     """
 
-    def __init__(self, every: int = 2):
+    def __init__(self, every: int = PREVIEW_EVERY):
         super().__init__()
         self.every, self.lock = every, threading.Lock()
         self.numbers: dict[str, Any] = {}
@@ -159,9 +167,7 @@ class Watch(_Warnings):
             self.numbers = {"resumed_from": resumed_from}
 
     def progress(self, progress: Any) -> None:
-        png = None
-        if progress.iteration % self.every == 0 or progress.iteration == progress.iterations:
-            png = png_bytes(progress.rgb())
+        png = png_bytes(progress.rgb()) if preview_due(progress, self.every) else None
         with self.lock:
             self.numbers.update(progress_numbers(progress))
             self.preview = png or self.preview

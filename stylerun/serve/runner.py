@@ -13,7 +13,6 @@ a job's state is kept whichever machine computes it.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from typing import Any
@@ -22,22 +21,17 @@ from threadpoolctl import threadpool_limits
 
 from stylerun.atomic import write_bytes
 from stylerun.batch import checkpoint_every
-from stylerun.engine import Listener, run
+from stylerun.engine import Listener, json_value, run
 from stylerun.errors import StylerunError
 from stylerun.executors import RayExecutor, sizing
 from stylerun.images import save_image
 from stylerun.options import TransferOptions
 from stylerun.runtime import default_threads, machine_memory
 from stylerun.serve.store import Store
-from stylerun.worker import ModelCache, Task, Work, error_text, progress_numbers
+from stylerun.worker import ModelCache, Task, Work, error_text, preview_due, progress_numbers
 
 #: Statuses of a job that is not over: the event stream follows these.
 ACTIVE = ("queued", "running", "interrupted")
-
-
-def finite(value: float | None) -> float | None:
-    """A number for JSON: NaN and infinity are not JSON, so they are stored as null."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 class JobListener(Listener):
@@ -53,11 +47,11 @@ class JobListener(Listener):
     def numbers(self, numbers: dict[str, Any]) -> None:
         if "iteration" in numbers:  # (a remote job's first report may come before its first iteration)
             self.store.update(self.job_id, iteration=numbers["iteration"], iterations=numbers["iterations"],
-                              **{k: finite(numbers[k]) for k in ("loss", "content_loss", "style_loss", "eta_s")})
+                              **{k: json_value(numbers[k]) for k in ("loss", "content_loss", "style_loss", "eta_s")})
 
     def progress(self, progress: Any) -> None:
         self.numbers(progress_numbers(progress))
-        if progress.iteration % 2 == 0 or progress.iteration == progress.iterations:
+        if preview_due(progress):
             save_image(progress.rgb(), self.store.image(self.job_id, "preview"))
 
     def report(self, taken: dict[str, Any]) -> None:
@@ -211,8 +205,8 @@ class Runner:
         result = self.remote.follow(self.task(job_id), listener.report, lambda: self.stopping(job_id))
         if result.status == "done":
             write(self.store.image(job_id, "result"), result.files.get(self.store.image(job_id, "result").name))
-            self.store.update(job_id, iteration=result.iterations, loss=finite(result.loss),
-                              content_loss=finite(result.content_loss), style_loss=finite(result.style_loss))
+            self.store.update(job_id, iteration=result.iterations, loss=json_value(result.loss),
+                              content_loss=json_value(result.content_loss), style_loss=json_value(result.style_loss))
         elif result.status == "interrupted" and job_id in self.cancelled:
             write(self.store.image(job_id, "result"), result.stopped)  # a cancelled job keeps its best picture
         elif result.status == "interrupted":
