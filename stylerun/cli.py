@@ -250,9 +250,13 @@ def _report(outcome: Outcome, job: Job, stopper: StopSignals, quiet: bool) -> No
         raise typer.Exit(3)
     if outcome.interrupted:
         signum = stopper.signum or signal.SIGINT
-        hint = f"; go on with: stylerun transfer --resume {outcome.checkpoint}" if outcome.checkpoint else ""
+        # a stop inside the first evaluation leaves no loss: neither picture nor checkpoint is written
+        hint = f"; go on with: stylerun transfer --resume {outcome.checkpoint}" if outcome.checkpoint and \
+            outcome.written else ""
+        where = (f"the best image so far (loss {outcome.loss:.4g}) is in {out}" if outcome.written
+                 else "no evaluation had finished: nothing written")
         say(f"stylerun: {signal.Signals(signum).name} at iteration {outcome.iterations} of "
-            f"{job.options.iterations}; the best image so far (loss {outcome.loss:.4g}) is in {out}{hint}", err)
+            f"{job.options.iterations}; {where}{hint}", err)
         raise typer.Exit(128 + int(signum))
     if not quiet:
         say(outcome_text(outcome), err)

@@ -589,6 +589,26 @@ def test_a_signal_cuts_the_evaluation_it_arrives_in(content_path, style_path):
     assert cut < whole * 0.75, (cut, whole)
 
 
+def test_a_stop_inside_the_first_evaluation_says_nothing_was_written(tmp_path, content_path, style_path):
+    """Cut inside the first evaluation, a run has no loss: no picture and no checkpoint are written, and
+    the message says so instead of pointing at files that are not there."""
+    out = tmp_path / "out.png"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "stylerun", "transfer", str(content_path), str(style_path),
+                             "-o", str(out), "--size", "512", "-n", "5", "--alpha", "1e-3", "--threads", "1",
+                             "--checkpoint-every", "1", "--device", "cpu"], stderr=subprocess.PIPE, text=True,
+                            env=env)
+    lines = [proc.stderr.readline()]
+    while lines[-1] and not lines[-1].endswith(", 5 iterations\n"):  # then the first evaluation starts
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGTERM)
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, err
+    assert "SIGTERM at iteration 0 of 5; no evaluation had finished: nothing written" in err, err
+    assert "--resume" not in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob("*.ckpt.npz"))
+
+
 def test_animated_input_warns_on_stderr(tmp_path, content_path, style_path):
     frames = [Image.open(content_path).convert("RGB").resize((72, 48)), Image.new("RGB", (72, 48), "red")]
     gif = tmp_path / "anim.gif"
