@@ -5,13 +5,13 @@
     image.save("out.png")
 """
 
-from .api import stylize_video, transfer
-from .engine import Job, Listener, Outcome, run
-from .errors import InputError, NumericError, OptionError, StylerunError, WeightsError
-from .loss import StyleLoss
-from .optimizers import Progress, Result, optimize
-from .options import TransferOptions
-from .version import __version__
+from stylerun.api import stylize_video, transfer
+from stylerun.engine.loss import StyleLoss
+from stylerun.engine.optimizers import Progress, Result, optimize
+from stylerun.engine.run import Job, Listener, Outcome, run
+from stylerun.errors import InputError, NumericError, OptionError, StylerunError, WeightsError
+from stylerun.options import TransferOptions
+from stylerun.version import __version__
 
 __all__ = [
     "InputError", "Job", "Listener", "NumericError", "OptionError", "Outcome", "Progress", "Result", "StyleLoss",

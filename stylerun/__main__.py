@@ -1,3 +1,3 @@
-from .cli import main
+from stylerun.cli.app import main
 
 main()

@@ -18,12 +18,12 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from .engine import CallbackListener, Job, resume_job, run
-from .errors import NumericError
-from .optimizers import Progress
-from .options import TransferOptions
-from .progress import ConsoleListener, VideoConsole, outcome_text, say
-from .video import VideoResult, VideoSettings, parse_temporal_frames, run_video
+from stylerun.console import ConsoleListener, VideoConsole, outcome_text, say
+from stylerun.engine.optimizers import Progress
+from stylerun.engine.run import CallbackListener, Job, resume_job, run
+from stylerun.errors import NumericError
+from stylerun.options import TransferOptions
+from stylerun.video.run import VideoResult, VideoSettings, parse_temporal_frames, run_video
 
 
 def transfer(

@@ -29,16 +29,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_write, write_bytes
-from .engine import CallbackListener, Job, run
-from .errors import InputError
-from .images import MAX_PIXELS_ENV, check_size, fit_longest_side, max_pixels, open_image, save_image, to_uint8
-from .limits import check_regular_file
-from .optimizers import Progress
-from .options import INITS, TransferOptions
-from .version import __version__
-from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
-from .weights import file_sha256
+from stylerun.engine.optimizers import Progress
+from stylerun.engine.run import CallbackListener, Job, run
+from stylerun.errors import InputError
+from stylerun.files.atomic import atomic_write, write_bytes
+from stylerun.files.limits import check_regular_file
+from stylerun.images.codec import (
+    MAX_PIXELS_ENV,
+    check_size,
+    fit_longest_side,
+    max_pixels,
+    open_image,
+    save_image,
+    to_uint8,
+)
+from stylerun.options import INITS, TransferOptions
+from stylerun.version import __version__
+from stylerun.vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
+from stylerun.weights.bundled import file_sha256
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
 #: alpha/beta of the sweep, content-heavy to style-heavy (beta = 1, alpha = ratio).

@@ -24,11 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, OptionError, mention
-from .images import WHITE, parse_color
-from .presets import PRESETS, resolve
-from .sizes import parse_bytes
-from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, POOLINGS, format_layer_weights, parse_layer_weights
+from stylerun.errors import InputError, OptionError, mention
+from stylerun.images.codec import WHITE, parse_color
+from stylerun.presets import PRESETS, resolve
+from stylerun.units import parse_bytes
+from stylerun.vgg import (
+    DEFAULT_CONTENT_LAYERS,
+    DEFAULT_STYLE_LAYERS,
+    POOLINGS,
+    format_layer_weights,
+    parse_layer_weights,
+)
 
 INITS = ("content", "style", "white", "random")
 OPTIMIZERS = ("lbfgs", "adam")

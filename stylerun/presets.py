@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
+from stylerun.vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
 
 
 def seed() -> dict[str, Any]:

@@ -2,14 +2,14 @@
 
 Layer names follow the Caffe prototxt: ``conv1_1`` ... ``conv5_4``,
 ``relu1_1`` ... ``relu5_4``, ``pool1`` ... ``pool5``. Nothing here touches ONNX or weights;
-`forward.py` turns this description into a graph.
+`network/loss_graph.py` turns this description into a graph.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from stylerun.errors import InputError
 
 #: Convolutions per block, and output channels of each block.
 _BLOCKS = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))

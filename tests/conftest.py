@@ -37,7 +37,7 @@ def style_path() -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_weights():
-    from stylerun.weights import load_bundled
+    from stylerun.weights.bundled import load_bundled
 
     return load_bundled()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stylerun import cli
+from stylerun.cli import app as cli
 
 
 def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:

@@ -13,39 +13,83 @@ from pathlib import Path
 import typer
 
 import stylerun
-from stylerun import cli
-from stylerun.checkpoint import parse_settings
+from stylerun.cli import app as cli
+from stylerun.engine.checkpoint import parse_settings
 from stylerun.options import TransferOptions
 
 PACKAGE = Path(stylerun.__file__).resolve().parent
-#: Every module of the package, subpackages included, by its dotted name inside it (``serve.app``).
+#: Every module of the package, by its dotted name inside it (``serve.app``; a package's face is ``engine.__init__``).
 MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.read_text())
            for p in sorted(PACKAGE.rglob("*.py"))}
 
+#: The floors of the house, bottom up: a unit (a top-level module or subpackage) imports only from the floors
+#: below its own, or from inside itself. Data flows one way: files and weights up to the front ends.
+LAYERS = [
+    {"errors", "version", "units", "signals"},
+    {"vgg"},
+    {"files"},
+    {"images", "presets"},
+    {"options"},
+    {"weights"},
+    {"network"},
+    {"engine"},
+    {"jobs", "figures"},
+    {"video"},
+    {"console"},
+    {"api", "serve"},
+    {"cli"},
+    {"__init__", "__main__"},
+]
 
-def _module(dotted: str) -> str:
-    """The MODULES key an import names: the module itself, or the package it lies in."""
-    return dotted if dotted in MODULES else dotted.split(".")[0]
+
+def _unit(module: str) -> str:
+    """The top-level module or subpackage a module belongs to: ``engine.run`` -> ``engine``."""
+    return module.split(".")[0]
 
 
-def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(module, names) of every import from the package in a module, at any depth (function-level ones too):
-    relative ones of the top level, and absolute ``stylerun.x`` ones (how a subpackage imports)."""
+def _imports(name: str, tree: ast.Module) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import from the package in a module, at any depth (function-level ones too).
+    ``from stylerun.engine import run`` names the module ``engine.run``; relative imports are resolved."""
+    here = name.split(".")[:-1]  # the package the module lies in
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
             continue
-        if node.level == 1 and node.module:
-            found.append((_module(node.module), [a.name for a in node.names]))
-        elif node.level == 1:  # from . import x, y
-            found.extend((a.name, []) for a in node.names)
-        elif node.level == 0 and (node.module or "").startswith("stylerun."):
-            found.append((_module(node.module.removeprefix("stylerun.")), [a.name for a in node.names]))
+        if node.level:
+            base = here[: len(here) - node.level + 1]
+            dotted = ".".join(base + ([node.module] if node.module else []))
+        elif (node.module or "").startswith("stylerun.") or node.module == "stylerun":
+            dotted = (node.module or "").removeprefix("stylerun").removeprefix(".")
+        else:
+            continue
+        for alias in node.names:
+            sub = f"{dotted}.{alias.name}" if dotted else alias.name
+            if sub in MODULES or f"{sub}.__init__" in MODULES:
+                found.append((sub if sub in MODULES else f"{sub}.__init__", []))
+            else:
+                found.append((dotted if dotted in MODULES else f"{dotted or ''}.__init__".lstrip("."), [alias.name]))
     return found
 
 
+def test_every_unit_has_a_floor_and_imports_only_downward():
+    floor = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+    for name, tree in MODULES.items():
+        unit = _unit(name)
+        assert unit in floor, f"{unit} has no floor in LAYERS"
+        for module, _ in _imports(name, tree):
+            other = _unit(module)
+            assert other == unit or floor[other] < floor[unit], \
+                f"{name} (floor {floor[unit]}) imports {module} (floor {floor[other]})"
+
+
+def test_every_subpackage_says_what_lives_there():
+    for name, tree in MODULES.items():
+        if name.endswith(".__init__"):
+            assert ast.get_docstring(tree), f"{name} has no docstring"
+
+
 def test_no_import_circles():
-    graph = {name: {m for m, _ in _imports(tree) if m in MODULES} for name, tree in MODULES.items()}
+    graph = {name: {m for m, _ in _imports(name, tree) if m in MODULES} for name, tree in MODULES.items()}
     graph["__init__"] = set()  # the package's front door imports everything and is imported by nothing
     state: dict[str, int] = {}
 
@@ -64,7 +108,7 @@ def test_no_import_circles():
 
 def test_no_module_imports_another_modules_private_names():
     for name, tree in MODULES.items():
-        for module, names in _imports(tree):
+        for module, names in _imports(name, tree):
             private = [n for n in names if n.startswith("_") and n != "__version__"]
             assert not private, f"{name} imports private {private} from {module}"
 

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from stylerun import autodiff
-from stylerun.autodiff import add_gradient
-from stylerun.graph import GraphBuilder, make_model
+from stylerun.network import autodiff
+from stylerun.network.autodiff import add_gradient
+from stylerun.network.graph import GraphBuilder, make_model
 
 
 def _session(model: onnx.ModelProto, check: bool = True) -> ort.InferenceSession:
@@ -185,8 +185,8 @@ def test_unsupported_op_is_reported():
 
 
 def test_exported_graph_uses_standard_ops_only(bundled_weights):
-    from stylerun.export import build_models
-    from stylerun.forward import LayerSet
+    from stylerun.network.export import build_models
+    from stylerun.network.loss_graph import LayerSet
 
     loss, targets = build_models(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"], "avg"))
     for model in (loss, targets):

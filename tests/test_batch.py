@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from stylerun import batch, executors, worker
-from stylerun.batch_cli import expand_arguments
+from stylerun.cli.batch import expand_arguments
+from stylerun.jobs import batch, executors, worker
 from stylerun.options import TransferOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -201,7 +201,8 @@ def test_a_job_that_raises_is_a_failed_result_and_sessions_are_reused(tmp_path, 
 
 
 def test_ray_is_imported_only_for_ray_and_missing_ray_is_one_line(tmp_path, capsys, monkeypatch):
-    code = "import sys; from stylerun import cli, batch, batch_cli, executors, worker; print('ray' in sys.modules)"
+    code = ("import sys; from stylerun.cli import app, batch; from stylerun.jobs import batch, executors, worker; "
+            "print('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     jobs = write_jobs(tmp_path / "jobs.jsonl", {"content": CHELSEA, "style": STARRY})
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError

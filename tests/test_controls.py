@@ -17,13 +17,15 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from stylerun import color, engine, transfer
-from stylerun.checkpoint import load_checkpoint, parse_settings
-from stylerun.engine import scale_plan
+from stylerun import transfer
+from stylerun.engine import run as engine
+from stylerun.engine.checkpoint import load_checkpoint, parse_settings
+from stylerun.engine.loss import StyleLoss, initial_image, resize_to
+from stylerun.engine.optimizers import optimize
+from stylerun.engine.run import scale_plan
 from stylerun.errors import InputError
-from stylerun.forward import content_target_name, style_target_name
-from stylerun.loss import StyleLoss, initial_image, resize_to
-from stylerun.optimizers import optimize
+from stylerun.images import color
+from stylerun.network.loss_graph import content_target_name, style_target_name
 from stylerun.options import ADAM_LEARNING_RATE, TransferOptions
 from stylerun.vgg import spatial_size
 

@@ -13,12 +13,12 @@ from helpers import run_cli
 from PIL import Image
 
 import stylerun
-from stylerun import deep_images
-from stylerun.engine import Job, Listener, run
+from stylerun.engine.loss import StyleLoss
+from stylerun.engine.run import Job, Listener, resume_job, run
 from stylerun.errors import ModelError, OptionError
-from stylerun.export import read_layers, targets_path
-from stylerun.images import decode, save_image
-from stylerun.loss import StyleLoss
+from stylerun.images import deep as deep_images
+from stylerun.images.codec import decode, save_image
+from stylerun.network.export import read_layers, targets_path
 from stylerun.options import TransferOptions
 
 SMALL = {"size": 48, "content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1", "device": "cpu", "threads": 1}
@@ -51,13 +51,13 @@ def test_resume_writes_beside_the_checkpoint_and_never_over_a_file(tmp_path, con
     ckpt = tmp_path / "a.ckpt.npz"
     stylerun.transfer(content_path, style_path, tmp_path / "elsewhere.png", iterations=2, checkpoint_every=1,
                       checkpoint=str(ckpt), **SMALL)
-    job, state = stylerun.engine.resume_job(ckpt)
+    job, state = resume_job(ckpt)
     assert job.output == tmp_path / "a.png" and state.iteration == 2
     (tmp_path / "a.png").write_bytes(b"precious")
     with pytest.raises(stylerun.InputError, match="exists"):
-        stylerun.engine.resume_job(ckpt)
+        resume_job(ckpt)
     with pytest.raises(OptionError, match="alpha cannot change when resuming"):
-        stylerun.engine.resume_job(ckpt, tmp_path / "b.png", alpha=1.0)
+        resume_job(ckpt, tmp_path / "b.png", alpha=1.0)
 
 
 def test_resume_does_not_trust_the_checkpoints_paths(tmp_path, content_path, style_path):
@@ -67,10 +67,10 @@ def test_resume_does_not_trust_the_checkpoints_paths(tmp_path, content_path, sty
     stylerun.transfer(content_path, style_path, tmp_path / "m.png", iterations=2, checkpoint_every=1,
                       content_masks=[str(mask)], **SMALL)
     with pytest.raises(OptionError, match="content_masks is a path stored in checkpoint"):
-        stylerun.engine.resume_job(ckpt, tmp_path / "r.png")
-    job, _ = stylerun.engine.resume_job(ckpt, tmp_path / "r.png", trust_paths=True)
+        resume_job(ckpt, tmp_path / "r.png")
+    job, _ = resume_job(ckpt, tmp_path / "r.png", trust_paths=True)
     assert job.options.content_masks == (str(mask),)
-    job, _ = stylerun.engine.resume_job(ckpt, tmp_path / "r.png", content_masks=[str(mask)])
+    job, _ = resume_job(ckpt, tmp_path / "r.png", content_masks=[str(mask)])
     assert job.options.content_masks == (str(mask),)
 
 
@@ -148,8 +148,8 @@ def test_cli_writes_16_bit_output(capsys, monkeypatch, tmp_path, content_path, s
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory, bundled_weights):
-    from stylerun.export import export_vgg
-    from stylerun.forward import LayerSet
+    from stylerun.network.export import export_vgg
+    from stylerun.network.loss_graph import LayerSet
 
     path = tmp_path_factory.mktemp("models") / "small.onnx"
     export_vgg(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]), path)

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylerun import figures
-from stylerun.cli import app
+from stylerun.cli.app import app
 from stylerun.errors import InputError
 
 

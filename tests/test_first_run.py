@@ -16,15 +16,15 @@ from helpers import run_cli
 from rich.console import Console
 
 import stylerun
-from stylerun import cli
-from stylerun.cache import cache_limit, entries, prune
+from stylerun.cli import app as cli
+from stylerun.console import ProgressBar, estimate_text
+from stylerun.engine.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
+from stylerun.engine.optimizers import Progress
 from stylerun.errors import InputError
-from stylerun.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
-from stylerun.export import cached_export
-from stylerun.forward import LayerSet
-from stylerun.locks import lock_path
-from stylerun.optimizers import Progress
-from stylerun.progress import ProgressBar, estimate_text
+from stylerun.files.locks import lock_path
+from stylerun.network.cache import cache_limit, entries, prune
+from stylerun.network.export import cached_export
+from stylerun.network.loss_graph import LayerSet
 
 SMALL = ("--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu")
 
@@ -187,8 +187,8 @@ def test_using_a_cached_model_marks_it_used(model_cache):
 
 def test_a_killed_exports_temporaries_are_found_as_leftovers(tmp_path):
     """What `atomic_write` leaves when an export is killed is what the cache cleans up, an hour later."""
-    from stylerun.atomic import atomic_write
-    from stylerun.cache import LEFTOVER_S, leftovers
+    from stylerun.files.atomic import atomic_write
+    from stylerun.network.cache import LEFTOVER_S, leftovers
 
     model = tmp_path / "vgg19-relu2_2-max-0123456789abcdef0123.onnx"
     with pytest.raises(KeyboardInterrupt), atomic_write(model):

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from stylerun import images
 from stylerun.errors import InputError
-from stylerun.images import MIN_SIDE, load_image, open_image, save_image
+from stylerun.images import codec as images
+from stylerun.images.codec import MIN_SIDE, load_image, open_image, save_image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "I;16", "I", "F")

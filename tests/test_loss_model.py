@@ -12,11 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from stylerun.export import build_models, export_vgg
-from stylerun.forward import LayerSet, content_target_name, style_target_name
-from stylerun.torchfile import load_torch_file
+from stylerun.network.export import build_models, export_vgg
+from stylerun.network.loss_graph import LayerSet, content_target_name, style_target_name
 from stylerun.vgg import CONV_NAMES
-from stylerun.weights import bundled_path, dequantize, load_quantized_npz, write_quantized_npz
+from stylerun.weights.bundled import bundled_path, dequantize, load_quantized_npz, write_quantized_npz
+from stylerun.weights.torchfile import load_torch_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -253,7 +253,7 @@ def test_bundled_weights_equal_dequantized_source(tmp_path):
 def test_targets_own_their_memory(bundled_weights, tmp_path, rng):
     """Targets are copied out of onnxruntime's arena, so dropping the targets session frees it
     (a view would pin the whole arena, ~140 MiB at 512 px, for the rest of the run)."""
-    from stylerun.runtime import LossModel, release_free_memory
+    from stylerun.network.sessions import LossModel, release_free_memory
 
     files = export_vgg(bundled_weights, LayerSet.of(["relu2_1"], ["relu1_1"]), tmp_path / "m.onnx")
     model = LossModel(files, "cpu", 1)

@@ -15,9 +15,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from stylerun import autodiff, runtime
-from stylerun.export import GRAD
-from stylerun.forward import (
+from stylerun.network import autodiff
+from stylerun.network import sessions as runtime
+from stylerun.network.export import GRAD
+from stylerun.network.loss_graph import (
     ALPHA,
     BETA,
     CONTENT_WEIGHTS,
@@ -30,7 +31,7 @@ from stylerun.forward import (
     content_target_name,
     style_target_name,
 )
-from stylerun.weights import load_bundled
+from stylerun.weights.bundled import load_bundled
 
 LAYERS = LayerSet.of({"relu2_2": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5, "relu3_1": 1.0})
 SHAPE = (36, 44, 3)  # odd-ish sizes: pooling floors, non-square

@@ -8,14 +8,14 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from stylerun.checkpoint import load_checkpoint
+from stylerun.engine.checkpoint import load_checkpoint
+from stylerun.engine.loss import check_model
 from stylerun.errors import ModelError, OptionError
-from stylerun.export import cached_export, export_vgg, model_metadata, read_layers
-from stylerun.forward import LayerSet
-from stylerun.loss import check_model
+from stylerun.network.export import cached_export, export_vgg, model_metadata, read_layers
+from stylerun.network.loss_graph import LayerSet
+from stylerun.network.sessions import LossModel
 from stylerun.options import TransferOptions
 from stylerun.presets import PRESETS, seed
-from stylerun.runtime import LossModel
 
 CAFFE_MEAN = np.array([103.939, 116.779, 123.68])
 

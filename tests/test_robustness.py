@@ -22,14 +22,16 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from stylerun import checkpoint as ckpt_mod
-from stylerun import engine, loss, optimizers, transfer
-from stylerun.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from stylerun import transfer
+from stylerun.engine import checkpoint as ckpt_mod
+from stylerun.engine import loss, optimizers
+from stylerun.engine import run as engine
+from stylerun.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from stylerun.engine.loss import StyleLoss, initial_image
+from stylerun.engine.optimizers import LbfgsState, optimize
 from stylerun.errors import InputError, NumericError
-from stylerun.export import export_vgg
-from stylerun.forward import LayerSet
-from stylerun.loss import StyleLoss, initial_image
-from stylerun.optimizers import LbfgsState, optimize
+from stylerun.network.export import export_vgg
+from stylerun.network.loss_graph import LayerSet
 from stylerun.options import TransferOptions
 from stylerun.signals import StopSignals
 
@@ -161,7 +163,7 @@ def test_cuda_without_cuda_names_the_fix(capsys, monkeypatch, no_work, tmp_path,
                         "--device", "cuda")
     one_line_error(code, err, "--device cuda: this onnxruntime has no CUDA provider",
                    "pip install 'stylerun[cuda]'", "--device cpu")
-    from stylerun.runtime import create_session
+    from stylerun.network.sessions import create_session
 
     with pytest.raises(InputError, match=r"no CUDA provider .*pip install 'stylerun\[cuda\]'"):
         create_session(shallow_model, device="cuda")

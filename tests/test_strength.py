@@ -10,11 +10,11 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from stylerun import strength
-from stylerun.checkpoint import BALANCE_KEY, load_checkpoint
-from stylerun.engine import Job, resume_job, run
+from stylerun.engine import strength
+from stylerun.engine.checkpoint import BALANCE_KEY, load_checkpoint
+from stylerun.engine.loss import StyleLoss, resize_to
+from stylerun.engine.run import Job, resume_job, run
 from stylerun.errors import InputError, OptionError
-from stylerun.loss import StyleLoss, resize_to
 from stylerun.options import TransferOptions
 
 FAST = dict(content_layers="relu2_2", style_layers="relu1_1,relu2_1", device="cpu", threads=1)
@@ -153,7 +153,7 @@ def test_the_api_returns_the_record_with_the_picture(tmp_path, content_path, sty
 
 
 def test_a_video_keeps_the_first_frames_weights(content_path, style_path):
-    from stylerun.video import same_weights
+    from stylerun.video.run import same_weights
 
     outcome = run(Job.of(content_path, style_path, size=48, iterations=1, **FAST))
     chosen = (outcome.loss_object.alpha, outcome.loss_object.beta)

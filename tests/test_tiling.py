@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
+from stylerun.engine.loss import StyleLoss
 from stylerun.errors import OptionError
-from stylerun.loss import StyleLoss
+from stylerun.network.tiling import halo, tiles
 from stylerun.options import TransferOptions
-from stylerun.tiling import halo, tiles
 
 # default-like layers; the deepest (conv5_1) needs the largest halo
 LAYERS = {"content_layers": "conv4_2", "style_layers": "conv1_1,conv2_1,conv3_1,conv4_1,conv5_1", "threads": 1}
@@ -43,7 +43,7 @@ def test_tiled_equals_whole(content_path, style_path, pooling):
 
 
 def test_tiled_with_tv_and_odd_size(content_path, style_path):
-    from stylerun.images import load_image
+    from stylerun.images.codec import load_image
 
     odd = load_image(content_path, 80)[3:73, 5:50]  # 70 x 45: neither side on the pooling grid
     compare(odd, style_path, [32], tv_weight=1e-2)
@@ -68,7 +68,7 @@ def test_tiles_cover_the_image_once():
 
 
 def test_halo_covers_receptive_field():
-    from stylerun.forward import LayerSet
+    from stylerun.network.loss_graph import LayerSet
 
     assert halo(LayerSet.of(["conv5_1"], [])) >= 85  # 2+1+4+2+16+4+32+8+16 px to conv5_1
     assert halo(LayerSet.of(["conv1_1"], [])) == 1
@@ -103,8 +103,8 @@ def test_max_memory_errors(text):
 
 
 def test_budget_choice():
-    from stylerun.forward import LayerSet
-    from stylerun.tiling import choose, estimate_bytes
+    from stylerun.network.loss_graph import LayerSet
+    from stylerun.network.tiling import choose, estimate_bytes
 
     layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
     assert choose(24 << 30, 400, 300, layers)[:2] == (None, 10)  # small: whole image, full history
@@ -116,7 +116,7 @@ def test_budget_choice():
 def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
     from typer.testing import CliRunner
 
-    from stylerun.cli import app
+    from stylerun.cli.app import app
 
     out = tmp_path / "out.png"
     common = [str(content_path), str(style_path), "-o", str(out), "--size", "48", "-n", "1", "--threads", "1"]
@@ -134,10 +134,10 @@ def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style
     """A run under `max_memory` checkpoints the tiles and history it chose, not the budget, and
     resumes to exactly the uninterrupted run's picture."""
     import stylerun
-    from stylerun.checkpoint import load_checkpoint
-    from stylerun.forward import LayerSet
-    from stylerun.images import load_image
-    from stylerun.tiling import choose, estimate_bytes
+    from stylerun.engine.checkpoint import load_checkpoint
+    from stylerun.images.codec import load_image
+    from stylerun.network.loss_graph import LayerSet
+    from stylerun.network.tiling import choose, estimate_bytes
 
     layers = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
     h, w, _ = load_image(content_path, 160).shape
@@ -172,8 +172,8 @@ def test_a_stop_ends_a_tiled_evaluation_between_tiles(content_path, style_path):
 
 
 def test_the_eta_counts_a_tiled_evaluation_as_its_halos_and_two_passes():
-    from stylerun.forward import LayerSet
-    from stylerun.tiling import TILE_TIME_FACTOR, evaluation_cost
+    from stylerun.network.loss_graph import LayerSet
+    from stylerun.network.tiling import TILE_TIME_FACTOR, evaluation_cost
 
     layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
     assert evaluation_cost(300, 400, None, layers) == 300 * 400

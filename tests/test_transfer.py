@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import stylerun
-from stylerun.loss import StyleLoss, initial_image
-from stylerun.optimizers import optimize
+from stylerun.engine.loss import StyleLoss, initial_image
+from stylerun.engine.optimizers import optimize
 from stylerun.options import INITS
 
 SIZE = 64

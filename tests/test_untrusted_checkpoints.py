@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_untrusted_files import BOMB, assert_refused, npy_head, run_stylerun, zeros_member
 
-from stylerun.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from stylerun.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from stylerun.engine.optimizers import LbfgsState
 from stylerun.errors import InputError
-from stylerun.optimizers import LbfgsState
 from stylerun.options import TransferOptions
 
 OPTIONS = TransferOptions(size=48, iterations=3, content_layers="relu1_2", style_layers="relu1_1", device="cpu",

@@ -35,11 +35,11 @@ from test_weight_formats import CASES, Global, PersId, Reduce, dumps, npy_header
 
 from stylerun import figures
 from stylerun.errors import InputError, WeightsError
-from stylerun.images import open_image
-from stylerun.limits import MAX_PICKLE_NODES, MAX_WHOLE_NET_BYTES, Walk, check_regular_file, rebuild
-from stylerun.torchfile import LEGACY_MAGIC, _LazyTensor, _StorageRef
+from stylerun.files.limits import MAX_PICKLE_NODES, MAX_WHOLE_NET_BYTES, Walk, check_regular_file, rebuild
+from stylerun.images.codec import open_image
 from stylerun.vgg import CONV_SHAPES
-from stylerun.weight_formats import load_any
+from stylerun.weights.formats import load_any
+from stylerun.weights.torchfile import LEGACY_MAGIC, _LazyTensor, _StorageRef
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = ROOT / "examples" / "starry_night.jpg"

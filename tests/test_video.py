@@ -17,11 +17,11 @@ pytest.importorskip("cv2")
 import av  # noqa: E402
 
 from stylerun import StyleLoss, stylize_video  # noqa: E402
-from stylerun.engine import Job, run  # noqa: E402
-from stylerun.flow import consistency, optical_flow, warp  # noqa: E402
-from stylerun.loss import WithExtra  # noqa: E402
+from stylerun.engine.loss import WithExtra  # noqa: E402
+from stylerun.engine.run import Job, run  # noqa: E402
 from stylerun.options import TransferOptions  # noqa: E402
-from stylerun.video import TemporalTerm, VideoListener, VideoSettings, long_term_weights, run_video  # noqa: E402
+from stylerun.video.flow import consistency, optical_flow, warp  # noqa: E402
+from stylerun.video.run import TemporalTerm, VideoListener, VideoSettings, long_term_weights, run_video  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = {"content_layers": "relu1_1", "style_layers": "relu1_1,relu2_1", "iterations": 2, "threads": 1}

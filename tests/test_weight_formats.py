@@ -24,9 +24,9 @@ import onnxruntime as ort
 import pytest
 import scipy.io
 
-from stylerun.autodiff import add_gradient
 from stylerun.errors import WeightsError
-from stylerun.forward import (
+from stylerun.network.autodiff import add_gradient
+from stylerun.network.loss_graph import (
     ALPHA,
     BETA,
     CONTENT_WEIGHTS,
@@ -39,10 +39,10 @@ from stylerun.forward import (
     content_target_name,
     style_target_name,
 )
-from stylerun.torchfile import LEGACY_MAGIC
 from stylerun.vgg import CONV_NAMES, CONV_SHAPES
-from stylerun.weight_formats import TORCHVISION, VGG_MEAN_RGB, load_any, load_weights
-from stylerun.weights import CAFFE, InputConvention, VGG19Weights, write_quantized_npz
+from stylerun.weights.bundled import CAFFE, InputConvention, VGG19Weights, write_quantized_npz
+from stylerun.weights.formats import TORCHVISION, VGG_MEAN_RGB, load_any, load_weights
+from stylerun.weights.torchfile import LEGACY_MAGIC
 
 LAYERS = ("conv1_1", "conv1_2", "conv2_1")
 TORCHVISION_INDEX = dict(zip(CONV_NAMES, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True))

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stylerun.export import cached_export
-from stylerun.forward import LayerSet, content_target_name
-from stylerun.images import as_image, fit_longest_side, resize, to_array
-from stylerun.runtime import LossModel
+from stylerun.images.codec import as_image, fit_longest_side, resize, to_array
+from stylerun.network.export import cached_export
+from stylerun.network.loss_graph import LayerSet, content_target_name
+from stylerun.network.sessions import LossModel
 from stylerun.vgg import DEFAULT_STYLE_LAYERS
 
 STYLE = DEFAULT_STYLE_LAYERS  # relu1_1..relu5_1 at 0.2

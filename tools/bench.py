@@ -81,7 +81,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from stylerun.forward import LayerSet, style_target_name  # noqa: E402
+from stylerun.network.loss_graph import LayerSet, style_target_name  # noqa: E402
 from stylerun.vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, truncated  # noqa: E402
 
 
@@ -156,7 +156,7 @@ def matmul_gflops(n: int = 2048, tries: int = 3) -> float:
 
 def load_images(args, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Content cropped to the aspect and scaled to `size`; style resized to match."""
-    from stylerun.images import as_image, fit_longest_side, resize, to_array
+    from stylerun.images.codec import as_image, fit_longest_side, resize, to_array
 
     content = crop_to_aspect(as_image(args.content), args.aspect)
     content = resize(content, fit_longest_side(content.size, size))
@@ -166,15 +166,15 @@ def load_images(args, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def export_unoptimized(layers: LayerSet, directory: Path) -> Path:
     """The loss model with every autodiff optimization switched off, for --graph unoptimized."""
-    from stylerun.autodiff import REFERENCE
-    from stylerun.export import export_vgg
-    from stylerun.weights import load_bundled
+    from stylerun.network.autodiff import REFERENCE
+    from stylerun.network.export import export_vgg
+    from stylerun.weights.bundled import load_bundled
 
     return export_vgg(load_bundled(), layers, directory / "unoptimized.onnx", REFERENCE).loss
 
 
 def make_stylerun_loss(args, content, style, threads, model=None):
-    from stylerun.loss import StyleLoss
+    from stylerun.engine.loss import StyleLoss
 
     return StyleLoss(content, style, size=None, device=args.device, threads=threads or None, model=model,
                      session=args.session_settings)
@@ -216,7 +216,7 @@ def parse_variants(spec: str) -> dict[str, dict[str, str]]:
 
 def session_settings(opts: dict[str, str]):
     """The measured session settings with the keys of `opts` (level=..., arena=0|1, ...) changed."""
-    from stylerun.runtime import MEASURED
+    from stylerun.network.sessions import MEASURED
 
     changes = {_SESSION_KEYS[k]: (v if k == "level" else v == "1") for k, v in opts.items() if k in _SESSION_KEYS}
     return dataclasses.replace(MEASURED, **changes)
@@ -224,10 +224,10 @@ def session_settings(opts: dict[str, str]):
 
 def make_variant_loss(opts: dict[str, str], content, style, threads, directory: Path, device: str):
     """A StyleLoss on a graph exported with the variant's autodiff flavours and session settings."""
-    from stylerun.autodiff import FASTEST, REFERENCE
-    from stylerun.export import export_vgg
-    from stylerun.loss import StyleLoss
-    from stylerun.weights import load_bundled
+    from stylerun.engine.loss import StyleLoss
+    from stylerun.network.autodiff import FASTEST, REFERENCE
+    from stylerun.network.export import export_vgg
+    from stylerun.weights.bundled import load_bundled
 
     layers = LayerSet.of(DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
     base = FASTEST if opts.get("optimize", "1") == "1" else REFERENCE
@@ -270,9 +270,9 @@ def run_variants(args, threads: int) -> int:
 
 def profile_by_op(args, content, style, threads, model_path=None, runs: int = 3) -> dict[str, float]:
     """Mean milliseconds per evaluation spent in each ONNX op type (onnxruntime profiler)."""
-    from stylerun import runtime
-    from stylerun.export import ModelFiles, cached_export, read_layers, targets_path
-    from stylerun.forward import content_target_name
+    from stylerun.network import sessions as runtime
+    from stylerun.network.export import ModelFiles, cached_export, read_layers, targets_path
+    from stylerun.network.loss_graph import content_target_name
 
     layers = LayerSet.of(DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS)
     files = cached_export(layers) if model_path is None else ModelFiles(
@@ -313,7 +313,7 @@ def parse_session(spec: str):
 
 def child(args) -> None:
     """One whole transfer in this fresh process; prints one JSON line."""
-    from stylerun.optimizers import optimize
+    from stylerun.engine.optimizers import optimize
 
     size = args.child_size
     content, style = load_images(args, size)
@@ -407,8 +407,8 @@ def main(args) -> int:
     if args.child:
         child(args)
         return 0
-    from stylerun.optimizers import optimize
-    from stylerun.runtime import default_threads
+    from stylerun.engine.optimizers import optimize
+    from stylerun.network.sessions import default_threads
 
     threads = args.threads or default_threads()
     args.threads = threads
@@ -431,7 +431,7 @@ def main(args) -> int:
     if args.graph == "unoptimized":
         model_path = export_unoptimized(layers, Path(tmp.name))
     else:
-        from stylerun.export import cached_export
+        from stylerun.network.export import cached_export
 
         cached_export(layers)  # make sure the cache is warm: start-up is measured with a cached model
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASE = """
 import json, resource, sys, time
 import numpy as np
-from stylerun.loss import StyleLoss
+from stylerun.engine.loss import StyleLoss
 side, tile, evals, threads = (int(a) for a in sys.argv[1:5])
 t0 = time.perf_counter()
 loss = StyleLoss(sys.argv[5], sys.argv[6], size=side, alpha=1.0, beta=1e3, threads=threads,

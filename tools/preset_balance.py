@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from stylerun.engine import Job, run
+from stylerun.engine.run import Job, run
 
 ALPHAS = tuple(10.0 ** -k for k in range(8, 1, -1))
 

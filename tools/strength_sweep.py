@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stylerun.engine import Job, run
+from stylerun.engine.loss import StyleLoss
+from stylerun.engine.run import Job, run
 from stylerun.figures import contact_sheet
-from stylerun.images import to_uint8
-from stylerun.loss import StyleLoss
+from stylerun.images.codec import to_uint8
 
 THREADS = 2
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stylerun.forward import LayerSet, _first_conv_folded, rgb_mean
+from stylerun.network.loss_graph import LayerSet, _first_conv_folded, rgb_mean
 from stylerun.vgg import truncated
-from stylerun.weights import VGG19Weights, load_bundled
+from stylerun.weights.bundled import VGG19Weights, load_bundled
 
 
 class TorchVGG:

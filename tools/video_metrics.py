@@ -34,11 +34,11 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stylerun.engine import Job, run  # noqa: E402
-from stylerun.flow import consistency, optical_flow, warp  # noqa: E402
+from stylerun.engine.run import Job, run  # noqa: E402
+from stylerun.jobs.worker import ModelCache  # noqa: E402
 from stylerun.options import TransferOptions  # noqa: E402
-from stylerun.video import VideoSettings, run_video  # noqa: E402
-from stylerun.worker import ModelCache  # noqa: E402
+from stylerun.video.flow import consistency, optical_flow, warp  # noqa: E402
+from stylerun.video.run import VideoSettings, run_video  # noqa: E402
 
 
 def pan_clip(frames: int, size: int, step: int) -> list[np.ndarray]:

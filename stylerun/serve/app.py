@@ -13,9 +13,9 @@ from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from stylerun.engine import PATH_OPTIONS
+from stylerun.engine.run import PATH_OPTIONS
 from stylerun.errors import OptionError, StylerunError
-from stylerun.images import open_image
+from stylerun.images.codec import open_image
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.runner import ACTIVE, Runner
 from stylerun.serve.store import Store

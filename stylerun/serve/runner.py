@@ -19,16 +19,16 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from stylerun.atomic import write_bytes
-from stylerun.batch import checkpoint_every
-from stylerun.engine import Listener, json_value, run
+from stylerun.engine.run import Listener, json_value, run
 from stylerun.errors import StylerunError
-from stylerun.executors import RayExecutor, sizing
-from stylerun.images import save_image
+from stylerun.files.atomic import write_bytes
+from stylerun.images.codec import save_image
+from stylerun.jobs.batch import checkpoint_every
+from stylerun.jobs.executors import RayExecutor, sizing
+from stylerun.jobs.worker import ModelCache, Task, Work, error_text, preview_due, progress_numbers
+from stylerun.network.sessions import default_threads, machine_memory
 from stylerun.options import TransferOptions
-from stylerun.runtime import default_threads, machine_memory
 from stylerun.serve.store import Store
-from stylerun.worker import ModelCache, Task, Work, error_text, preview_due, progress_numbers
 
 #: Statuses of a job that is not over: the event stream follows these.
 ACTIVE = ("queued", "running", "interrupted")

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stylerun.checkpoint import SUFFIX
+from stylerun.engine.checkpoint import SUFFIX
 
 SCHEMA = """create table if not exists jobs (
   id text primary key, status text, options text, styles integer, created real, finished real,
