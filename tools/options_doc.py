@@ -13,6 +13,7 @@ Only the part between the two markers is generated; the prose around it is the p
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -37,12 +38,20 @@ def cli_flags() -> dict[str, list[str]]:
 def shown_default(opt: Option) -> str:
     """The default as `--help` shows it; a blank where help says it in words (the option is unset)."""
     if opt.shown_default is not None:
-        return f"`{opt.shown_default}`"
+        return code(opt.shown_default)
     if opt.cli is bool:
         return "off"
     if opt.cli_default is None:
         return ""
-    return f"`{opt.cli_default}`"
+    return code(str(opt.cli_default))
+
+
+def code(text: str) -> str:
+    """Text as code in a table cell. A pipe inside backticks would end the cell on GitHub and show
+    its escaping backslash on the site, so such text is an HTML code element with the pipe as an entity."""
+    if "|" not in text:
+        return f"`{text}`"
+    return "<code>" + html.escape(text).replace("|", "&#124;") + "</code>"
 
 
 def cell(text: Any) -> str:
@@ -64,9 +73,9 @@ def table() -> str:
             if opt.group != group:
                 continue
             value = f" {opt.metavar}" if opt.metavar and opt.cli is not bool else ""
-            spelled = ", ".join(f"`{o}{value if i == 0 else ''}`" for i, o in enumerate(flags[f.name]))
+            spelled = ", ".join(code(o + (value if i == 0 else "")) for i, o in enumerate(flags[f.name]))
             more = " Repeat it, once per style." if opt.cli is list else ""
-            lines.append(f"| {cell(spelled)} | `{f.name}` | {cell(shown_default(opt))} | {cell(opt.help + more)} |")
+            lines.append(f"| {spelled} | `{f.name}` | {shown_default(opt)} | {cell(opt.help + more)} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 
