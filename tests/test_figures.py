@@ -30,7 +30,7 @@ def images(tmp_path_factory):
     return paths
 
 
-class Counter(figures.Listener):
+class Counter(figures.FigureListener):
     def __init__(self):
         self.steps, self.ran, self.skipped = 0, [], []
 
