@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
 from stylerun.engine.optimizers import Progress
@@ -23,6 +23,14 @@ def say(message: str, console: Console) -> None:
     """One line on the console, never wrapped, never read as markup or emoji codes: a file named
     ``out[red].png`` or ``:smile:.jpg`` prints as it is named."""
     console.print(message, soft_wrap=True, markup=False, highlight=False, emoji=False)
+
+
+def task_bars(console: Console, disable: bool) -> RichProgress:
+    """Bars of many tasks (jobs of a batch, panels of the figures): name, bar, done/all, a line of info
+    (the task's ``info`` field) and the time so far."""
+    return RichProgress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=disable,
+                        transient=False)
 
 
 class ProgressBar(PlainBar):

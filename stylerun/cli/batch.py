@@ -16,8 +16,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichProgress
 
 from stylerun.cli.common import (
     RAY_HELP,
@@ -32,7 +30,7 @@ from stylerun.cli.common import (
     option_values,
     own,
 )
-from stylerun.console import say
+from stylerun.console import say, task_bars
 from stylerun.errors import InputError
 from stylerun.jobs import batch
 from stylerun.jobs.executors import make_executor
@@ -91,9 +89,7 @@ class BatchDisplay(batch.BatchListener):
         self.counts = {"done": 0, "failed": 0, "interrupted": 0}
         self.running, self.finished_here, self.begin = 0, 0, time.monotonic()
         self.left = 0
-        self.bar = RichProgress(TextColumn("[bold]batch"), BarColumn(bar_width=16), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                                disable=quiet or not console.is_terminal, transient=False)
+        self.bar = task_bars(console, disable=quiet or not console.is_terminal)
         self.task = None
 
     def start(self, plan: batch.Batch, where: str) -> None:

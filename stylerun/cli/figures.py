@@ -7,13 +7,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichProgress
 
 from stylerun import figures
 from stylerun.cli.common import at_once, err
 from stylerun.cli.help import usage
-from stylerun.console import say
+from stylerun.console import say, task_bars
 from stylerun.engine.optimizers import Progress
 from stylerun.errors import StylerunError
 from stylerun.figures import Figure, FigureListener, Panel, PanelRecord
@@ -72,10 +70,7 @@ class FigureBars(FigureListener):
 
     def __init__(self, console: Console, quiet: bool):
         self.console, self.quiet = console, quiet
-        self.bar = RichProgress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, disable=quiet,
-        )
+        self.bar = task_bars(console, disable=quiet)
         self.all = self.one = None
 
     def __enter__(self) -> FigureBars:
