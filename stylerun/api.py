@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
 
-from stylerun.console import ConsoleListener, VideoConsole, outcome_text, say
 from stylerun.engine.optimizers import Progress
 from stylerun.engine.run import CallbackListener, Job, resume_job, run
 from stylerun.errors import NumericError
+from stylerun.lines import Plain, RunLines, VideoLines, outcome_text
 from stylerun.options import TransferOptions
 from stylerun.video.run import VideoResult, VideoSettings, parse_temporal_frames, run_video
 
@@ -64,14 +63,13 @@ def transfer(
     if not progress:
         outcome = run(job, CallbackListener(callback), stop, resume=state)
     else:
-        console = Console(stderr=True, force_terminal=False, force_jupyter=False)
-        listener = ConsoleListener(console, job.options.iterations, state.iteration if state else 0,
-                                   callback=callback)
+        lines = Plain()
+        listener = RunLines(lines, job.options.iterations, state.iteration if state else 0, callback=callback)
         try:
             outcome = run(job, listener, stop, resume=state)
         finally:
             listener.close()
-        say(outcome_text(outcome), console)
+        lines.say(outcome_text(outcome))
     if outcome.error:
         raise NumericError(outcome.error)
     picture = Image.fromarray(np.clip(np.rint(outcome.image), 0, 255).astype(np.uint8))
@@ -123,7 +121,7 @@ def stylize_video(
     opts = TransferOptions().replace(**options)
     listener = None
     if progress:
-        listener = VideoConsole(Console(stderr=True, force_terminal=False, force_jupyter=False), opts.iterations)
+        listener = VideoLines(Plain(), opts.iterations)
     try:
         result = run_video(source, style, output, opts, settings, listener, stop, resume)
     finally:

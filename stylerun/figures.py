@@ -125,8 +125,9 @@ class PanelRecord:
     extra: dict = field(default_factory=dict)
 
 
-class Listener:
-    """Progress hooks for `make_figures`; every method is optional (no-op here)."""
+class FigureListener:
+    """Progress hooks for `make_figures`; every method is optional (no-op here). Not the run engine's
+    `Listener`: these events are the panels and sheets of a whole replication."""
 
     def start(self, figures: Sequence[Figure], todo: int) -> None: ...
 
@@ -354,10 +355,12 @@ def run_panel(
     device: str = "auto",
     threads: int | None = None,
     callback: Callable[[Progress], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PanelRecord:
-    """Optimize one panel and store its image and record; Ctrl-C propagates, storing nothing."""
+    """Optimize one panel and store its image and record. Ctrl-C, or `stop` returning True, ends the
+    panel within the current evaluation and raises KeyboardInterrupt, storing nothing."""
     job = Job(panel.content, (panel.style,), panel_options(panel, device, threads))
-    outcome = run(job, CallbackListener(callback))
+    outcome = run(job, CallbackListener(callback), stop)
     if outcome.interrupted:
         raise KeyboardInterrupt
     image = to_uint8(outcome.image)
@@ -555,13 +558,18 @@ def make_figures(
     *,
     device: str = "auto",
     threads: int | None = None,
-    listener: Listener | None = None,
+    listener: FigureListener | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Path]:
-    """Run every unfinished panel, then write each figure's sheet and the report; returns the sheets."""
+    """Run every unfinished panel, then write each figure's sheet and the report; returns the sheets.
+
+    `stop` (a callable returning True, as `signals.StopSignals.requested`) ends the running panel
+    within its current evaluation and raises KeyboardInterrupt; finished panels are kept.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "panels").mkdir(exist_ok=True)
-    listener = listener or Listener()
+    listener = listener or FigureListener()
     panels = [p for f in figures for p in f.panels]
     todo = [p for p in panels if finished(out, p) is None]
     listener.start(figures, len(todo))
@@ -573,10 +581,12 @@ def make_figures(
         if record is not None:
             listener.panel_skipped(panel, record)
             continue
+        if stop is not None and stop():
+            raise KeyboardInterrupt  # before the next panel loads its model
         index += 1
         listener.panel_start(panel, index, len(todo))
         record = run_panel(panel, out, device=device, threads=threads,
-                           callback=lambda p, panel=panel: listener.step(panel, p))
+                           callback=lambda p, panel=panel: listener.step(panel, p), stop=stop)
         listener.panel_done(panel, record)
     sheets = []
     for figure in figures:

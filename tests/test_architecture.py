@@ -14,6 +14,7 @@ import typer
 
 import stylerun
 from stylerun.cli import app as cli
+from stylerun.cli.common import flag
 from stylerun.engine.checkpoint import parse_settings
 from stylerun.options import TransferOptions
 
@@ -33,7 +34,7 @@ LAYERS = [
     {"weights"},
     {"network"},
     {"engine"},
-    {"jobs", "figures"},
+    {"jobs", "figures", "lines"},
     {"video"},
     {"console"},
     {"api", "serve"},
@@ -146,7 +147,7 @@ def test_cli_flags_api_keywords_and_saved_settings_carry_the_same_names_and_defa
     for f in fields(TransferOptions):
         name, default = f.name, getattr(defaults, f.name)
         assert name in params, f"no CLI flag for {name}"
-        assert cli.flag(name) in params[name].opts
+        assert flag(name) in params[name].opts
         cli_default = params[name].default
         # the CLI's default, parsed as the option model parses it, is the option's default
         parsed = getattr(TransferOptions(**{name: None if cli_default in (None, ()) else cli_default}), name) \

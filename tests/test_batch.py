@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli
 
-from stylerun.cli.batch import expand_arguments
+from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
 from stylerun.options import TransferOptions
 

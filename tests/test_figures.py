@@ -30,7 +30,7 @@ def images(tmp_path_factory):
     return paths
 
 
-class Counter(figures.Listener):
+class Counter(figures.FigureListener):
     def __init__(self):
         self.steps, self.ran, self.skipped = 0, [], []
 
@@ -134,3 +134,20 @@ def test_a_long_title_fits_a_narrow_sheet():
     bar = sheet[: figures.TITLE_H]
     ink = np.nonzero((bar < 128).any(axis=0))[0]
     assert ink.size and ink[-1] < sheet.shape[1] - figures.PAD // 2, (ink[-1], sheet.shape[1])
+
+
+def test_a_stop_ends_the_running_panel_and_stores_nothing(images, tmp_path):
+    """`stop` (as `StopSignals.requested`) reaches the panel's run: it ends within an evaluation, nothing of
+    it is stored, and the next run of the same plan does every panel."""
+    out = tmp_path / "figs"
+    plan = figures.plan(images["content"], [images["a"]], ("fig4",), size=48, iterations=50, ratios=[1e-2, 1e-6])
+    counter = Counter()
+    with pytest.raises(KeyboardInterrupt):
+        figures.make_figures(plan, out, device="cpu", listener=counter, stop=lambda: counter.steps >= 2)
+    assert 2 <= counter.steps < 50 and counter.ran == []
+    assert list((out / "panels").iterdir()) == []
+    begun = []
+    counter.panel_start = lambda panel, index, total: begun.append(panel.name)
+    with pytest.raises(KeyboardInterrupt):  # asked to stop before it starts: no panel is begun
+        figures.make_figures(plan, out, device="cpu", listener=counter, stop=lambda: True)
+    assert begun == []

@@ -17,11 +17,12 @@ from rich.console import Console
 
 import stylerun
 from stylerun.cli import app as cli
-from stylerun.console import ProgressBar, estimate_text
+from stylerun.console import ProgressBar
 from stylerun.engine.estimate import EVALUATIONS_PER_ITERATION, estimate, iteration_seconds
 from stylerun.engine.optimizers import Progress
 from stylerun.errors import InputError
 from stylerun.files.locks import lock_path
+from stylerun.lines import estimate_text
 from stylerun.network.cache import cache_limit, entries, prune
 from stylerun.network.export import cached_export
 from stylerun.network.loss_graph import LayerSet

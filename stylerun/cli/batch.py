@@ -1,65 +1,67 @@
 """`stylerun batch` as a person uses it: its arguments, the progress display, the exit status.
 
-`cli/app.py` registers the command and derives the transfer flags from the option model;
-this module turns the parsed request into a plan (`jobs/batch.py`), an executor
-(`jobs/executors.py`) and a display, and maps the outcome to an exit status: 0 every job
-done, 1 some failed, 2 JOBS unusable (an `InputError`, one line), 130/143 stopped by
-SIGINT/SIGTERM (finished outputs, the manifest and the stopped jobs' checkpoints stay).
+The parsed request becomes a plan (`jobs/batch.py`), an executor (`jobs/executors.py`) and a
+display; the outcome becomes an exit status (`common.ExitStatus`): 0 every job done, 1 some
+failed, 2 JOBS unusable (an `InputError`, one line), 130/143 stopped by SIGINT/SIGTERM
+(finished outputs, the manifest and the stopped jobs' checkpoints stay).
 """
 
 from __future__ import annotations
 
-import signal
+import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as RichProgress
-from typer.core import TyperCommand
 
-from stylerun.console import duration, say
+from stylerun.cli.common import (
+    RAY_HELP,
+    Ending,
+    ExpandedCommand,
+    at_once,
+    context,
+    err,
+    finish,
+    log_warnings_to,
+    option_parameters,
+    option_values,
+    own,
+)
+from stylerun.console import say, task_bars
 from stylerun.errors import InputError
 from stylerun.jobs import batch
-from stylerun.jobs.executors import LOCAL, is_ray_address, make_executor
+from stylerun.jobs.executors import make_executor
+from stylerun.lines import duration
 from stylerun.signals import StopSignals
 
-#: Batch flags that take every value up to the next flag: ``--content a.jpg b.jpg``.
-MANY_VALUES = ("--content", "--style")
 
+def batch_command(ctx: typer.Context, **params: Any) -> None:
+    """Run many transfers into OUTDIR, from JOBS or as a --grid; a rerun goes on where the last one stopped.
 
-def expand_arguments(args: list[str]) -> list[str]:
-    """Command-line words as Click can parse them: ``--content a b`` becomes ``--content a --content b``,
-    and a bare ``--ray`` (no address after it) becomes ``--ray=local``."""
-    out: list[str] = []
-    i = 0
-    while i < len(args):
-        word = args[i]
-        if word == "--":
-            return out + args[i:]
-        if word in MANY_VALUES:
-            values = []
-            while i + 1 < len(args) and not args[i + 1].startswith("-"):
-                values.append(args[i + 1])
-                i += 1
-            out += [part for value in values for part in (word, value)] if values else [word]
-        elif word == "--ray":
-            address = args[i + 1] if i + 1 < len(args) and is_ray_address(args[i + 1]) else None
-            out.append(f"--ray={address or LOCAL}")
-            i += address is not None
-        else:
-            out.append(word)
-        i += 1
-    return out
+    JOBS: JSON Lines, one job a line, e.g. {"content": "a.jpg", "style": ["s.jpg"], "size": 256, "alpha": 1e-3}.
 
+    Or CSV with a header row naming the same fields (style a.jpg;b.jpg for two). Paths are relative to JOBS.
 
-class ExpandedCommand(TyperCommand):
-    """A command whose words go through `expand_arguments` before Click parses (`batch`, and `serve`'s bare --ray)."""
+    Each job: content, style, optional output (inside OUTDIR), any transfer option by its Python name.
 
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_arguments(list(args)))
+    Transfer flags given here apply to every job that does not set its own.
+
+    OUTDIR/manifest.jsonl records every job: the same command again skips done jobs, retries failed ones and \
+resumes stopped ones from their checkpoints.
+
+    Exit status: 0 all done, 1 some failed, 2 JOBS unusable, 130/143 stopped by SIGINT/SIGTERM.
+    """
+    log_warnings_to(err)
+    request = Request(
+        outdir=params["output"], jobs=params["jobs"], grid=params["grid"], contents=list(params["content"] or []),
+        styles=list(params["style"] or []), options=option_values(ctx, params, given_only=True),
+        workers=params["workers"], ray=params["ray"], gpus_per_job=params["gpus_per_job"],
+        retry_failed=params["retry_failed"], quiet=params["quiet"])
+    summary, stopper = run(request, err)
+    finish(ending(summary, request.outdir / batch.MANIFEST), stopper, request.quiet)
 
 
 @dataclass
@@ -87,9 +89,7 @@ class BatchDisplay(batch.BatchListener):
         self.counts = {"done": 0, "failed": 0, "interrupted": 0}
         self.running, self.finished_here, self.begin = 0, 0, time.monotonic()
         self.left = 0
-        self.bar = RichProgress(TextColumn("[bold]batch"), BarColumn(bar_width=16), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                                disable=quiet or not console.is_terminal, transient=False)
+        self.bar = task_bars(console, disable=quiet or not console.is_terminal)
         self.task = None
 
     def start(self, plan: batch.Batch, where: str) -> None:
@@ -136,8 +136,8 @@ class BatchDisplay(batch.BatchListener):
         self.bar.stop()
 
 
-def run(request: Request, console: Console) -> int:
-    """Plan, run and report a batch; the exit status."""
+def run(request: Request, console: Console) -> tuple[batch.Summary, StopSignals]:
+    """Plan and run a batch: its summary, and the signals that may have stopped it."""
     specs = batch.grid_specs(request.contents, request.styles) if request.grid else _specs(request)
     entries = batch.plan(specs, request.outdir, request.options)
     plan = batch.Batch(entries, request.outdir, request.retry_failed)
@@ -149,21 +149,19 @@ def run(request: Request, console: Console) -> int:
                              request.gpus_per_job) if plan.todo else None
     display = BatchDisplay(console, request.quiet, len(entries))
     stopper = StopSignals()
-    try:
-        if executor is not None:
-            executor.start()  # before the handlers: Ray installs its own, which ours must wrap
-        display.start(plan, executor.describe() if executor else "")
-        with stopper:
-            summary = plan.run(executor, display, stopper.requested) if executor else plan.summary()
-    except KeyboardInterrupt:
-        say(f"stylerun: stopped at once; finished jobs are in {request.outdir / batch.MANIFEST}", console)
-        return 130
-    finally:
-        display.close()
-        if executor is not None:
-            executor.close()
-        plan.tidy()
-    return _report(summary, stopper, request, console)
+    with at_once(f"stylerun: stopped at once; finished jobs are in {request.outdir / batch.MANIFEST}"):
+        try:
+            if executor is not None:
+                executor.start()  # before the handlers: Ray installs its own, which ours must wrap
+            display.start(plan, executor.describe() if executor else "")
+            with stopper:
+                summary = plan.run(executor, display, stopper.requested) if executor else plan.summary()
+        finally:
+            display.close()
+            if executor is not None:
+                executor.close()
+            plan.tidy()
+    return summary, stopper
 
 
 def _specs(request: Request) -> list[batch.Spec]:
@@ -174,19 +172,52 @@ def _specs(request: Request) -> list[batch.Spec]:
     return batch.read_specs(request.jobs)
 
 
-def _report(summary: batch.Summary, stopper: StopSignals, request: Request, console: Console) -> int:
-    manifest = request.outdir / batch.MANIFEST
+def ending(summary: batch.Summary, manifest: Path) -> Ending:
+    """How a batch ended, in words: what is done, what failed, and how to go on."""
     done, failed = summary.count("done"), summary.count("failed")
     if summary.interrupted:
-        signum = stopper.signum or signal.SIGINT
-        say(f"stylerun: {signal.Signals(signum).name}: {done} done, {failed} failed, "
-            f"{summary.count('interrupted')} stopped with a checkpoint, {summary.count('pending')} not started; "
-            f"run the same command to go on ({manifest})", console)
-        return 128 + int(signum)
+        return Ending(stopped=f": {done} done, {failed} failed, {summary.count('interrupted')} stopped with a "
+                              f"checkpoint, {summary.count('pending')} not started; run the same command to go on "
+                              f"({manifest})")
     if failed:
-        say(f"stylerun: {failed} of {done + failed} jobs failed (reasons in {manifest}); fix them and run the same "
-            "command again: done jobs are skipped", console)
-        return 1
-    if not request.quiet:
-        say(f"all {done} jobs done: {manifest}", console)
-    return 0
+        return Ending(failed=f"{failed} of {done + failed} jobs failed (reasons in {manifest}); fix them and run the "
+                             "same command again: done jobs are skipped")
+    return Ending(done=f"all {done} jobs done: {manifest}")
+
+
+def _signature() -> inspect.Signature:
+    panel = "Batch"
+    first = [
+        context(),
+        own("jobs", Path | None, typer.Argument(None, help="Jobs file: JSON Lines or CSV (not with --grid).",
+                                                show_default=False, metavar="JOBS")),
+        own("output", Path, typer.Option(..., "-o", "--output", help="Folder for the outputs and manifest.jsonl.",
+                                         metavar="OUTDIR", rich_help_panel=panel)),
+        own("grid", bool, typer.Option(False, "--grid", help="Every --content with every --style, no JOBS file.",
+                                       rich_help_panel=panel)),
+        own("content", list[Path] | None, typer.Option(None, "--content", metavar="FILE...", show_default=False,
+                                                       help="With --grid: content photos.", rich_help_panel=panel)),
+        own("style", list[Path] | None, typer.Option(None, "--style", metavar="FILE...", show_default=False,
+                                                     help="With --grid: styles (a.jpg;b.jpg blends two).",
+                                                     rich_help_panel=panel)),
+        own("workers", int | None, typer.Option(None, "--workers", min=1, metavar="N", show_default=False,
+                                                help="Jobs at once (default: so that workers x threads <= cores).",
+                                                rich_help_panel=panel)),
+        own("ray", str | None, typer.Option(None, "--ray", metavar="[ADDRESS]", show_default=False, help=RAY_HELP,
+                                            rich_help_panel=panel)),
+        own("gpus_per_job", float, typer.Option(0.0, "--gpus-per-job", min=0.0, metavar="G",
+                                                help="With --ray: GPUs each job reserves.", rich_help_panel=panel)),
+        own("retry_failed", bool, typer.Option(True, "--retry-failed/--no-retry-failed", rich_help_panel=panel,
+                                               help="On a rerun, run failed jobs again.")),
+        own("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress display; failures only.",
+                                        rich_help_panel=panel)),
+    ]
+    return inspect.Signature([*first, *option_parameters(batch.BATCH_DECIDES)])
+
+
+batch_command.__signature__ = _signature()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `stylerun batch` to the app."""
+    app.command("batch", cls=ExpandedCommand)(batch_command)
