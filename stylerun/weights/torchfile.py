@@ -13,7 +13,7 @@ Every tensor comes back as a contiguous numpy array; offsets, sizes and strides 
 checked against the storage they index before anything is allocated, so a crafted file
 can neither read out of bounds nor expand a small storage (stride 0, overlapping strides)
 into gigabytes. Walks over the unpickled objects are memoized and capped (`limits.rebuild`),
-and storages, the pickle and the arrays copied out are read within `limits`' byte caps.
+and storages, the pickle and the arrays copied out are read within the byte caps of `bounds`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from stylerun.errors import WeightsError
-from stylerun.files.limits import (
-    MAX_PICKLE_BYTES,
-    MAX_TENSOR_BYTES,
-    MAX_WEIGHTS_BYTES,
-    Budget,
-    Walk,
-    read_zip_member,
-    rebuild,
-)
+from stylerun.files.limits import MAX_PICKLE_BYTES, Budget, read_zip_member, rebuild
+from stylerun.weights import bounds
+from stylerun.weights.bounds import KIND, MAX_TENSOR_BYTES
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -252,11 +246,6 @@ class SafeUnpickler(pickle.Unpickler):
         return ref
 
 
-def safe_unpickle(data: bytes, source: str = "pickle") -> Any:
-    """Unpickle plain data (dicts, lists, numbers, strings, ndarray-free) safely."""
-    return SafeUnpickler(io.BytesIO(data), source).load()
-
-
 def _tensors(obj: Any, source: str) -> dict[int, tuple[str, _LazyTensor]]:
     """Every tensor in `obj`, by identity, with the first name it has (``key.key[index]``)."""
     found: dict[int, tuple[str, _LazyTensor]] = {}
@@ -266,7 +255,7 @@ def _tensors(obj: Any, source: str) -> dict[int, tuple[str, _LazyTensor]]:
             found.setdefault(id(value), (path or "tensor", value))
         return value
 
-    rebuild(obj, note, Walk(source))
+    rebuild(obj, note, bounds.walk(source))
     return found
 
 
@@ -278,15 +267,15 @@ def _storage_labels(tensors: dict[int, tuple[str, _LazyTensor]]) -> dict[str, st
     return labels
 
 
-def _materialize(obj: Any, chosen: dict[int, tuple[str, _LazyTensor]], source: str, budget: Budget) -> Any:
+def _materialize(obj: Any, chosen: dict[int, tuple[str, _LazyTensor]], source: str, spent: Budget) -> Any:
     """`obj` with the chosen tensors as arrays; the others stay unread `_LazyTensor`s."""
 
     def read(value: Any, path: str, depth: int) -> Any:
         if isinstance(value, _LazyTensor) and id(value) in chosen:
-            return value.materialize(chosen[id(value)][0], budget)
+            return value.materialize(chosen[id(value)][0], spent)
         return value
 
-    return rebuild(obj, read, Walk(source))
+    return rebuild(obj, read, bounds.walk(source))
 
 
 def _unpickled(obj: Any, source: str, wanted: Callable[[str], bool] | None) -> tuple[dict, dict[str, str]]:
@@ -306,11 +295,13 @@ def _load_zip(path: Path, wanted: Callable[[str], bool] | None) -> Any:
             raise WeightsError(f"{source}: zip file without a single data.pkl; not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
         size = zf.getinfo(pkl[0]).file_size
-        pickled = read_zip_member(zf, pkl[0], size, MAX_PICKLE_BYTES, f"{source}: {pkl[0]}")
+        label = f"{source}: {pkl[0]}"
+        cap = bounds.budget(source, MAX_PICKLE_BYTES)
+        pickled = read_zip_member(zf, pkl[0], size, MAX_PICKLE_BYTES, label, cap, KIND)
         unpickler = SafeUnpickler(io.BytesIO(pickled), source)
         obj = unpickler.load()
         chosen, labels = _unpickled(obj, source, wanted)
-        budget = Budget(MAX_WEIGHTS_BYTES, source)
+        spent = bounds.budget(source)
         for key in sorted({tensor.storage.key for _, tensor in chosen.values()}):
             ref = unpickler.storages[key]
             label = f"{source}: {labels[key]}"
@@ -318,9 +309,9 @@ def _load_zip(path: Path, wanted: Callable[[str], bool] | None) -> Any:
             if member not in names:
                 raise WeightsError(f"{label} is missing from the archive")
             nbytes = ref.numel * np.dtype(ref.dtype).itemsize
-            raw = read_zip_member(zf, member, nbytes, MAX_TENSOR_BYTES, label, budget)
+            raw = read_zip_member(zf, member, nbytes, MAX_TENSOR_BYTES, label, spent, KIND)
             ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"))
-    return _materialize(obj, chosen, source, budget)
+    return _materialize(obj, chosen, source, spent)
 
 
 def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
@@ -360,7 +351,7 @@ def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
         start = f.tell()
         ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"), count=numel, offset=start)
         f.seek(start + nbytes)
-    return _materialize(obj, chosen, source, Budget(MAX_WEIGHTS_BYTES, source))
+    return _materialize(obj, chosen, source, bounds.budget(source))
 
 
 def load_torch_file(path: str | Path, wanted: Callable[[str], bool] | None = None) -> Any:
