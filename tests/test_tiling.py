@@ -134,7 +134,7 @@ def test_the_memory_planner_says_what_it_chose_and_refuses_too_little():
     assert roomy.notice.startswith("max memory 24.00 GiB at 400x300: the whole image at once, L-BFGS-B history 10, ")
     tight = fit(TransferOptions(max_memory="2G"), 2048, 1536, layers)
     assert tight.options.tile_size < 2048 and f"tiles of {tight.options.tile_size} px" in tight.notice
-    with pytest.raises(OptionError, match=r"max_memory 0.10 GiB is too small for 2048x1536: it needs about 2.35 GiB even"):
+    with pytest.raises(OptionError, match=r"max_memory 0.10 GiB is too small for 2048x1536: it needs about 2.35 GiB"):
         fit(TransferOptions(max_memory="100M"), 2048, 1536, layers)
 
 

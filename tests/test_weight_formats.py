@@ -40,9 +40,9 @@ from stylerun.network.loss_graph import (
     style_target_name,
 )
 from stylerun.vgg import CONV_NAMES, CONV_SHAPES
-from stylerun.weights.bundled import CAFFE, InputConvention, VGG19Weights
 from stylerun.weights.formats import TORCHVISION, VGG_MEAN_RGB, load_any, load_weights
 from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.vgg19 import CAFFE, InputConvention, VGG19Weights
 from tools.quantized import write_quantized_npz
 
 LAYERS = ("conv1_1", "conv1_2", "conv2_1")

@@ -29,8 +29,9 @@ from stylerun.network.loss_graph import (
     build_tile_targets_model,
 )
 from stylerun.version import __version__
-from stylerun.weights.bundled import VGG19Weights, bundled_path
+from stylerun.weights.bundled import bundled_path
 from stylerun.weights.formats import load_weights
+from stylerun.weights.vgg19 import VGG19Weights
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.

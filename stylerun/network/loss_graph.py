@@ -32,7 +32,7 @@ from stylerun.errors import InputError
 from stylerun.network.graph import GraphBuilder, make_model
 from stylerun.version import __version__
 from stylerun.vgg import POOLINGS, channels, sort_layers, truncated
-from stylerun.weights.bundled import VGG19Weights, swapped
+from stylerun.weights.vgg19 import VGG19Weights, swapped
 
 IMAGE = "image"
 LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", "tv_loss"

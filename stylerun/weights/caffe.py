@@ -13,8 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from stylerun.errors import WeightsError
-from stylerun.weights.bundled import CAFFE, VGG19Weights
-from stylerun.weights.convert import CONV_NAME, Convs, bias_vector, finish, oihw
+from stylerun.weights.vgg19 import CAFFE, CONV_NAME, Convs, VGG19Weights, bias_vector, finish, oihw
 
 # caffe.proto field numbers. NetParameter: name 1, layers 2 (V1LayerParameter), input 3,
 # input_dim 4, force_backward 5, state 6, debug_info 7, input_shape 8, layer 100.

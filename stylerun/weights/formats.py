@@ -43,13 +43,14 @@ from pathlib import Path
 
 from stylerun.errors import WeightsError
 from stylerun.files.limits import check_regular_file
-from stylerun.weights.bundled import VGG19Weights, load_bundled, load_quantized_npz
+from stylerun.weights.bundled import load_bundled, load_quantized_npz
 from stylerun.weights.caffe import load_caffe, looks_like_caffe
 from stylerun.weights.keras import load_keras
 from stylerun.weights.matconvnet import VGG_MEAN_RGB, load_matconvnet
 from stylerun.weights.tfnpy import load_npy
 from stylerun.weights.torch_state import TORCHVISION, load_torch
 from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.vgg19 import VGG19Weights
 
 __all__ = ["SUPPORTED", "TORCHVISION", "VGG_MEAN_RGB", "detect_format", "load_any", "load_weights"]
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stylerun.errors import WeightsError
-from stylerun.weights.bundled import CAFFE, VGG19Weights
-from stylerun.weights.convert import Convs, bias_vector, finish, hwio_to_oihw
+from stylerun.weights.vgg19 import CAFFE, Convs, VGG19Weights, bias_vector, finish, hwio_to_oihw
 
 _KERAS_LAYER = re.compile(r"block(\d)_conv(\d)")
 

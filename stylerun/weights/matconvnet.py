@@ -19,8 +19,7 @@ from stylerun.errors import WeightsError
 from stylerun.files.limits import Budget
 from stylerun.weights import bounds
 from stylerun.weights.bounds import MAX_WHOLE_NET_BYTES
-from stylerun.weights.bundled import InputConvention, VGG19Weights
-from stylerun.weights.convert import CONV_NAME, Convs, bias_vector, finish, hwio_to_oihw
+from stylerun.weights.vgg19 import CONV_NAME, Convs, InputConvention, VGG19Weights, bias_vector, finish, hwio_to_oihw
 
 #: The VGG training mean in RGB order, for a MatConvNet file that does not carry its own.
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)

@@ -19,9 +19,8 @@ from stylerun.errors import WeightsError
 from stylerun.files.limits import Budget, read_npy_header, rebuild
 from stylerun.weights import bounds
 from stylerun.weights.bounds import MAX_WHOLE_NET_BYTES
-from stylerun.weights.bundled import CAFFE, VGG19Weights
-from stylerun.weights.convert import CONV_NAME, Convs, bias_vector, finish, hwio_to_oihw
 from stylerun.weights.torchfile import SafeUnpickler
+from stylerun.weights.vgg19 import CAFFE, CONV_NAME, Convs, VGG19Weights, bias_vector, finish, hwio_to_oihw
 
 
 class _NdarrayToken:

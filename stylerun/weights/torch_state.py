@@ -11,9 +11,19 @@ import numpy as np
 
 from stylerun.errors import WeightsError
 from stylerun.vgg import CONV_NAMES
-from stylerun.weights.bundled import CAFFE, InputConvention, VGG19Weights, dequantize, validate
-from stylerun.weights.convert import Convs, bias_vector, finish, numeric_array, oihw
 from stylerun.weights.torchfile import load_torch_file
+from stylerun.weights.vgg19 import (
+    CAFFE,
+    Convs,
+    InputConvention,
+    VGG19Weights,
+    bias_vector,
+    dequantize,
+    finish,
+    numeric_array,
+    oihw,
+    validate,
+)
 
 #: torchvision's ImageNet models: RGB scaled to 0..1, then per-channel mean and std.
 TORCHVISION = InputConvention("torchvision", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
