@@ -27,7 +27,7 @@ VGG19 needs), before anything is allocated: zip members are inflated only when w
 with a byte cap, MATLAB variables are walked (`matconvnet._scan_mat`) before scipy reads them, and
 pickle walks are memoized. Only regular files are opened (a FIFO would block forever).
 
-One module reads each format (`torch_state`, `matconvnet`, `keras`, `tfnpy`, `caffe`, and
+One module reads each format (`torchfile`, `matconvnet`, `keras`, `tfnpy`, `caffe`, and
 `bundled` for stylerun's own); this one tells them apart and turns whatever slips through
 into one line.
 """
@@ -48,8 +48,7 @@ from stylerun.weights.caffe import load_caffe, looks_like_caffe
 from stylerun.weights.keras import load_keras
 from stylerun.weights.matconvnet import VGG_MEAN_RGB, load_matconvnet
 from stylerun.weights.tfnpy import load_npy
-from stylerun.weights.torch_state import TORCHVISION, load_torch
-from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.torchfile import LEGACY_MAGIC, TORCHVISION, load_torch
 from stylerun.weights.vgg19 import VGG19Weights
 
 __all__ = ["SUPPORTED", "TORCHVISION", "VGG_MEAN_RGB", "detect_format", "load_any", "load_weights"]
