@@ -41,7 +41,8 @@ from stylerun.vgg import CONV_SHAPES
 from stylerun.weights.bounds import MAX_WHOLE_NET_BYTES
 from stylerun.weights.bounds import walk as weights_walk
 from stylerun.weights.formats import load_any
-from stylerun.weights.torchfile import LEGACY_MAGIC, _LazyTensor, _StorageRef
+from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.unpickle import LazyTensor, StorageRef
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = ROOT / "examples" / "starry_night.jpg"
@@ -482,7 +483,7 @@ def test_check_regular_file_names_what_it_refuses(tmp_path):
 )
 def test_tensor_layouts(size, stride, numel, offset, refused):
     data = np.arange(numel, dtype=np.float32)
-    lazy = _LazyTensor(_StorageRef("0", data.dtype, numel, data), offset, size, stride)
+    lazy = LazyTensor(StorageRef("0", data.dtype, numel, data), offset, size, stride)
     if refused is None:
         expected = np.lib.stride_tricks.as_strided(data[offset:], size, tuple(4 * s for s in stride))
         np.testing.assert_array_equal(lazy.materialize("t"), expected)

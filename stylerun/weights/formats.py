@@ -20,7 +20,7 @@ the network was trained with; `VGG19Weights` then checks shapes and NaN, so a VG
 truncated file fails with one line naming the layer. Fully connected layers are ignored.
 
 Untrusted input: pickles (torch.save, numpy object arrays) go through the one restricted
-unpickler, `torchfile.SafeUnpickler`, which refuses every global it does not know by
+unpickler, `unpickle.SafeUnpickler`, which refuses every global it does not know by
 name; no loader calls `np.load(allow_pickle=True)` or bare `pickle`. Sizes written in a
 file are checked against what the file can hold, and against the caps in `bounds` (what
 VGG19 needs), before anything is allocated: zip members are inflated only when wanted and

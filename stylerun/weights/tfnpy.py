@@ -1,6 +1,6 @@
 """tensorflow-vgg's vgg19.npy: a pickled dict of layers in an npy object array, unpickled safely.
 
-The pickle goes through `torchfile.SafeUnpickler` with `numpy_globals` only: numpy's
+The pickle goes through `unpickle.SafeUnpickler` with `numpy_globals` only: numpy's
 array and dtype constructors are stood in for by pending objects whose state is checked,
 and charged to the file's budget, before any array is allocated.
 """
@@ -19,7 +19,7 @@ from stylerun.errors import WeightsError
 from stylerun.files.limits import Budget, read_npy_header, rebuild
 from stylerun.weights import bounds
 from stylerun.weights.bounds import MAX_WHOLE_NET_BYTES
-from stylerun.weights.torchfile import SafeUnpickler
+from stylerun.weights.unpickle import SafeUnpickler
 from stylerun.weights.vgg19 import CAFFE, CONV_NAME, Convs, VGG19Weights, bias_vector, finish, hwio_to_oihw
 
 
