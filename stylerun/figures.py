@@ -33,6 +33,7 @@ from stylerun.engine.optimizers import Progress
 from stylerun.engine.run import CallbackListener, Job, run
 from stylerun.errors import InputError
 from stylerun.files.atomic import atomic_write, write_bytes
+from stylerun.files.hashing import file_sha256
 from stylerun.files.limits import check_regular_file
 from stylerun.images.codec import (
     MAX_PIXELS_ENV,
@@ -46,7 +47,6 @@ from stylerun.images.codec import (
 from stylerun.options import INITS, TransferOptions
 from stylerun.version import __version__
 from stylerun.vgg import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, format_layer_weights
-from stylerun.weights.bundled import file_sha256
 
 FIGURES = ("fig1-content", "fig1-style", "fig3", "fig4")
 #: alpha/beta of the sweep, content-heavy to style-heavy (beta = 1, alpha = ratio).

@@ -46,8 +46,7 @@ ALPHA, BETA = 1e-6, 1.0
 ALPHA_TEXT = f"{ALPHA:g}".replace("e-0", "e-")
 #: The style strength when neither it nor α/β is given: the visual balance (see `strength`).
 DEFAULT_STRENGTH = 0.5
-#: Adam's step in 0..255 pixel units. Measured at 96 px, default layers, 100 iterations from the
-#: content: final loss 1.18e9 (lr 2), 6.7e8 (5), 4.1e8 (10), 3.9e8 (20); L-BFGS-B 2.7e8.
+#: Adam's step in 0..255 pixel units, chosen by a sweep of steps (docs/performance.md).
 ADAM_LEARNING_RATE = 10.0
 
 # Help panels, in the order `--help` shows them.

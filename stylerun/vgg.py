@@ -45,6 +45,8 @@ CONV_SHAPES: dict[str, tuple[int, int, int, int]] = {
 _INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
 
 POOLINGS = ("max", "avg")
+#: Each pool is 2x2 with stride 2: it halves both sides of the feature maps.
+POOL = 2
 DEFAULT_CONTENT_LAYERS = {"relu4_2": 1.0}
 DEFAULT_STYLE_LAYERS = {f"relu{b}_1": 0.2 for b in range(1, 6)}
 
@@ -109,14 +111,22 @@ def format_layer_weights(weights: dict[str, float]) -> str:
     return ",".join(f"{name}:{w:g}" for name, w in weights.items())
 
 
+def channels(layer: str) -> int:
+    """Channels of `layer`'s output."""
+    return layer_by_name(layer).channels
+
+
+def pools_before(layer: str) -> int:
+    """Number of pools up to and including `layer`."""
+    return sum(1 for previous in LAYERS[: _INDEX[check_layer(layer)] + 1] if previous.kind == "pool")
+
+
 def spatial_size(layer: str, height: int, width: int) -> tuple[int, int]:
     """(height, width) of `layer`'s feature map for an input of `height` x `width`.
 
     Convolutions are 3x3 with padding 1 (size kept); each 2x2 stride-2 pool up to and
-    including `layer` halves both sides, rounding down (ONNX pooling without ceil mode).
+    including `layer` halves both sides, rounding down (ONNX pooling without ceil mode),
+    which is one division by the pools' product.
     """
-    index = _INDEX[check_layer(layer)]
-    for previous in LAYERS[: index + 1]:
-        if previous.kind == "pool":
-            height, width = height // 2, width // 2
-    return height, width
+    scale = POOL ** pools_before(layer)
+    return height // scale, width // scale

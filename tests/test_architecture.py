@@ -26,16 +26,15 @@ MODULES = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.r
 #: The floors of the house, bottom up: a unit (a top-level module or subpackage) imports only from the floors
 #: below its own, or from inside itself. Data flows one way: files and weights up to the front ends.
 LAYERS = [
-    {"errors", "version", "units", "signals"},
-    {"vgg"},
+    {"errors", "version", "units", "signals", "records"},
     {"files"},
+    {"vgg"},
     {"images", "presets"},
     {"options"},
     {"weights"},
     {"network"},
     {"engine"},
-    {"jobs", "figures", "lines"},
-    {"video"},
+    {"jobs", "video", "figures", "lines"},
     {"console"},
     {"api", "serve"},
     {"cli"},

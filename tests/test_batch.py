@@ -17,6 +17,7 @@ from helpers import run_cli
 
 from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
+from stylerun.network.sessions import ModelCache
 from stylerun.options import TransferOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -142,7 +143,7 @@ def test_csv_jobs_and_a_grid(tmp_path, capsys, monkeypatch):
 
 
 def test_ids_and_outputs_are_stable_and_unique(tmp_path):
-    specs = [batch.Spec(f"t:{i}", data, tmp_path) for i, data in enumerate([
+    specs = [batch.JobSpec(f"t:{i}", data, tmp_path) for i, data in enumerate([
         {"content": CHELSEA, "style": STARRY, **SMALL},
         {"content": CHELSEA, "style": STARRY, **SMALL, "threads": 2},  # how it runs: same picture, own output
         {"content": CHELSEA, "style": STARRY, **SMALL, "output": "chelsea__starry_night-2.png"},
@@ -155,7 +156,7 @@ def test_ids_and_outputs_are_stable_and_unique(tmp_path):
     assert [e.output for e in first[:3]] == ["chelsea__starry_night.png", "chelsea__starry_night-3.png",
                                             "chelsea__starry_night-2.png"]
     assert "also the output of job 3" in first[3].error and "chosen by the batch" in first[4].error
-    changed = batch.plan([batch.Spec("t:1", {**specs[0].data, "alpha": 1.0}, tmp_path)], tmp_path / "out")
+    changed = batch.plan([batch.JobSpec("t:1", {**specs[0].data, "alpha": 1.0}, tmp_path)], tmp_path / "out")
     assert changed[0].id != first[0].id
     assert first[0].job.options.checkpoint_every == 1  # about ten checkpoints over a run, when none is asked for
     assert executors.sizing(12, 2) == (2, 1) and executors.sizing(1, 2) == (1, 2)
@@ -174,7 +175,7 @@ def test_command_words_for_many_values_and_a_bare_ray():
 def test_a_job_that_raises_is_a_failed_result_and_sessions_are_reused(tmp_path, monkeypatch):
     options = TransferOptions(**SMALL)
     task = worker.Task("t1", CHELSEA, (STARRY,), options, "a.png", str(tmp_path))
-    cache = worker.ModelCache()
+    cache = ModelCache()
     assert worker.perform(task, models=cache).status == "done"
     assert worker.perform(worker.Task("t2", ASTRONAUT, (STARRY,), options, "b.png", str(tmp_path)), models=cache
                           ).status == "done"

@@ -15,8 +15,10 @@ import pytest
 from stylerun.network.export import build_models, export_vgg
 from stylerun.network.loss_graph import LayerSet, content_target_name, style_target_name
 from stylerun.vgg import CONV_NAMES
-from stylerun.weights.bundled import bundled_path, dequantize, load_quantized_npz, write_quantized_npz
+from stylerun.weights.bundled import bundled_path, load_quantized_npz
 from stylerun.weights.torchfile import load_torch_file
+from stylerun.weights.vgg19 import dequantize
+from tools.quantized import write_quantized_npz
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -103,14 +103,39 @@ def test_max_memory_errors(text):
 
 
 def test_budget_choice():
+    from stylerun.engine.memory import choose, estimate_bytes
     from stylerun.network.loss_graph import LayerSet
-    from stylerun.network.tiling import choose, estimate_bytes
 
     layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
     assert choose(24 << 30, 400, 300, layers)[:2] == (None, 10)  # small: whole image, full history
     tile, m, need = choose(2 << 30, 1536, 2048, layers)
     assert tile is not None and need <= 2 << 30 and need == estimate_bytes(1536, 2048, tile, m, layers)
     assert choose(100 << 20, 1536, 2048, layers) is None
+
+
+def test_the_memory_planner_counts_the_optimizer_state_it_will_hold():
+    """The planner's L-BFGS-B bytes are those of the state the optimizer allocates (one definition, `LbfgsState`)."""
+    from stylerun.engine.memory import lbfgs_bytes
+    from stylerun.engine.optimizers import LbfgsState
+
+    for (h, w), m in (((24, 32), 10), ((7, 5), 3)):
+        state = LbfgsState.fresh(np.zeros((h, w, 3), np.float32), m)
+        held = sum(a.nbytes for name, a in state.arrays().items() if name != "m")
+        assert lbfgs_bytes(h * w, m) == held
+
+
+def test_the_memory_planner_says_what_it_chose_and_refuses_too_little():
+    from stylerun.engine.memory import fit
+    from stylerun.network.loss_graph import LayerSet
+
+    layers = LayerSet.of(["conv4_2"], ["conv1_1", "conv5_1"])
+    roomy = fit(TransferOptions(max_memory="24G"), 400, 300, layers)
+    assert roomy.options.lbfgs_memory == 10 and roomy.options.optimizer == "lbfgs"
+    assert roomy.notice.startswith("max memory 24.00 GiB at 400x300: the whole image at once, L-BFGS-B history 10, ")
+    tight = fit(TransferOptions(max_memory="2G"), 2048, 1536, layers)
+    assert tight.options.tile_size < 2048 and f"tiles of {tight.options.tile_size} px" in tight.notice
+    with pytest.raises(OptionError, match=r"max_memory 0.10 GiB is too small for 2048x1536: it needs about 2.35 GiB"):
+        fit(TransferOptions(max_memory="100M"), 2048, 1536, layers)
 
 
 def test_cli_max_memory_notice_and_errors(tmp_path, content_path, style_path):
@@ -135,9 +160,9 @@ def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style
     resumes to exactly the uninterrupted run's picture."""
     import stylerun
     from stylerun.engine.checkpoint import load_checkpoint
+    from stylerun.engine.memory import choose, estimate_bytes
     from stylerun.images.codec import load_image
     from stylerun.network.loss_graph import LayerSet
-    from stylerun.network.tiling import choose, estimate_bytes
 
     layers = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
     h, w, _ = load_image(content_path, 160).shape

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import zipfile
 from pathlib import Path
 
@@ -138,6 +139,18 @@ def test_settings_of_the_wrong_type_are_one_line(tmp_path, settings, needle):
         member = settings_member({**OPTIONS.to_dict(), **settings})
     rewritten(ckpt, {"settings.npy": member})
     assert_refused(resume(box), needle)
+
+
+def test_an_encrypted_member_is_refused_as_a_checkpoint_never_as_weights(tmp_path):
+    """zipfile would ask for a password; the refusal speaks of checkpoints (it once said "weights never are")."""
+    ckpt = good_checkpoint(tmp_path / "c.ckpt.npz")
+    raw = bytearray(ckpt.read_bytes())
+    struct.pack_into("<H", raw, raw.index(b"PK\x01\x02") + 8, 1)  # the first member's flag bits: encrypted
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="is not a usable stylerun checkpoint") as info:
+        load_checkpoint(ckpt)
+    message = str(info.value)
+    assert "is encrypted; a stylerun checkpoint never is" in message and "weights" not in message, message
 
 
 def test_a_fifo_checkpoint_is_refused(tmp_path):

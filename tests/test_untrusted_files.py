@@ -35,11 +35,14 @@ from test_weight_formats import CASES, Global, PersId, Reduce, dumps, npy_header
 
 from stylerun import figures
 from stylerun.errors import InputError, WeightsError
-from stylerun.files.limits import MAX_PICKLE_NODES, MAX_WHOLE_NET_BYTES, Walk, check_regular_file, rebuild
+from stylerun.files.limits import MAX_PICKLE_NODES, Walk, check_regular_file, rebuild
 from stylerun.images.codec import open_image
 from stylerun.vgg import CONV_SHAPES
+from stylerun.weights.bounds import MAX_WHOLE_NET_BYTES
+from stylerun.weights.bounds import walk as weights_walk
 from stylerun.weights.formats import load_any
-from stylerun.weights.torchfile import LEGACY_MAGIC, _LazyTensor, _StorageRef
+from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.unpickle import LazyTensor, StorageRef
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = ROOT / "examples" / "starry_night.jpg"
@@ -480,7 +483,7 @@ def test_check_regular_file_names_what_it_refuses(tmp_path):
 )
 def test_tensor_layouts(size, stride, numel, offset, refused):
     data = np.arange(numel, dtype=np.float32)
-    lazy = _LazyTensor(_StorageRef("0", data.dtype, numel, data), offset, size, stride)
+    lazy = LazyTensor(StorageRef("0", data.dtype, numel, data), offset, size, stride)
     if refused is None:
         expected = np.lib.stride_tricks.as_strided(data[offset:], size, tuple(4 * s for s in stride))
         np.testing.assert_array_equal(lazy.materialize("t"), expected)
@@ -496,13 +499,13 @@ def test_pickle_walks_share_what_the_pickle_shares():
         tree = [tree, tree]
     cycle: list = [leaf]
     cycle.append(cycle)
-    walk = Walk("test")
+    walk = weights_walk("test")
     out = rebuild({"tree": tree, "cycle": cycle}, lambda value, path, depth: value, Walk("test", depth=10**6))
     assert out["tree"][0] is out["tree"][1] and out["cycle"][1] is out["cycle"]
     with pytest.raises(WeightsError, match="nested more than 64 levels"):
         rebuild(tree, lambda value, path, depth: value, walk)
     with pytest.raises(WeightsError, match=f"more than {MAX_PICKLE_NODES:,} objects"):
-        rebuild(list(range(MAX_PICKLE_NODES)), lambda value, path, depth: value, Walk("test"))
+        rebuild(list(range(MAX_PICKLE_NODES)), lambda value, path, depth: value, weights_walk("test"))
 
 
 def _record(**changes) -> dict:

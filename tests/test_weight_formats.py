@@ -40,9 +40,10 @@ from stylerun.network.loss_graph import (
     style_target_name,
 )
 from stylerun.vgg import CONV_NAMES, CONV_SHAPES
-from stylerun.weights.bundled import CAFFE, InputConvention, VGG19Weights, write_quantized_npz
 from stylerun.weights.formats import TORCHVISION, VGG_MEAN_RGB, load_any, load_weights
 from stylerun.weights.torchfile import LEGACY_MAGIC
+from stylerun.weights.vgg19 import CAFFE, InputConvention, VGG19Weights
+from tools.quantized import write_quantized_npz
 
 LAYERS = ("conv1_1", "conv1_2", "conv2_1")
 TORCHVISION_INDEX = dict(zip(CONV_NAMES, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34), strict=True))

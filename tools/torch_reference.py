@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from stylerun.network.loss_graph import LayerSet, _first_conv_folded, rgb_mean
 from stylerun.vgg import truncated
-from stylerun.weights.bundled import VGG19Weights, load_bundled
+from stylerun.weights.bundled import load_bundled
+from stylerun.weights.vgg19 import VGG19Weights
 
 
 class TorchVGG:

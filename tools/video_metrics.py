@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stylerun.engine.run import Job, run  # noqa: E402
-from stylerun.jobs.worker import ModelCache  # noqa: E402
+from stylerun.network.sessions import ModelCache  # noqa: E402
 from stylerun.options import TransferOptions  # noqa: E402
 from stylerun.video.flow import consistency, optical_flow, warp  # noqa: E402
 from stylerun.video.run import VideoSettings, run_video  # noqa: E402

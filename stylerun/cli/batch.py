@@ -112,12 +112,12 @@ class BatchDisplay(batch.BatchListener):
         return (f"{self.counts['done']} done, {self.counts['failed']} failed, {self.running} running, "
                 f"ETA {eta}")
 
-    def started(self, entry: batch.Entry) -> None:
+    def started(self, entry: batch.PlannedJob) -> None:
         self.running += 1
         self.left -= 1
         self.bar.update(self.task, info=self.info())
 
-    def finished(self, entry: batch.Entry, record: dict[str, Any]) -> None:
+    def finished(self, entry: batch.PlannedJob, record: dict[str, Any]) -> None:
         status = record["status"]
         self.running -= 1
         self.finished_here += 1
@@ -164,7 +164,7 @@ def run(request: Request, console: Console) -> tuple[batch.Summary, StopSignals]
     return summary, stopper
 
 
-def _specs(request: Request) -> list[batch.Spec]:
+def _specs(request: Request) -> list[batch.JobSpec]:
     if request.contents or request.styles:
         raise InputError("--content and --style make a --grid; give JOBS or --grid, not both")
     if request.jobs is None:

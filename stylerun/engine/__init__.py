@@ -1,1 +1,1 @@
-"""The run engine: the loss object, optimizers, checkpoints, estimates, and one transfer run."""
+"""The run engine: the loss object, optimizers, checkpoints, estimates, the memory planner, and one transfer run."""

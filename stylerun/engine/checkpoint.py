@@ -52,10 +52,9 @@ import scipy
 from stylerun.engine.optimizers import LbfgsState
 from stylerun.errors import InputError, OptionError, StylerunError, mention
 from stylerun.files.atomic import atomic_write
-from stylerun.files.limits import check_regular_file, open_zip_member, read_exactly
+from stylerun.files.limits import check_regular_file, open_zip_member, read_exactly, read_npy_header
 from stylerun.images.codec import max_pixels
 from stylerun.options import TransferOptions
-from stylerun.weights.bundled import read_npy_header
 
 FORMAT = "stylerun-checkpoint/1"
 SUFFIX = ".ckpt.npz"
@@ -67,12 +66,21 @@ MAX_SETTINGS_CHARS = 1 << 20
 BALANCE_KEY = "alpha_beta"
 #: The most style images a checkpoint may hold (a blend of more is not a real run).
 MAX_STYLES = 64
+#: Checkpoints of a job that sets none: about ten over its run.
+CHECKPOINTS_PER_JOB = 10
 
 
 def default_checkpoint_path(output: str | Path) -> Path:
     """``out.png`` -> ``out.ckpt.npz``, beside the output."""
     output = Path(output)
     return output.with_name(output.stem + SUFFIX)
+
+
+def checkpoint_every(options: TransferOptions) -> int:
+    """About `CHECKPOINTS_PER_JOB` checkpoints over a run; none where checkpoints cannot be made."""
+    if options.scales > 1 or options.iterations < 1:
+        return -1
+    return max(1, math.ceil(options.iterations / CHECKPOINTS_PER_JOB))
 
 
 @dataclass
@@ -163,7 +171,8 @@ class _Members:
         if not self.has(key):
             raise ValueError(f"missing {key}")
         label = f"{self.label}: {key}"
-        with open_zip_member(self.zf, self.zf.getinfo(f"{key}.npy"), label) as stream:
+        info = self.zf.getinfo(f"{key}.npy")
+        with open_zip_member(self.zf, info, label, InputError, "stylerun checkpoint") as stream:
             shape, fortran, dtype = read_npy_header(stream, label)
             if dtype.hasobject:
                 raise ValueError(f"{key} is an object array (a pickle)")

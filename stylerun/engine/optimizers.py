@@ -56,6 +56,12 @@ class LbfgsState:
                 "task": 2, "ln_task": 2, "lsave": 4, "isave": 44, "dsave": 29}
 
     @classmethod
+    def nbytes(cls, n: int, m: int) -> int:
+        """Bytes of the whole state for `n` variables and memory `m` (what the memory planner counts)."""
+        return sum(count * np.dtype(cls._DTYPES.get(name, np.float64)).itemsize
+                   for name, count in cls.sizes(n, m).items())
+
+    @classmethod
     def fresh(cls, x0: np.ndarray, m: int) -> LbfgsState:
         sizes = cls.sizes(x0.size, m)
         arrays = [np.zeros(sizes[name], cls._DTYPES.get(name, np.float64)) for name in cls.ARRAYS]

@@ -3,9 +3,11 @@
 `run` does everything a transfer needs around the optimizer: the coarse-to-fine scales,
 resuming from a checkpoint, checkpoints and intermediate images every N iterations, stop
 requests, NaN handling, progress events with an ETA, and writing the result atomically.
-Every front end (the CLI, `stylerun.transfer`, figures, and later batch jobs, the HTTP
-service and video) is a thin layer over it: it builds a `Job`, passes a `Listener` and a
-stop flag, and maps the `Outcome` to an exit status or a response.
+Under `max_memory`, each scale's tile size and L-BFGS-B history come from the memory
+planner (`engine.memory`). Every front end (the CLI, `stylerun.transfer`, figures, batch
+jobs in `jobs/`, the HTTP service in `serve/`, video in `video/`) is a thin layer over it:
+it builds a `Job`, passes a `Listener` and a stop flag, and maps the `Outcome` to an exit
+status or a response.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from stylerun.engine import memory
 from stylerun.engine.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
 from stylerun.engine.estimate import Estimate, device_name, estimate, iteration_seconds
 from stylerun.engine.loss import (
@@ -53,6 +56,7 @@ from stylerun.images.codec import (
 from stylerun.network import tiling
 from stylerun.network.sessions import default_threads, release_free_memory
 from stylerun.options import RESUMABLE, TransferOptions
+from stylerun.records import json_value
 from stylerun.version import __version__
 from stylerun.weights.formats import detect_format
 
@@ -299,7 +303,7 @@ class _Run:
     def stage_cost(self, size: int | None) -> float:
         """A stage's evaluation time in whole-image pixels (`tiling.evaluation_cost`): its tiles as
         `within_budget` will choose them, so that the ETA of a run whose last scale is tiled is not
-        that of an untiled one (a 2048 px recipe took 40 min where 13 were foretold)."""
+        that of an untiled one (docs/performance.md)."""
         if size not in self.costs:
             (w, h), tile = self.stage_size(size), self.options.tile_size
             chosen = self.budget_choice(size) if self.options.max_memory is not None else None
@@ -309,33 +313,19 @@ class _Run:
         return self.costs[size]
 
     def budget_choice(self, size: int | None) -> tuple[int | None, int, int] | None:
-        """`tiling.choose` under `max_memory` at the stage of longest side `size`: (tile or None for
+        """`memory.choose` under `max_memory` at the stage of longest side `size`: (tile or None for
         the whole image, L-BFGS-B history or 0 for Adam, estimated bytes), or None if nothing fits."""
         options, (w, h) = self.options, self.stage_size(size)
-        return tiling.choose(options.max_memory, h, w, layer_set(options), options.lbfgs_memory)
+        return memory.choose(options.max_memory, h, w, layer_set(options), options.lbfgs_memory)
 
     def within_budget(self, options: TransferOptions) -> TransferOptions:
         """With `max_memory`: the tile size and L-BFGS-B history that fit it at this stage's size, said aloud."""
         if options.max_memory is None:
             return options
-        (w, h), layers = self.stage_size(options.size), layer_set(options)
-        chosen = self.budget_choice(options.size)
-        budget = f"{options.max_memory / (1 << 30):.2f} GiB"
-        if chosen is None:
-            need = tiling.estimate_bytes(h, w, tiling.TILE_CHOICES[-1], tiling.MEMORY_CHOICES[-1], layers)
-            raise OptionError("max_memory", f"{budget} is too small for {w}x{h}: it needs about "
-                                            f"{need / (1 << 30):.2f} GiB even in small tiles; raise it or lower "
-                                            f"{mention('size')}")
-        tile, m, need = chosen
-        how = "the whole image at once" if tile is None else f"tiles of {tile} px (halo {tiling.halo(layers)} px)"
-        tile_size = tile if tile is not None else options.tile_size
-        if m == 0:
-            self.listener.notice(f"max memory {budget} at {w}x{h}: {how}, Adam (L-BFGS-B's history does not fit), "
-                                 f"estimated peak {need / (1 << 30):.2f} GiB")
-            return options.replace(tile_size=tile_size, optimizer="adam")
-        self.listener.notice(f"max memory {budget} at {w}x{h}: {how}, L-BFGS-B history {m}, "
-                             f"estimated peak {need / (1 << 30):.2f} GiB")
-        return options.replace(tile_size=tile_size, lbfgs_memory=m)
+        (w, h) = self.stage_size(options.size)
+        chosen = memory.fit(options, w, h, layer_set(options))
+        self.listener.notice(chosen.notice)
+        return chosen.options
 
     def tell_balance(self, loss: StyleLoss) -> None:
         """Say which α/β a style strength chose (each scale measures its own)."""
@@ -503,14 +493,6 @@ def _finish(state: _Run, result: Result) -> Outcome:
     return Outcome(image, result.loss, result.iterations, result.evaluations, time.perf_counter() - state.begin,
                    result.interrupted, result.error, state.history, output=written, checkpoint=state.ckpt,
                    provider=loss.provider, loss_object=loss, record=record)
-
-
-def json_value(value: Any) -> Any:
-    """`value` as a JSON record (file metadata, a batch manifest, a served job) holds it: a float
-    that is NaN or infinite becomes null, as strict JSON has neither; anything else is kept."""
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:

@@ -1,1 +1,2 @@
-"""Files on disk: atomic writes, advisory locks, and bounds for reading untrusted files."""
+"""Files on disk, knowing nothing of what they hold: atomic writes, advisory locks, content hashes, and
+generic bounds for reading untrusted files (regular-file checks, capped zip, npy and pickle reads)."""

@@ -1,52 +1,37 @@
 """Bounds on the work done for outside bytes: what a file may make stylerun read, allocate or wait for.
 
-Images, masks and weight files come from anywhere, and a few hundred crafted bytes can
-claim terabytes (a zip member, an npy header, a torch tensor over a one-element storage)
-or never end (a FIFO). Every reader of outside bytes checks against the caps here
-*before* it allocates, so a hostile file costs at most these bounds and ends in one
-`StylerunError` line:
+Images, masks, checkpoints and weight files come from anywhere, and a few hundred crafted
+bytes can claim terabytes (a zip member, an npy header, a pickled array) or never end (a
+FIFO). Every reader of outside bytes checks against a cap *before* it allocates, so a
+hostile file costs at most that bound and ends in one `StylerunError` line. The guards
+here know nothing of what a file holds; its reader passes the caps, the error type and
+the words (`weights.bounds` for VGG19's):
 
 * only regular files are opened (`check_regular_file`): a FIFO, socket or device would
   block or stream forever;
-* one array read from a weights file holds at most `MAX_TENSOR_BYTES` (VGG19's largest
-  convolution kernel, 512 x 512 x 3 x 3, at 8 bytes a value), and all arrays read from one
-  file at most `MAX_WEIGHTS_BYTES` (every VGG19 convolution at 8 bytes a value, read and copied);
-  fully connected layers are never read, except in the formats read whole (a MATLAB
-  variable, tensorflow-vgg's pickled dict), which may take `MAX_WHOLE_NET_BYTES` (the
-  whole VGG19 net, fc6 included, at 4 bytes a value, plus a quarter);
+* arrays read from one file are charged to a `Budget` before they are allocated;
 * zip members are read only when expected, their declared size checked first and their
-  inflated bytes counted while streaming (`read_zip_member`), so a lying header gains nothing;
+  inflated bytes counted while streaming (`read_zip_member`, `read_exactly`), so a lying
+  header gains nothing, and an encrypted member is refused in words (`open_zip_member`);
+* an npy header is parsed before any of its data is read (`read_npy_header`);
 * walks over unpickled objects visit each object once and at most `MAX_PICKLE_NODES` times
-  in all (`Walk`), so a pickle that refers to one list again and again stays linear.
+  in all (`Walk`, `rebuild`), so a pickle that refers to one list again and again stays linear.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import stat
+import tokenize
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stylerun.errors import StylerunError, WeightsError
-from stylerun.vgg import CONV_SHAPES
+import numpy as np
 
-#: Elements of VGG19's largest convolution kernel (conv4_2 ... conv5_4: 512 x 512 x 3 x 3).
-LARGEST_CONV_ELEMENTS = max(math.prod(shape) for shape in CONV_SHAPES.values())
-#: Kernels and biases of all 16 convolutions: what a weights file must provide.
-CONV_PARAMETERS = sum(math.prod(shape) + shape[0] for shape in CONV_SHAPES.values())
-#: Parameters of the whole VGG19, its three fully connected layers included (fc6 is 25088 x 4096).
-VGG19_PARAMETERS = CONV_PARAMETERS + 25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
-#: The most bytes one array read from a weights file may hold (float64 of the largest kernel).
-MAX_TENSOR_BYTES = LARGEST_CONV_ELEMENTS * 8
-#: The most bytes all arrays read from one weights file may hold together: every convolution at
-#: 8 bytes a value, twice (a torch storage as read, and the tensor copied out of it).
-MAX_WEIGHTS_BYTES = 2 * CONV_PARAMETERS * 8
-#: The most bytes the formats read whole (MATLAB variables, tensorflow-vgg's pickled dict) may
-#: take: their fully connected layers are read too.
-MAX_WHOLE_NET_BYTES = VGG19_PARAMETERS * 4 * 5 // 4
+from stylerun.errors import InputError, StylerunError
+
 #: The most bytes of pickle (a torch zip's data.pkl) read into memory; real ones are kilobytes.
 MAX_PICKLE_BYTES = 64 << 20
 #: The most objects a walk over one unpickled file may visit (a VGG19 state dict has about 100).
@@ -62,10 +47,10 @@ _KINDS = (
     (stat.S_ISDIR, "a folder"),
 )
 
+Error = type[StylerunError]
 
-def check_regular_file(
-    path: str | Path, error: type[StylerunError] = WeightsError, what: str = "file"
-) -> os.stat_result:
+
+def check_regular_file(path: str | Path, error: Error = InputError, what: str = "file") -> os.stat_result:
     """Refuse anything but an existing regular file, in one line naming it.
 
     Opening a FIFO blocks until a writer comes, and a device can stream forever; `stat`
@@ -84,18 +69,23 @@ def check_regular_file(
 
 
 class Budget:
-    """Bytes a reader may still allocate for one file; `spend` refuses the first byte too many."""
+    """Bytes a reader may still allocate for one file; `spend` refuses the first byte too many.
 
-    def __init__(self, limit: int, source: str) -> None:
+    `beyond` says, in the reader's words, why the limit is where it is ("more than VGG19 needs").
+    """
+
+    def __init__(self, limit: int, source: str, error: Error = InputError, beyond: str = "over the limit") -> None:
         self.left = limit
         self.limit = limit
         self.source = source
+        self.error = error
+        self.beyond = beyond
 
     def spend(self, nbytes: int, what: str) -> None:
         if nbytes > self.left:
-            raise WeightsError(
+            raise self.error(
                 f"{self.source}: {what} would take the arrays read from this file past {self.limit:,} bytes, "
-                "more than VGG19 needs; refusing to read it"
+                f"{self.beyond}; refusing to read it"
             )
         self.left -= nbytes
 
@@ -105,22 +95,27 @@ class Walk:
 
     Walkers also memoize by object identity (`seen`), so a pickle that references one list
     from many places costs one visit per reference, never a re-walk of the whole subtree.
+    `verdict` ends the refusal in the reader's words ("not VGG19").
     """
 
-    def __init__(self, source: str, limit: int = MAX_PICKLE_NODES, depth: int = MAX_PICKLE_DEPTH) -> None:
+    def __init__(self, source: str, limit: int = MAX_PICKLE_NODES, depth: int = MAX_PICKLE_DEPTH,
+                 error: Error = InputError, verdict: str = "refusing to read it") -> None:
         self.source = source
+        self.limit = limit
         self.left = limit
         self.depth = depth
+        self.error = error
+        self.verdict = verdict
         self.seen: dict[int, object] = {}
         self._keep: list[object] = []  # the originals stay alive, so no id in `seen` is reused
 
     def visit(self, depth: int) -> None:
-        """Count one object at nesting `depth`; WeightsError past the caps."""
+        """Count one object at nesting `depth`; `error` past the caps."""
         self.left -= 1
         if self.left < 0:
-            raise WeightsError(f"{self.source}: the pickle holds more than {MAX_PICKLE_NODES:,} objects; not VGG19")
+            raise self.error(f"{self.source}: the pickle holds more than {self.limit:,} objects; {self.verdict}")
         if depth > self.depth:
-            raise WeightsError(f"{self.source}: the pickle is nested more than {self.depth} levels deep; not VGG19")
+            raise self.error(f"{self.source}: the pickle is nested more than {self.depth} levels deep; {self.verdict}")
 
     def remember(self, obj: object, result: object) -> object:
         """Record `result` as what `obj` became, before its children are walked (cycles end here)."""
@@ -130,38 +125,60 @@ class Walk:
 
 
 def read_zip_member(
-    zf: zipfile.ZipFile, name: str, size: int, limit: int, label: str, budget: Budget | None = None
+    zf: zipfile.ZipFile, name: str, size: int, limit: int, label: str, budget: Budget, kind: str = "file"
 ) -> bytes:
     """Exactly `size` bytes of member `name`, when the archive says so and `size` is within `limit`.
 
     The declared size (central directory) is checked before anything is inflated, and the
     member is then read with a cap, so a member whose header lies cannot inflate further.
-    `budget`, if given, is charged before reading.
+    `budget` is charged before reading; its error type and words are used for every refusal,
+    and `kind` names the archive as `open_zip_member` does.
     """
     if size > limit:
-        raise WeightsError(f"{label} would hold {size:,} bytes, more than VGG19 needs ({limit:,}); refusing to read it")
+        raise budget.error(f"{label} would hold {size:,} bytes, {budget.beyond} ({limit:,}); refusing to read it")
     info = zf.getinfo(name)
     if info.file_size != size:
-        raise WeightsError(f"{label} holds {info.file_size} bytes, expected {size}")
-    if budget is not None:
-        budget.spend(size, f"member {name!r}")
-    with open_zip_member(zf, info, label) as stream:
-        return read_exactly(stream, size, label)
+        raise budget.error(f"{label} holds {info.file_size} bytes, expected {size}")
+    budget.spend(size, f"member {name!r}")
+    with open_zip_member(zf, info, label, budget.error, kind) as stream:
+        return read_exactly(stream, size, label, budget.error)
 
 
-def open_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> BinaryIO:
-    """A member's stream, refusing an encrypted one (zipfile would raise a RuntimeError asking for a password)."""
+def open_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, error: Error = InputError,
+                    kind: str = "file") -> BinaryIO:
+    """A member's stream, refusing an encrypted one (zipfile would raise a RuntimeError asking for a password).
+
+    `kind` names what the archive is meant to be (``weights file``, ``stylerun checkpoint``): none is ever encrypted.
+    """
     if info.flag_bits & 0x1:
-        raise WeightsError(f"{label} is encrypted; weights never are")
+        raise error(f"{label} is encrypted; a {kind} never is")
     return zf.open(info)
 
 
-def read_exactly(stream: BinaryIO, size: int, label: str) -> bytes:
+def read_exactly(stream: BinaryIO, size: int, label: str, error: Error = InputError) -> bytes:
     """`size` bytes and then the end of `stream`: never more than ``size + 1`` bytes are inflated or held."""
     data = stream.read(size + 1)
     if len(data) != size:
-        raise WeightsError(f"{label} holds {'more' if len(data) > size else 'fewer'} bytes than its header says")
+        raise error(f"{label} holds {'more' if len(data) > size else 'fewer'} bytes than its header says")
     return data
+
+
+def read_npy_header(f: BinaryIO, label: str, error: Error = InputError) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from an npy header, read before any of its data.
+
+    numpy parses the header as a Python literal (no pickle, nothing allocated but the
+    header itself, at most 10,000 bytes), so a claimed shape can be checked first.
+    """
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise error(f"{label}: .npy format version {version} is not supported")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        return read(f)
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy tokenizes and literal_evals the header: a mangled one fails in any of these ways.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise error(f"{label}: malformed .npy header ({detail})") from None
 
 
 def rebuild(obj: Any, leaf: Callable[[Any, str, int], Any], walk: Walk, path: str = "", depth: int = 0) -> Any:

@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 from collections import deque
@@ -34,14 +33,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from stylerun.engine.checkpoint import SUFFIX
-from stylerun.engine.run import PATH_OPTIONS, Job, check_job, json_value
+from stylerun.engine.checkpoint import SUFFIX, checkpoint_every
+from stylerun.engine.run import PATH_OPTIONS, Job, check_job
 from stylerun.errors import InputError, StylerunError
 from stylerun.files.atomic import write_bytes
+from stylerun.files.hashing import file_sha256
 from stylerun.files.limits import check_regular_file
 from stylerun.jobs.worker import CHECKPOINTS, WORK, Task, TaskResult, error_text, failed
 from stylerun.options import RESUMABLE, TransferOptions
-from stylerun.weights.bundled import file_sha256
+from stylerun.records import json_value
 
 MANIFEST = "manifest.jsonl"
 #: Options the batch chooses for each job (a job or flag giving one is refused).
@@ -50,12 +50,10 @@ BATCH_DECIDES = ("checkpoint",)
 NOT_IDENTITY = (*RESUMABLE, "checkpoint_every", "save_every")
 #: A JOBS file, and a manifest, are text of at most this many bytes.
 MAX_JOBS_BYTES = 64 << 20
-#: Checkpoints of a job that sets none: about ten over its run.
-CHECKPOINTS_PER_JOB = 10
 
 
 @dataclass(frozen=True)
-class Spec:
+class JobSpec:
     """One job as written: where (``jobs.jsonl:3``), its fields, and the folder its paths are relative to."""
 
     source: str
@@ -67,7 +65,7 @@ class Spec:
 # --- reading jobs ----------------------------------------------------------------------------------
 
 
-def read_specs(path: str | Path) -> list[Spec]:
+def read_specs(path: str | Path) -> list[JobSpec]:
     """The jobs of a JSON Lines file (one object a line; blank and ``#`` lines skipped) or a CSV file
     with a header row. Which one: by the suffix (.jsonl, .ndjson, .json, .csv), else by the content."""
     path = Path(path)
@@ -94,7 +92,7 @@ def _is_jsonl(path: Path, text: str) -> bool:
     return first.startswith("{")
 
 
-def _jsonl(path: Path, text: str) -> list[Spec]:
+def _jsonl(path: Path, text: str) -> list[JobSpec]:
     specs = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -107,11 +105,11 @@ def _jsonl(path: Path, text: str) -> list[Spec]:
                              "or CSV") from None
         if not isinstance(data, dict):
             raise InputError(f"{path}:{number}: a job must be a JSON object, got {type(data).__name__}")
-        specs.append(Spec(f"{path.name}:{number}", data, path.parent))
+        specs.append(JobSpec(f"{path.name}:{number}", data, path.parent))
     return specs
 
 
-def _csv(path: Path, text: str) -> list[Spec]:
+def _csv(path: Path, text: str) -> list[JobSpec]:
     reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
     try:
         header = [h.strip() for h in reader.fieldnames or []]
@@ -124,12 +122,12 @@ def _csv(path: Path, text: str) -> list[Spec]:
         raise InputError(f"{path}:{reader.line_num}: not CSV ({exc})") from None
 
 
-def _csv_spec(path: Path, number: int, row: dict[str | None, Any]) -> Spec:
+def _csv_spec(path: Path, number: int, row: dict[str | None, Any]) -> JobSpec:
     """A CSV row as a job: values read as JSON where they parse (``256``, ``1e-3``, ``true``), else as
     text; `style` may list several files separated by ``;``; empty cells are left out."""
     source = f"{path.name}:{number}"
     if None in row:
-        return Spec(source, {}, path.parent, "the row has more cells than the header")
+        return JobSpec(source, {}, path.parent, "the row has more cells than the header")
     data: dict[str, Any] = {}
     for key, value in row.items():
         value = (value or "").strip()
@@ -144,10 +142,10 @@ def _csv_spec(path: Path, number: int, row: dict[str | None, Any]) -> Spec:
                 data[key] = json.loads(value)
             except json.JSONDecodeError:
                 data[key] = value
-    return Spec(source, data, path.parent)
+    return JobSpec(source, data, path.parent)
 
 
-def grid_specs(contents: Sequence[str | Path], styles: Sequence[str | Path]) -> list[Spec]:
+def grid_specs(contents: Sequence[str | Path], styles: Sequence[str | Path]) -> list[JobSpec]:
     """Every content with every style (``a.jpg;b.jpg`` is one blended style), paths relative to here."""
     if not contents or not styles:
         raise InputError("--grid needs --content FILE... and --style FILE...")
@@ -156,7 +154,7 @@ def grid_specs(contents: Sequence[str | Path], styles: Sequence[str | Path]) -> 
     for content in contents:
         for style in styles:
             data = {"content": str(content), "style": [s for s in str(style).split(";") if s]}
-            specs.append(Spec(f"grid {len(specs) + 1}", data, base))
+            specs.append(JobSpec(f"grid {len(specs) + 1}", data, base))
     return specs
 
 
@@ -164,7 +162,7 @@ def grid_specs(contents: Sequence[str | Path], styles: Sequence[str | Path]) -> 
 
 
 @dataclass
-class Entry:
+class PlannedJob:
     """A job of the batch: as the user gave it, its id and output, and the engine's `Job` (None when refused)."""
 
     index: int
@@ -179,7 +177,7 @@ class Entry:
     asked_output: Any = None
 
 
-def plan(specs: Sequence[Spec], outdir: str | Path, defaults: dict[str, Any] | None = None) -> list[Entry]:
+def plan(specs: Sequence[JobSpec], outdir: str | Path, defaults: dict[str, Any] | None = None) -> list[PlannedJob]:
     """Every job checked, with its id and output; `defaults` (options from the command line) apply to
     every job that does not set them itself. Nothing is decoded or run."""
     outdir = Path(outdir)
@@ -202,9 +200,9 @@ def plan(specs: Sequence[Spec], outdir: str | Path, defaults: dict[str, Any] | N
     return entries
 
 
-def _entry(index: int, spec: Spec, options: dict[str, Any]) -> Entry:
+def _entry(index: int, spec: JobSpec, options: dict[str, Any]) -> PlannedJob:
     data = dict(spec.data)
-    entry = Entry(index, spec.source, data.pop("content", None), data.pop("style", None),
+    entry = PlannedJob(index, spec.source, data.pop("content", None), data.pop("style", None),
                   asked_output=data.pop("output", None), error=spec.error)
     if entry.error is not None:
         return entry
@@ -245,7 +243,7 @@ def _resolved_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def _assign_outputs(entries: list[Entry]) -> None:
+def _assign_outputs(entries: list[PlannedJob]) -> None:
     """Outputs as asked (a second job asking for the same one is refused), then the derived
     ``<content>__<style>+<style>.png`` names, made unique in job order so a rerun names them alike."""
     taken: dict[str, int] = {}
@@ -293,7 +291,7 @@ def target(outdir: Path, output: str) -> Path:
     return path
 
 
-def _check(entry: Entry, outdir: Path, hashes: dict[tuple, str]) -> None:
+def _check(entry: PlannedJob, outdir: Path, hashes: dict[tuple, str]) -> None:
     """The checks that need the disk: the output's place, the inputs, then the engine's own."""
     job = entry.job
     output = target(outdir, entry.output)
@@ -319,13 +317,6 @@ def _paths(value: Any) -> list[str]:
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
-def checkpoint_every(options: TransferOptions) -> int:
-    """About `CHECKPOINTS_PER_JOB` checkpoints over a run; none where checkpoints cannot be made."""
-    if options.scales > 1 or options.iterations < 1:
-        return -1
-    return max(1, math.ceil(options.iterations / CHECKPOINTS_PER_JOB))
 
 
 def _file_hash(path: str, hashes: dict[tuple, str]) -> str:
@@ -361,7 +352,7 @@ def read_manifest(outdir: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
     return records, text
 
 
-def new_record(entry: Entry, status: str) -> dict[str, Any]:
+def new_record(entry: PlannedJob, status: str) -> dict[str, Any]:
     return {"id": entry.id, "index": entry.index, "source": entry.source, "status": status,
             "content": entry.content, "style": entry.style, "output": entry.output, "loss": None,
             "content_loss": None, "style_loss": None, "alpha": None, "beta": None, "iterations": None,
@@ -387,9 +378,9 @@ class Manifest:
 class BatchListener:
     """What a front end hears while a batch runs; every method is optional."""
 
-    def started(self, entry: Entry) -> None: ...
+    def started(self, entry: PlannedJob) -> None: ...
 
-    def finished(self, entry: Entry, record: dict[str, Any]) -> None: ...
+    def finished(self, entry: PlannedJob, record: dict[str, Any]) -> None: ...
 
     def stopping(self) -> None: ...
 
@@ -406,7 +397,7 @@ class Summary:
 class Batch:
     """The planned jobs against an earlier manifest: which are done, which to run, and the records."""
 
-    def __init__(self, entries: list[Entry], outdir: str | Path, retry_failed: bool = True):
+    def __init__(self, entries: list[PlannedJob], outdir: str | Path, retry_failed: bool = True):
         self.outdir = Path(outdir)
         previous, text = read_manifest(self.outdir)
         self.entries, self.todo, self.skipped = entries, [], 0
@@ -426,18 +417,18 @@ class Batch:
         for stale in (self.outdir / WORK).glob("*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def _keeps(self, entry: Entry, old: dict[str, Any], retry_failed: bool) -> bool:
+    def _keeps(self, entry: PlannedJob, old: dict[str, Any], retry_failed: bool) -> bool:
         if old["status"] == "done":
             return (self.outdir / entry.output).is_file()
         return old["status"] == "failed" and not retry_failed
 
-    def record(self, entry: Entry) -> dict[str, Any]:
+    def record(self, entry: PlannedJob) -> dict[str, Any]:
         return self.manifest.records[entry.index - 1]
 
-    def checkpoint(self, entry: Entry) -> Path:
+    def checkpoint(self, entry: PlannedJob) -> Path:
         return self.outdir / CHECKPOINTS / f"{entry.id}{SUFFIX}"
 
-    def task(self, entry: Entry, threads: int) -> Task:
+    def task(self, entry: PlannedJob, threads: int) -> Task:
         """What a worker gets: the checked job, with the batch's thread count unless the job set its own."""
         job, ckpt = entry.job, self.checkpoint(entry)
         options = job.options if "threads" in entry.given else job.options.replace(threads=threads)
@@ -471,7 +462,7 @@ class Batch:
                 listener.finished(entry, self.finish(entry, result))
         return self.summary(stopping)
 
-    def finish(self, entry: Entry, result: TaskResult) -> dict[str, Any]:
+    def finish(self, entry: PlannedJob, result: TaskResult) -> dict[str, Any]:
         """Record `result`: write what came back as bytes, keep the checkpoint only of a stopped job."""
         ckpt = self.checkpoint(entry)
         try:

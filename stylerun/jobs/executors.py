@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from stylerun.errors import StylerunError
-from stylerun.jobs.worker import ModelCache, Shipped, Task, TaskResult, Watch, failed, perform
-from stylerun.network.sessions import default_threads
+from stylerun.jobs.worker import Shipped, Task, TaskResult, Watch, failed, perform
+from stylerun.network.sessions import ModelCache, default_threads
 
 #: Thread pools of the numerical libraries in each local worker: as many threads as the job's,
 #: not one per core. Otherwise OpenBLAS (L-BFGS-B's vector steps) starts a thread per core in
-#: every worker and they spin against each other: 12 jobs at 128 px on 2 workers x 1 thread took
-#: 73-74 s without this and 48-55 s with it. Ray sets OMP_NUM_THREADS for its actors in the same way.
+#: every worker and they spin against each other (measured: docs/performance.md). Ray sets
+#: OMP_NUM_THREADS for its actors in the same way.
 BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: `--ray` without an address: start a Ray instance inside this run.
 LOCAL = "local"
@@ -46,10 +46,9 @@ _ADDRESS = re.compile(r"^(local|auto|ray://\S+|[\w.\-]+:\d+)$")
 
 def sizing(jobs: int, cores: int, workers: int | None = None, threads: int | None = None) -> tuple[int, int]:
     """(workers, threads per job): by default as many single-threaded workers as there are
-    jobs and cores, and the cores left over shared out as threads, so workers x threads <= cores.
-
-    Measured on 2 cores, 12 jobs at 128 px: two 1-thread workers took 51-55 s, one 2-thread
-    worker 69-76 s (see the README's Batches section).
+    jobs and cores, and the cores left over shared out as threads, so workers x threads <= cores:
+    single-threaded workers side by side finish a batch sooner than fewer wider ones
+    (measured: docs/performance.md).
     """
     cores = max(1, cores)
     if workers is None:

@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,8 +28,7 @@ from stylerun.engine.checkpoint import SUFFIX
 from stylerun.engine.run import PATH_OPTIONS, Job, Listener, Outcome, resume_job, run
 from stylerun.errors import StylerunError, mention_options, one_line
 from stylerun.images.codec import png_bytes
-from stylerun.network.export import ModelFiles
-from stylerun.network.sessions import MEASURED, LossModel, SessionSettings
+from stylerun.network.sessions import ModelCache
 from stylerun.options import RESUMABLE, TransferOptions
 
 #: Inside the batch folder: checkpoints of unfinished jobs, and the work folders of running ones.
@@ -91,35 +89,6 @@ class TaskResult:
 
 def failed(task_id: str, error: str, seconds: float = 0.0) -> TaskResult:
     return TaskResult(task_id, "failed", round(seconds, 3), error=error)
-
-
-class ModelCache:
-    """Loss sessions kept across the jobs of one worker, the most recent `size` of them.
-
-    Creating a session for the default layers costs about 0.5 s (its targets session
-    another 0.2 s, made again per job); jobs that share the model files, device and threads
-    reuse the session and only rebind their targets. A job's loss object is valid until the
-    next job with the same key rebinds the session.
-    """
-
-    def __init__(self, size: int = 2):
-        self.size, self.created, self.reused = size, 0, 0
-        self.models: OrderedDict[tuple, LossModel] = OrderedDict()
-
-    def __call__(self, files: ModelFiles, device: str = "auto", threads: int | None = None,
-                 settings: SessionSettings = MEASURED) -> LossModel:
-        key = (files, device, threads, settings)
-        model = self.models.pop(key, None)
-        if model is None:
-            model = LossModel(files, device, threads, settings)
-            self.created += 1
-        else:
-            self.reused += 1
-            model.stop = None  # the last job's stop (a cancelled job's says yes for good) is not this one's
-        self.models[key] = model
-        while len(self.models) > self.size:
-            self.models.popitem(last=False)
-        return model
 
 
 class _Warnings(Listener):
@@ -199,7 +168,7 @@ def perform(task: Task, stop: Callable[[], bool] | None = None, models: ModelCac
         parent.mkdir(exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix=f"{task.id}-", dir=parent) as folder:
-            work = Work(task, Path(folder))
+            work = TaskFolder(task, Path(folder))
             try:
                 return work.perform(stop, models, begin, watch)
             except (StylerunError, MemoryError, RecursionError) as exc:
@@ -215,7 +184,7 @@ def error_text(exc: BaseException) -> str:
     return one_line(exc, str, memory="this job")
 
 
-class Work:
+class TaskFolder:
     """A task in its private folder: inputs written there when shipped, the run, the delivery."""
 
     def __init__(self, task: Task, folder: Path):

@@ -16,6 +16,7 @@ import onnx
 
 from stylerun.errors import InputError
 from stylerun.files.atomic import atomic_write
+from stylerun.files.hashing import file_sha256
 from stylerun.network.autodiff import FASTEST, Flavours, add_gradient
 from stylerun.network.cache import cache_dir, cache_limit, model_path, prune, touch
 from stylerun.network.loss_graph import (
@@ -28,8 +29,9 @@ from stylerun.network.loss_graph import (
     build_tile_targets_model,
 )
 from stylerun.version import __version__
-from stylerun.weights.bundled import VGG19Weights, bundled_path, file_sha256
+from stylerun.weights.bundled import bundled_path
 from stylerun.weights.formats import load_weights
+from stylerun.weights.vgg19 import VGG19Weights
 
 GRAD = "grad"
 #: Bumped whenever the exported graph changes, so stale cache entries are never reused.

@@ -31,8 +31,8 @@ from onnx import TensorProto
 from stylerun.errors import InputError
 from stylerun.network.graph import GraphBuilder, make_model
 from stylerun.version import __version__
-from stylerun.vgg import POOLINGS, layer_by_name, sort_layers, truncated
-from stylerun.weights.bundled import VGG19Weights, swapped
+from stylerun.vgg import POOLINGS, channels, sort_layers, truncated
+from stylerun.weights.vgg19 import VGG19Weights, swapped
 
 IMAGE = "image"
 LOSS, CONTENT_LOSS, STYLE_LOSS, TV_LOSS = "loss", "content_loss", "style_loss", "tv_loss"
@@ -189,7 +189,7 @@ def _region_grams(b: GraphBuilder, feature: str, masks: str, layer: str, regions
     out = []
     for r in range(regions):
         mask = b.op("Gather", masks, b.const([r], "region", np.int64), axis=0)  # (1, 1, h, w)
-        out.append(_gram(b, b.op("Mul", feature, mask, hint=f"{layer}.masked{r}"), _channels(layer), layer))
+        out.append(_gram(b, b.op("Mul", feature, mask, hint=f"{layer}.masked{r}"), channels(layer), layer))
     return out
 
 
@@ -198,8 +198,8 @@ def _energies(b: GraphBuilder, masks: str, outputs: list[str] | int = 1) -> str:
     return b.op("ReduceSumSquare", masks, axes=[1, 2, 3], keepdims=0, outputs=outputs)
 
 
-def _gram(b: GraphBuilder, feature: str, channels: int, layer: str) -> str:
-    flat = b.op("Reshape", feature, b.const([channels, -1], "shape_c_m", np.int64), hint=f"{layer}.flat")
+def _gram(b: GraphBuilder, feature: str, n_channels: int, layer: str) -> str:
+    flat = b.op("Reshape", feature, b.const([n_channels, -1], "shape_c_m", np.int64), hint=f"{layer}.flat")
     return b.op("MatMul", flat, b.op("Transpose", flat, perm=[1, 0]), hint=f"{layer}.gram")
 
 
@@ -256,7 +256,7 @@ def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelPr
         b.rename_output(feats[layer], content_target_name(layer))
         b.add_output(content_target_name(layer), [1, None, None, None])
     for layer in layers.style:
-        n = _channels(layer)
+        n = channels(layer)
         if layers.regions:
             grams = _guided_grams(b, feats[layer], guides[layer], layer, layers.regions)
             stacked = [b.op("Unsqueeze", g, b.const([0], "axis0", np.int64)) for g in grams]
@@ -269,18 +269,14 @@ def build_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelPr
     return make_model(b.graph, _metadata(weights, layers, "targets"), doc=doc)
 
 
-def _channels(layer: str) -> int:
-    return layer_by_name(layer).channels
-
-
 def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto:
     """The forward loss graph; `autodiff.add_gradient` later appends d loss / d image."""
     weights = network_weights(weights, layers)
     b = _new_builder()
     for layer in layers.content:
-        b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])
+        b.add_input(content_target_name(layer), [1, channels(layer), f"{layer}_h", f"{layer}_w"])
     for layer in layers.style:
-        n = _channels(layer)
+        n = channels(layer)
         b.add_input(style_target_name(layer), [layers.regions, n, n] if layers.regions else [n, n])
     if layers.regions:
         b.add_input(STYLE_GUIDE, [layers.regions, "height", "width"])
@@ -303,7 +299,7 @@ def build_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.ModelProto
         content_terms.append(b.op("Mul", half, layer_weight(CONTENT_WEIGHTS, i), hint=f"{layer}.content"))
     style_terms = []
     for i, layer in enumerate(layers.style):
-        n = _channels(layer)
+        n = channels(layer)
         if layers.regions:
             # sum_r ((G_r - A_r) / (2N))^2 with normalized guided Grams (see _guided_grams)
             squares = []
@@ -364,7 +360,7 @@ def build_tile_targets_model(weights: VGG19Weights, layers: LayerSet) -> onnx.Mo
         b.rename_output(feats[layer], content_target_name(layer))
         b.add_output(content_target_name(layer), [1, None, None, None])
     for layer in layers.style:
-        n = _channels(layer)
+        n = channels(layer)
         stacked = [b.op("Unsqueeze", g, b.const([0], "axis0", np.int64))
                    for g in _region_grams(b, feats[layer], masks[layer], layer, regions)]
         b.op("Concat", *stacked, axis=0, outputs=[style_target_name(layer)])
@@ -387,13 +383,13 @@ def build_tile_loss_model(weights: VGG19Weights, layers: LayerSet) -> onnx.Model
     b.add_input(CONTENT_WEIGHTS, [len(layers.content)])
     terms = []
     for i, layer in enumerate(layers.content):
-        b.add_input(content_target_name(layer), [1, _channels(layer), f"{layer}_h", f"{layer}_w"])
+        b.add_input(content_target_name(layer), [1, channels(layer), f"{layer}_h", f"{layer}_w"])
         diff = b.op("Mul", b.op("Sub", feats[layer], content_target_name(layer)), interior[layer])
         weight = b.op("Mul", b.op("Gather", CONTENT_WEIGHTS, b.const(i, "index", np.int64), axis=0),
                       b.const(0.5, "half"))
         terms.append(b.op("Mul", b.op("ReduceSumSquare", diff, keepdims=0), weight, hint=f"{layer}.content"))
     for layer in layers.style:
-        n = _channels(layer)
+        n = channels(layer)
         b.add_input(style_slope_name(layer), [regions, n, n])
         for r, gram in enumerate(_region_grams(b, feats[layer], masks[layer], layer, regions)):
             slope = b.op("Gather", style_slope_name(layer), b.const(r, "index", np.int64), axis=0)

