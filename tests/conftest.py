@@ -45,3 +45,13 @@ def bundled_weights():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def reap_children():
+    """Whatever a test started with `helpers.spawn` is killed when it ends, even by pytest-timeout's signal:
+    a hung child must not run on beside the tests after it."""
+    yield
+    import helpers
+
+    helpers.reap()
