@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skip_rule import pytest_addoption, pytest_configure  # noqa: F401  (--fail-on-skip, for CI)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
