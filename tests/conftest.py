@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skip_rule import pytest_addoption, pytest_configure  # noqa: F401  (--fail-on-skip, for CI)
+from suite_rules import pytest_addoption, pytest_configure, reap_all_children, reap_children  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -47,12 +47,3 @@ def bundled_weights():
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
-
-@pytest.fixture(autouse=True)
-def reap_children():
-    """Whatever a test started with `helpers.spawn` is killed when it ends, even by pytest-timeout's signal:
-    a hung child must not run on beside the tests after it."""
-    yield
-    import helpers
-
-    helpers.reap()

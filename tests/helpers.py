@@ -57,7 +57,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, *, alive: subpro
         time.sleep(0.02)
 
 
-#: Children that `spawn` started, for `reap` at the end of each test (conftest.py).
+#: Children that `spawn` started, for `reap` at the end of the test or fixture that started them (conftest.py).
 STARTED: list[subprocess.Popen] = []
 
 
@@ -69,9 +69,9 @@ def spawn(args: list[str], **popen) -> subprocess.Popen:
     return proc
 
 
-def reap() -> None:
-    """SIGKILL to every session `spawn` started that has anything left running."""
-    while STARTED:
+def reap(since: int = 0) -> None:
+    """SIGKILL to every session `spawn` started (the `since`-th on) that has anything left running."""
+    while len(STARTED) > since:
         proc = STARTED.pop()
         if proc.poll() is None or session_alive(proc):
             kill(proc)

@@ -69,3 +69,21 @@ def test_a_database_from_before_resuming_gains_the_column(tmp_path):
     store.update("old", resumed_from=2)
     assert store.get("old")["resumed_from"] == 2
     assert set(FIELDS) <= {row[1] for row in store.db.execute("pragma table_info(jobs)")}
+
+
+def test_the_worker_thread_uses_the_store_the_server_opened(tmp_path):
+    """The server opens the store; its worker threads add to and read it (every method takes the lock)."""
+    import threading
+
+    store = Store(tmp_path)
+    seen = []
+
+    def worker() -> None:
+        job_id = store.add({}, styles=1)
+        store.update(job_id, status="running")
+        seen.append(store.get(job_id)["status"])
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(60)
+    assert seen == ["running"] and store.ids("running") == store.ids()

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from skip_rule import ALLOW_LIST, read_allow_list, unexpected
+from suite_rules import ALLOW_LIST, read_allow_list, unexpected
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
+CONFTEST = "from suite_rules import pytest_addoption, pytest_configure, reap_all_children, reap_children\n"
 SKIPPING = """\
 import pytest
 
@@ -27,8 +28,8 @@ def test_skips():
 
 
 def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess:
-    """pytest in `project`, whose tests/conftest.py takes the hooks from this suite's skip_rule."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    """pytest in `project`, whose tests/conftest.py takes the hooks and fixtures of this suite's suite_rules."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-rs",
                            *args], cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
@@ -37,7 +38,7 @@ def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess:
 def project(tmp_path) -> Path:
     (tmp_path / "tests").mkdir()
     (tmp_path / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
-    (tmp_path / "tests" / "conftest.py").write_text("from skip_rule import pytest_addoption, pytest_configure\n")
+    (tmp_path / "tests" / "conftest.py").write_text(CONFTEST)
     (tmp_path / "tests" / "test_a.py").write_text(SKIPPING)
     (tmp_path / "tests" / "test_gone.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n')
     return tmp_path
@@ -92,6 +93,29 @@ def test_a_malformed_allow_list_stops_the_run(project):
     (project / "tests" / "allowed_skips.txt").write_text("tests/test_a.py::test_skips\n")
     done = run_pytest(project, "--fail-on-skip")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR and "expected 'TEST-ID-PATTERN  # reason'" in done.stderr
+
+
+HANGING = """\
+import sys
+import time
+
+from helpers import spawn
+
+def test_hangs(tmp_path):
+    child = spawn([sys.executable, "-c", "import time; time.sleep(600)"])
+    open("child.pid", "w").write(str(child.pid))
+    time.sleep(600)
+"""
+
+
+def test_a_hung_test_fails_alone_and_its_child_is_killed(project):
+    (project / "tests" / "test_a.py").write_text(HANGING)
+    (project / "tests" / "test_gone.py").unlink()
+    done = run_pytest(project, "--timeout", "5")
+    assert done.returncode == 1 and "Timeout" in done.stdout and "1 failed" in done.stdout, done.stdout
+    pid = int((project / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_ci_shows_skip_reasons_fails_on_stray_skips_and_times_out_hangs():

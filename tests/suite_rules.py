@@ -1,10 +1,15 @@
-"""`--fail-on-skip`: a run fails on any skipped test that tests/allowed_skips.txt does not name.
+"""The suite's own rules, as hooks and fixtures conftest.py imports.
+
+Children: whatever a test (or a fixture) started with `helpers.spawn` is killed when it ends, even
+when pytest-timeout ended it, so a hung child never runs on beside the tests after it.
+
+`--fail-on-skip`: a run fails on any skipped test that tests/allowed_skips.txt does not name.
 
 A skip hides a test that never ran. CI (`.ci/run`) installs everything the tests need, so there a
 skip means a broken set-up, unless the allow-list says why it may happen. Each line of the list is
 ``PATTERN  # why it may be skipped``: PATTERN is a test id, where ``*`` stands for any text
 (``tests/test_x.py::test_y[*]``; a module skipped whole has its file's id), and the reason is
-required. conftest.py imports the hooks here.
+required.
 """
 
 from __future__ import annotations
@@ -64,6 +69,25 @@ class SkipRule:
             terminalreporter.section("skips not on the allow-list", red=True)
             for nodeid in self.stray:
                 terminalreporter.line(f"{nodeid}: skipped, and {ALLOW_LIST} does not allow it")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reap_all_children():
+    """What a module's fixture started and did not stop is killed when the session ends."""
+    import helpers
+
+    yield
+    helpers.reap()
+
+
+@pytest.fixture(autouse=True)
+def reap_children(reap_all_children):
+    """What the test started is killed when it ends (a module's server, started before it, stays)."""
+    import helpers
+
+    since = len(helpers.STARTED)
+    yield
+    helpers.reap(since)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
