@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Module under stylerun/ -> the test files that check it and run in seconds to a minute.
 MODULES: dict[str, list[str]] = {
-    "network/autodiff.py": ["tests/test_autodiff.py"],
+    "network/autodiff.py": ["tests/test_autodiff.py", "tests/test_perf_equivalence.py"],
     "network/tiling.py": ["tests/test_tiling.py"],
     "engine/loss.py": ["tests/test_loss_model.py", "tests/test_engine.py"],
     "engine/optimizers.py": ["tests/test_engine.py", "tests/test_robustness.py"],
@@ -87,20 +87,35 @@ def results(workdir: Path, module: str) -> dict[str, str]:
     return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
 
 
+#: Run in the work folder (mutmut reads its config from there on import): each named mutant's diff, as JSON.
+_DIFFS = """\
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({name: get_diff_for_mutant(name, path=sys.argv[1]) for name in sys.argv[2:]}))
+"""
+
+
+def diffs(workdir: Path, module: str, names: list[str]) -> dict[str, str]:
+    """{mutant name: its changed lines}, from one process for all of them (`mutmut show` is one each)."""
+    if not names:
+        return {}
+    done = subprocess.run([sys.executable, "-c", _DIFFS, f"stylerun/{module}", *names], cwd=workdir,
+                          capture_output=True, text=True, check=True)
+    return {name: "".join(f"    {line}\n" for line in diff.splitlines()
+                          if line.startswith(("+", "-")) and line[:3] not in ("+++", "---"))
+            for name, diff in json.loads(done.stdout).items()}
+
+
 def report(module: str, statuses: dict[str, str], workdir: Path) -> str:
-    """One line of counts and the score, then each survivor with mutmut's diff of it."""
+    """One line of counts and the score, then each survivor with its diff."""
     counts = Counter(statuses.values())
     checked = counts["killed"] + counts["survived"] + counts["timeout"]
     score = f"{100 * (counts['killed'] + counts['timeout']) / checked:.0f} %" if checked else "n/a"
     lines = [f"{module}: {len(statuses)} mutants, {checked} checked, score {score} "
              f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"]
-    for name, status in sorted(statuses.items()):
-        if status == "survived":
-            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=workdir, capture_output=True,
-                                  text=True).stdout
-            lines.append(f"  survived: {name}\n" + "".join(f"    {line}\n" for line in diff.splitlines()
-                                                         if line.startswith(("+", "-")) and line[:3] not in
-                                                         ("+++", "---")))
+    survivors = sorted(name for name, status in statuses.items() if status == "survived")
+    for name, diff in diffs(workdir, module, survivors).items():
+        lines.append(f"  survived: {name}\n{diff}")
     return "\n".join(lines)
 
 
