@@ -150,6 +150,18 @@ def test_scalar_operand_gets_summed_gradient(rng):
     _probe_gradient_check(build, np.asarray(0.7, dtype=np.float32), rng)
 
 
+@pytest.mark.parametrize("shape,other", [((3, 1), (2, 3, 4)), ((1, 3, 1), (2, 3, 1)), ((2, 1, 4), (2, 5, 4))])
+def test_a_broadcast_operand_gets_the_sum_over_its_broadcast_axes(rng, shape, other):
+    """x itself is broadcast: leading axes it lacks and its 1s facing a longer axis are summed, and only those
+    (a 1 facing a 1 is not broadcast)."""
+    t = rng.standard_normal(other).astype(np.float32)
+
+    def build(b, x):
+        return b.op("Mul", b.const(t, "t"), b.op("Add", x, b.const(np.float32(0.5), "half")))
+
+    _probe_gradient_check(build, rng.uniform(0.5, 1.5, shape).astype(np.float32), rng)
+
+
 def test_reductions_sum_neg(rng):
     def build(b, x):
         s = b.op("ReduceSumSquare", x, axes=[1], keepdims=0)  # (2, 4)

@@ -56,6 +56,7 @@ def prepare(module: str, workdir: Path) -> None:
     settings = (f'only_mutate = ["stylerun/{module}"]\n'
                 f"pytest_add_cli_args_test_selection = [{tests}]\n"
                 'also_copy = ["models", "examples", "tools"]\n')
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which tests reach what: tests change
     pyproject = workdir / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
     assert "[tool.mutmut]\n" in text, "pyproject.toml lost its [tool.mutmut] section"
