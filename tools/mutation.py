@@ -42,7 +42,7 @@ MODULES: dict[str, list[str]] = {
                              f"(resume or checkpoint) and {NOT_IN_A_BOX} and not good_checkpoint and not member "
                              "and not pixel_limit and not wrong_type and not fifo and not paths_inside "
                              "and not existing_file and not stored_inside"],
-    "jobs/batch.py": ["tests/test_batch.py"],
+    "jobs/batch.py": ["tests/test_batch_plan.py", "tests/test_batch.py"],
     "serve/store.py": ["tests/test_store.py"],
 }
 
