@@ -38,7 +38,8 @@ MODULES: dict[str, list[str]] = {
     "network/tiling.py": ["tests/test_tiling.py"],
     "engine/loss.py": ["tests/test_loss_model.py", "tests/test_engine.py"],
     "engine/optimizers.py": ["tests/test_engine.py", "tests/test_robustness.py", "-k", NOT_IN_A_BOX],
-    "engine/checkpoint.py": ["tests/test_robustness.py", "tests/test_untrusted_checkpoints.py", "-k",
+    "engine/checkpoint.py": ["tests/test_checkpoint_file.py", "tests/test_robustness.py",
+                             "tests/test_untrusted_checkpoints.py", "-k",
                              f"(resume or checkpoint) and {NOT_IN_A_BOX} and not good_checkpoint and not member "
                              "and not pixel_limit and not wrong_type and not fifo and not paths_inside "
                              "and not existing_file and not stored_inside"],
