@@ -100,7 +100,12 @@ def results(workdir: Path, module: str) -> dict[str, str]:
 _DIFFS = """\
 import json, sys
 from mutmut.mutation.diff_apply import get_diff_for_mutant
-print(json.dumps({name: get_diff_for_mutant(name, path=sys.argv[1]) for name in sys.argv[2:]}))
+def diff(name):
+    try:
+        return get_diff_for_mutant(name, path=sys.argv[1])
+    except Exception as exc:  # a mutants folder from an interrupted generation: mutmut run makes it again
+        return f"-(no diff: {exc})"
+print(json.dumps({name: diff(name) for name in sys.argv[2:]}))
 """
 
 
