@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Loss:
-    """An in-memory export driven the way the model contract in the README says."""
+    """An in-memory export driven the way the model contract in docs/weights.md says."""
 
     def __init__(self, weights, layers: LayerSet, content: np.ndarray, style: np.ndarray, alpha=1e-2, beta=1.0,
                  tv_weight=0.0):

@@ -2,7 +2,7 @@
 `stylerun serve` on 127.0.0.1: upload a photo and a painting, start, watch the preview change, download.
 
 Set STYLERUN_SCREENSHOT=FILE to keep the screenshot taken after the run (tools/serve_screenshot.py
-makes the README's picture with a larger job).
+makes the docs' picture of the page with a larger job).
 """
 
 from __future__ import annotations
