@@ -92,17 +92,17 @@ def _host_port(value: str) -> tuple[str, int | None] | None:
         return None
 
 
-def _same_origin(origin: str, host: tuple[str, int | None]) -> bool:
-    """Whether an Origin header names the origin the request came to (its Host, the scheme's port by default)."""
+def _same_origin(origin: str, host: tuple[str, int | None], scheme: str) -> bool:
+    """Whether an Origin header names the host and port the request came to (the scheme is not compared:
+    a proxy in front may add TLS, and no other program can listen on this port)."""
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or parts.path or not parts.hostname:
         return False  # "null" (sandboxed frames, files) and anything odd
-    default = 443 if parts.scheme == "https" else 80
     try:
-        port = parts.port or default
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return False
-    return _bare(parts.hostname) == _bare(host[0]) and port == (host[1] or default)
+    return _bare(parts.hostname) == _bare(host[0]) and port == (host[1] or (443 if scheme == "https" else 80))
 
 
 class GuardMiddleware:
@@ -135,7 +135,7 @@ class GuardMiddleware:
                          "start the server with --allow-host NAME for a name it should answer to")
         method = scope["method"]
         origin = text.get(b"origin")
-        if method in UNSAFE_METHODS and origin is not None and not _same_origin(origin, host):
+        if method in UNSAFE_METHODS and origin is not None and not _same_origin(origin, host, scope["scheme"]):
             return 403, f"{method} from the origin {origin!r} refused: only this server's own page may change things"
         site = text.get(b"sec-fetch-site", "none")
         navigation = method in ("GET", "HEAD") and text.get(b"sec-fetch-mode") == "navigate"
