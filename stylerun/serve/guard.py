@@ -201,8 +201,9 @@ async def _answer(send: Any, status: int, reason: str) -> None:
 
 def head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP/1.1 protocol closing a connection whose request head is not complete `seconds` after
-    it began (a connection that sends nothing, or drips one header line at a time); uvicorn has no such
-    setting, and every such socket counts against --max-connections."""
+    it began (a connection that sends nothing, or drips one header line at a time), which uvicorn has no
+    setting for. Until its head is complete a connection does not count against uvicorn's
+    `limit_concurrency` (--max-connections): a thousand slow sockets cannot make it answer 503 to the rest."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -211,6 +212,7 @@ def head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.connections.discard(self)
             self._head_timer = self.loop.call_later(seconds, self._head_late)
 
         def data_received(self, data: bytes) -> None:
@@ -218,9 +220,12 @@ def head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
             if self.conn.their_state is h11.IDLE:  # a head begun (also the next one on a kept-alive connection)
                 if self._head_timer is None:
                     self._head_timer = self.loop.call_later(seconds, self._head_late)
-            elif self._head_timer is not None:
+                return
+            if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            if not self.transport.is_closing() and self.transport.get_protocol() is self:  # not a websocket now
+                self.connections.add(self)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._head_timer is not None:
