@@ -50,6 +50,7 @@ def serve_command(
         import uvicorn
 
         from stylerun.serve.app import create_app
+        from stylerun.serve.guard import allow_open_files
     except ImportError as exc:
         raise StylerunError("stylerun serve needs the serve extra: pip install 'stylerun[serve]'") from exc
     try:
@@ -60,6 +61,7 @@ def serve_command(
     application = create_app(data, token, workers, ray, budget, guard=guard)
     print(f"stylerun serve: jobs run on {application.state.runner.describe()}", file=sys.stderr, flush=True)
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
+    allow_open_files()
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=3, **guard.uvicorn_options())
 
 

@@ -68,6 +68,18 @@ class Guard:
                 "http": head_timeout_protocol(self.header_timeout)}
 
 
+def allow_open_files(wanted: int = 65536) -> None:
+    """Raise this process's open-file limit toward its hard limit: every socket is a file, and at a desktop's
+    usual 1024 a thousand idle sockets would stop the server accepting any (the head timeout frees them, but
+    only after it runs out)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def check_token(token: str) -> str:
     """The token, if a client cannot guess it by trying and it fits in a header; ValueError otherwise."""
     if len(token) < MIN_TOKEN or not _TOKEN.fullmatch(token):
