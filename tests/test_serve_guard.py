@@ -94,7 +94,8 @@ def test_foreign_host_names_are_refused(server):
 def test_changes_from_another_origin_are_refused(server, done_job):
     """A page's Origin travels with every POST/DELETE it sends, no-cors included: only this origin's pass."""
     port = _port(server)
-    for origin in (f"http://127.0.0.1:{port + 1}", "http://evil.example", "null", "http://127.0.0.1"):
+    for origin in (f"http://127.0.0.1:{port + 1}", "http://evil.example", "null", "http://127.0.0.1",
+                   "http://[::1"):
         r = httpx.post(server + "/api/jobs", headers={"Origin": origin}, data={"options": "{}"})
         assert r.status_code == 403 and "origin" in r.json()["error"], (origin, r.text)
         r = httpx.delete(f"{server}/api/jobs/{done_job}", headers={"Origin": origin})

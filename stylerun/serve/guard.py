@@ -107,13 +107,13 @@ def _host_port(value: str) -> tuple[str, int | None] | None:
 def _same_origin(origin: str, host: tuple[str, int | None], scheme: str) -> bool:
     """Whether an Origin header names the host and port the request came to (the scheme is not compared:
     a proxy in front may add TLS, and no other program can listen on this port)."""
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a bad port or IPv6 address
+        return False
     if parts.scheme not in ("http", "https") or parts.path or not parts.hostname:
         return False  # "null" (sandboxed frames, files) and anything odd
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return False
     return _bare(parts.hostname) == _bare(host[0]) and port == (host[1] or (443 if scheme == "https" else 80))
 
 
