@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -30,8 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = ()
-          ) -> tuple[subprocess.Popen, str]:
+def serve(data: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url).
 
     The server leads its own session, so `kill` can take every process it started (a Ray
@@ -41,7 +42,8 @@ def serve(data: Path, port: int | None = None, token: str | None = None, args: t
     extra = [*(["--token", token] if token else []), *args]
     with open(Path(data).parent / f"{Path(data).name}-serve.log", "ab") as log:  # the server's own log, to read
         proc = subprocess.Popen([sys.executable, "-m", "stylerun", "serve", "--data", str(data), "--port", str(port),
-                                 *extra], stdout=log, stderr=log, start_new_session=True)
+                                 *extra], stdout=log, stderr=log, start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

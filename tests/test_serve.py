@@ -101,10 +101,10 @@ def test_token_required_off_loopback_and_checked(tmp_path):
     from fastapi.testclient import TestClient
 
     from stylerun.serve.app import create_app
-    client = TestClient(create_app(tmp_path, "s3cret"))
+    client = TestClient(create_app(tmp_path, "s3cret-s3cret-s3cret"), base_url="http://127.0.0.1")
     assert client.get("/api/health").status_code == 401
     assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}).status_code == 200
     proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--host", "0.0.0.0", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "HOME": str(tmp_path)})
     assert proc.returncode != 0 and "--token" in proc.stderr and "Traceback" not in proc.stderr

@@ -104,14 +104,14 @@ def test_page_paints_watches_and_downloads(tmp_path):
 
 
 def test_page_asks_for_the_token_and_sends_it(tmp_path):
-    proc, url = serve(tmp_path / "data", token="s3cret")
+    proc, url = serve(tmp_path / "data", token="s3cret-s3cret-s3cret")
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#token-dialog[open]")
-            page.fill("#token-input", "s3cret")
+            page.fill("#token-input", "s3cret-s3cret-s3cret")
             page.click("#token-ok")
             page.wait_for_selector("body[data-ready]", timeout=30_000)
             assert page.locator("#opt-iterations").count() == 1

@@ -17,6 +17,7 @@ from stylerun.engine.run import PATH_OPTIONS
 from stylerun.errors import OptionError, StylerunError
 from stylerun.images.codec import open_image
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
+from stylerun.serve.guard import Guard, GuardMiddleware
 from stylerun.serve.runner import ACTIVE, Runner
 from stylerun.serve.store import Store
 
@@ -40,12 +41,13 @@ def _read_image(upload: UploadFile, field: str):
 
 
 def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str | None = None,
-               max_memory: int | None = None) -> FastAPI:
+               max_memory: int | None = None, guard: Guard | None = None) -> FastAPI:
     """The application for one data folder (the store and runner are made here, no module globals).
 
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise);
     `workers` jobs run at once, here or, with `ray`, on that Ray cluster's actors, each
-    within `max_memory` bytes (default: `runner.job_memory`).
+    within `max_memory` bytes (default: `runner.job_memory`). `guard` says which Host names
+    and how large a body are accepted (`stylerun.serve.guard`).
     """
     store = Store(data)
     runner = Runner(store, workers, ray=ray, max_memory=max_memory)
@@ -55,10 +57,10 @@ def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str 
         yield
         await asyncio.to_thread(runner.close)  # the running job keeps a checkpoint; the next start goes on
 
-    app = FastAPI(title="stylerun", lifespan=lifespan)
+    # no Swagger UI: it loads its scripts from a CDN; the schema stays at /openapi.json
+    app = FastAPI(title="stylerun", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runner = runner
-    if token:
-        app.middleware("http")(bearer_auth(token))
+    app.add_middleware(GuardMiddleware, guard=guard or Guard(), token=token or None)
     app.include_router(service_routes(runner))
     app.include_router(submit_routes(store, runner))
     app.include_router(job_routes(store, runner))
@@ -69,15 +71,6 @@ def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str 
         return FileResponse(STATIC / "index.html")
 
     return app
-
-
-def bearer_auth(token: str):
-    """Middleware refusing /api calls without ``Authorization: Bearer TOKEN``."""
-    async def auth(request, call_next):
-        if request.url.path.startswith("/api/") and request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
-        return await call_next(request)
-    return auth
 
 
 def service_routes(runner: Runner) -> APIRouter:
@@ -124,7 +117,7 @@ def _checked_options(options: str, max_memory: int | None) -> dict[str, Any]:
         return checked.to_dict()
     except OptionError as exc:
         raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
-    except (StylerunError, ValueError) as exc:
+    except (StylerunError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested 50,000 deep
         raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
 
 
