@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,13 @@ def serve_command(
                                    help="Each job's memory budget (e.g. 4G); larger pictures run in tiles, a "
                                         "client may ask for less. Default: 70% of this machine's memory shared among "
                                         "--workers."),
+    max_queued: int = typer.Option(100, "--max-queued", min=1, metavar="N",
+                                   help="Jobs that may wait at once; a client submitting more gets 429."),
+    keep_days: float = typer.Option(30.0, "--keep-days", min=0, metavar="DAYS",
+                                    help="Remove finished jobs and their files after this many days; 0 keeps them."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1, metavar="N", show_default=False,
+                                         help="Each job's checkpoint rhythm (clients may not set it). Default: a "
+                                              "tenth of the job's iterations."),
 ) -> None:
     """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
 
@@ -44,7 +52,8 @@ def serve_command(
         budget = None if max_memory is None else memory_size(max_memory)
     except ValueError as exc:
         raise OptionError("max_memory", str(exc)) from None
-    application = create_app(data, token, workers, ray, budget)
+    os.umask(0o077)  # the data folder holds people's photos: readable by this user only (folders 0700, files 0600)
+    application = create_app(data, token, workers, ray, budget, max_queued, keep_days, checkpoint_every)
     print(f"stylerun serve: jobs run on {application.state.runner.describe()}", file=sys.stderr, flush=True)
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
     uvicorn.run(application, host=host, port=port, timeout_graceful_shutdown=3)
