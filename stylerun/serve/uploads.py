@@ -30,8 +30,9 @@ from stylerun.images.codec import MIN_SIDE, fit_longest_side, image_header, open
 MAX_PAINTINGS = 8
 #: Bytes of one uploaded file.
 MAX_UPLOAD = 50 * 1024 * 1024
-#: Pixels all the pictures of one request may decode to, together (by their headers): about 200 MB as 8-bit RGB.
-MAX_REQUEST_PIXELS = 64_000_000
+#: Pixels all the pictures of one request may decode to, together (by their headers): a 45 MP photo passes, a
+#: 7900x7900 one (62 million) does not. Decoded one at a time, the largest takes about 200 MB as Pillow holds RGB.
+MAX_REQUEST_PIXELS = 50_000_000
 #: Formats a photo or a painting comes in; anything else Pillow could open (PSD, ICNS, EPS, ...) is refused.
 ACCEPTED = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 #: Decodes at once across the server: concurrent requests never hold more than this many full pictures.
