@@ -145,9 +145,9 @@ def test_workers_run_jobs_side_by_side(tmp_path):
 
 def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
     """A server killed mid-job: on restart the job goes on from its last checkpoint, the queued one waits."""
-    proc, url = serve(tmp_path / "data")
+    proc, url = serve(tmp_path / "data", args=("--checkpoint-every", "3"))
     try:
-        first = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        first = _post(url, {"size": 32, "iterations": 150, "threads": 1}).json()["id"]
         second = _post(url, {"size": 32, "iterations": 4, "threads": 1}).json()["id"]
         _wait(url, first, lambda j: j["iteration"] >= 7)  # checkpoints at 3 and 6 are written
     finally:
@@ -178,10 +178,10 @@ def _listen(url: str) -> None:
 def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
     """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N),
     even while a page holds the job's event stream open (which would otherwise last as long as the job)."""
-    proc, url = serve(tmp_path / "data")
+    proc, url = serve(tmp_path / "data", args=("--checkpoint-every", "5000"))
     try:
         # no periodic checkpoint ever comes: only the stop writes one
-        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1}).json()["id"]
         _wait(url, job_id, lambda j: j["iteration"] >= 4)
         threading.Thread(target=_listen, args=(f"{url}/api/jobs/{job_id}/events",), daemon=True).start()
         time.sleep(0.5)
@@ -265,19 +265,19 @@ def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
     """The actor's checkpoints are written in the server's data folder: periodic ones survive a crash of the
     whole process group; a SIGTERM stops the job where it stood and brings that checkpoint back."""
     data = tmp_path / "data"
-    proc, url = _ray_serve(data)
+    proc, url = _ray_serve(data, "--checkpoint-every", "3")
     try:
-        crashed = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        crashed = _post(url, {"size": 32, "iterations": 150, "threads": 1}).json()["id"]
         _wait(url, crashed, lambda j: j["iteration"] >= 7 and (data / "images" / f"{crashed}.ckpt.npz").is_file())
     finally:
         kill(proc)
-    proc, url = _ray_serve(data)
+    proc, url = _ray_serve(data, "--checkpoint-every", "5000")
     try:
         seen: list[dict] = []
         done = _wait(url, crashed, lambda j: seen.append(j) or j["status"] not in ("queued", "running", "interrupted"))
         assert done["status"] == "done" and done["resumed_from"] >= 3 and done["resumed_from"] % 3 == 0, done
         assert min(j["iteration"] for j in seen) >= 3 and done["iteration"] == 150
-        stopped = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        stopped = _post(url, {"size": 32, "iterations": 1000, "threads": 1}).json()["id"]
         _wait(url, stopped, lambda j: j["iteration"] >= 4)
     finally:
         stop(proc)

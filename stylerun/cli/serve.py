@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,13 @@ def serve_command(
                                         help="Open connections at most; requests beyond get 503."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, metavar="SECONDS",
                                          help="Close a connection whose request head has not arrived by then."),
+    max_queued: int = typer.Option(100, "--max-queued", min=1, metavar="N",
+                                   help="Jobs that may wait at once; a client submitting more gets 429."),
+    keep_days: float = typer.Option(30.0, "--keep-days", min=0, metavar="DAYS",
+                                    help="Remove finished jobs and their files after this many days; 0 keeps them."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1, metavar="N", show_default=False,
+                                         help="Each job's checkpoint rhythm (clients may not set it). Default: a "
+                                              "tenth of the job's iterations."),
 ) -> None:
     """Serve the web page (http://HOST:PORT/) and the HTTP job API (needs pip install 'stylerun\\[serve]').
 
@@ -57,8 +65,9 @@ def serve_command(
         budget = None if max_memory is None else memory_size(max_memory)
     except ValueError as exc:
         raise OptionError("max_memory", str(exc)) from None
+    os.umask(0o077)  # the data folder holds people's photos: readable by this user only (folders 0700, files 0600)
     guard = _guard(host, token, allow_host, max_upload, max_connections, header_timeout)
-    application = create_app(data, token, workers, ray, budget, guard=guard)
+    application = create_app(data, token, workers, ray, budget, max_queued, keep_days, checkpoint_every, guard=guard)
     print(f"stylerun serve: jobs run on {application.state.runner.describe()}", file=sys.stderr, flush=True)
     # an open page's event stream lasts as long as its job: without a limit a stop would wait for the job
     allow_open_files()
