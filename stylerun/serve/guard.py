@@ -27,8 +27,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Sent on every response unless the route set its own (a page that needs other rules keeps them).
 SECURITY_HEADERS = (
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                                 b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; "
+                                 b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
