@@ -54,8 +54,9 @@ class Guard:
     names: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_upload < 1 or self.max_connections < 1 or not self.header_timeout > 0:
-            raise ValueError("max_upload, max_connections and header_timeout must be positive")
+        for name in ("max_upload", "max_connections", "header_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)!r}")
         names = {_bare(h) for h in (*LOOPBACK_NAMES, *self.hosts)}
         object.__setattr__(self, "names", frozenset(names))
 
