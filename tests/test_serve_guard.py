@@ -332,12 +332,20 @@ async function attack(target, png) {
   try { await fetch(target + "/api/jobs", {method: "POST", mode: "no-cors", body}); } catch (e) {}
   return "sent";
 }
+function show(src) {  // whether the browser would show the picture to this page
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve("shown");
+    img.onerror = () => resolve("refused");
+    img.src = src;
+  });
+}
 </script>"""
 
 
-def test_a_page_on_another_origin_cannot_create_a_job(server):
+def test_a_page_on_another_origin_cannot_create_a_job_or_show_a_result(server, done_job):
     """A no-cors multipart POST from http://127.0.0.1:OTHER (its answer is opaque; whether a job appeared is the
-    question, asked of the server afterwards)."""
+    question, asked of the server afterwards), and an <img> of a finished job's result."""
     sync_api = pytest.importorskip("playwright.sync_api")
 
     class Attacker(http.server.BaseHTTPRequestHandler):
@@ -361,6 +369,7 @@ def test_a_page_on_another_origin_cannot_create_a_job(server):
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
             assert page.evaluate("([t, png]) => attack(t, png)", [server, base64.b64encode(_png()).decode()]) == "sent"
+            assert page.evaluate("show", f"{server}/api/jobs/{done_job}/result") == "refused"
             browser.close()
     finally:
         attacker.shutdown()

@@ -88,7 +88,7 @@ def _guard(host: str, token: str | None, allow_host: list[str], max_upload: str,
         return Guard(hosts=(host, *allow_host), max_upload=parse_bytes(max_upload), max_connections=max_connections,
                      header_timeout=header_timeout)
     except ValueError as exc:
-        raise StylerunError(f"--max-upload {exc}") from None
+        raise StylerunError(f"--max-upload: {exc}") from None
 
 
 def register(app: typer.Typer) -> None:

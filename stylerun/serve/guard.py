@@ -27,8 +27,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Sent on every response unless the route set its own (a page that needs other rules keeps them).
 SECURITY_HEADERS = (
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                                 b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; "
+                                 b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -54,8 +54,9 @@ class Guard:
     names: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_upload < 1 or self.max_connections < 1 or not self.header_timeout > 0:
-            raise ValueError("max_upload, max_connections and header_timeout must be positive")
+        for name in ("max_upload", "max_connections", "header_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)!r}")
         names = {_bare(h) for h in (*LOOPBACK_NAMES, *self.hosts)}
         object.__setattr__(self, "names", frozenset(names))
 
