@@ -16,12 +16,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from stylerun.engine.run import PATH_OPTIONS, Job, check_job, scale_plan
-from stylerun.errors import OptionError, StylerunError
+from stylerun.errors import OptionError, QueueFull, StylerunError
 from stylerun.images.codec import check_size
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.guard import Guard, GuardMiddleware
 from stylerun.serve.runner import ACTIVE, Runner
-from stylerun.serve.store import FINISHED, QueueFull, Store
+from stylerun.serve.store import FINISHED, Store
 from stylerun.serve.uploads import Upload, content_shape, read_uploads, store_uploads
 
 #: Options the server decides: files on this machine, which no client string may name.

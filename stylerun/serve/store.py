@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stylerun.engine.checkpoint import SUFFIX
+from stylerun.errors import QueueFull
 
 SCHEMA = """create table if not exists jobs (
   id text primary key, status text, options text, styles integer, created real, finished real,
@@ -32,10 +33,6 @@ WAITING = ("queued", "interrupted")
 FINISHED = ("done", "failed", "cancelled")
 _SELECT = f"select {', '.join(FIELDS)}, options, styles"
 _ORDER = "created, rowid"  # the queue's order; rowid breaks a tie of two equal clocks
-
-
-class QueueFull(Exception):
-    """`Store.add` over the cap of waiting jobs."""
 
 
 class Store:
