@@ -23,6 +23,17 @@ def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
     return (0 if code is None else int(code)), capsys.readouterr().err
 
 
+def assert_replaced_not_written_through(path: Path, write) -> None:
+    """`write()` puts its file at `path` by a rename (the atomic writer): a link planted at `path` is replaced,
+    and the file it points to is untouched. A plain open-and-write follows the link and fails this."""
+    victim = path.with_name(f"{path.name}.victim")
+    victim.write_bytes(b"precious")
+    path.symlink_to(victim)
+    write()
+    assert victim.read_bytes() == b"precious", "the write went through a link planted at its path"
+    assert path.is_file() and not path.is_symlink()
+
+
 def free_port() -> int:
     """A port nothing listens on now (the OS picks it), on 127.0.0.1."""
     with socket.socket() as s:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import assert_replaced_not_written_through, run_cli
 
 from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
@@ -120,6 +120,13 @@ def test_a_rerun_runs_exactly_the_jobs_whose_output_went_or_whose_input_changed(
     assert after["kept.png"] == before["kept.png"] and records[0] == first["kept.png"]  # not run again
     assert (outdir / "deleted.png").is_file() and records[1]["id"] == first["deleted.png"]["id"]
     assert after["rewritten.png"] != before["rewritten.png"] and records[2]["id"] != first["rewritten.png"]["id"]
+
+
+def test_the_manifest_is_written_atomically(tmp_path):
+    """Rewritten at every change of state while workers run: by a rename, never in place."""
+    path = tmp_path / "manifest.jsonl"
+    assert_replaced_not_written_through(path, batch.Manifest(path, [{"id": "a", "status": "done"}], None).write)
+    assert manifest(tmp_path) == [{"id": "a", "status": "done"}]
 
 
 def test_unusable_jobs_files_are_one_line_errors(tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from helpers import run_cli
+from helpers import assert_replaced_not_written_through, run_cli
 from PIL import Image
 
 import stylerun
@@ -251,9 +251,37 @@ def test_atomic_writes_do_not_follow_a_planted_link(tmp_path, rng):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (tmp_path / f".o.{os.getpid()}.tmp.png").symlink_to(victim)
-    save_image(rng.uniform(0, 255, (8, 8, 3)), tmp_path / "o.png")
-    assert victim.read_text() == "precious" and (tmp_path / "o.png").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".o.{os.getpid()}.tmp.png", "o.png", "victim.txt"]
+    # and a link at the output's own name: a rename replaces it, a plain write would go through it
+    assert_replaced_not_written_through(tmp_path / "o.png", lambda: save_image(rng.uniform(0, 255, (8, 8, 3)),
+                                                                                tmp_path / "o.png"))
+    assert victim.read_text() == "precious" and Image.open(tmp_path / "o.png").size == (8, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".o.{os.getpid()}.tmp.png", "o.png", "o.png.victim",
+                                                          "victim.txt"]
+
+
+def test_a_checkpoint_is_written_atomically(tmp_path):
+    """A checkpoint replaces the last one in one rename: a link at its name is replaced, and a write that fails
+    half-way (disk full, a kill) leaves the previous checkpoint whole and no temporary behind."""
+    from stylerun.engine import checkpoint as ckpt
+
+    image = np.full((4, 4, 3), 7.25, np.float32)
+
+    def state(iteration: int) -> ckpt.Checkpoint:
+        return ckpt.Checkpoint(TransferOptions(), iteration, image, image, [image], 1.5, np.ones(iteration))
+
+    path = tmp_path / "run.ckpt.npz"
+    assert_replaced_not_written_through(path, lambda: ckpt.save_checkpoint(path, state(2)))
+
+    def half_then_fail(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt.np, "savez", half_then_fail)
+        with pytest.raises(OSError):
+            ckpt.save_checkpoint(path, state(3))
+    assert ckpt.load_checkpoint(path).iteration == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt.npz", "run.ckpt.npz.victim"]
 
 
 def test_models_with_bad_metadata_are_one_line(small_model, tmp_path, content_path, style_path):
