@@ -38,7 +38,7 @@ from stylerun.signals import StopSignals
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
 SMALL = ["--size", "48", *LAYERS]
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> str:
@@ -157,20 +157,66 @@ def test_model_for_other_layers_or_pooling_is_refused(capsys, monkeypatch, no_wo
     one_line_error(code, err, needle)
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
-def test_cuda_without_cuda_names_the_fix(capsys, monkeypatch, no_work, tmp_path, shallow_model):
+@pytest.fixture
+def providers(monkeypatch):
+    """Pretend this onnxruntime lists `available` providers and that CUDA does (or does not) start: the same
+    test on the CPU build and on onnxruntime-gpu, with or without a GPU. A session asked for CUDA that
+    cannot start runs on the CPU, as onnxruntime-gpu does without its libraries."""
+    import functools
+
+    from stylerun.network import sessions
+
+    real = ort.InferenceSession
+
+    def pretend(available: list[str], starts: bool) -> None:
+        def session(model, options=None, providers=None, **kwargs):
+            asked = [p for p in providers or [CPU] if starts or p != CUDA]
+            return real(model, options, providers=[p for p in asked if p in real_available], **kwargs)
+
+        monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
+        monkeypatch.setattr(ort, "InferenceSession", session)
+        monkeypatch.setattr(sessions, "cuda_starts", functools.cache(sessions.cuda_starts.__wrapped__))
+
+    real_available = ort.get_available_providers()
+    return pretend
+
+
+def test_cuda_without_cuda_names_the_fix(capsys, monkeypatch, no_work, tmp_path, shallow_model, providers):
+    from stylerun.network.sessions import create_session
+
+    providers([CPU], starts=False)  # the CPU build of onnxruntime
     code, err = run_cli(capsys, monkeypatch, "transfer", "a.jpg", "b.jpg", "-o", str(tmp_path / "o.png"),
                         "--device", "cuda")
     one_line_error(code, err, "--device cuda: this onnxruntime has no CUDA provider",
                    "pip install 'stylerun[cuda]'", "--device cpu")
-    from stylerun.network.sessions import create_session
-
     with pytest.raises(InputError, match=r"no CUDA provider .*pip install 'stylerun\[cuda\]'"):
         create_session(shallow_model, device="cuda")
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has the CUDA provider")
-def test_auto_device_falls_back_to_cpu_and_says_so(capsys, monkeypatch, tmp_path, content_path, style_path):
+def test_a_cuda_provider_that_cannot_start_stops_before_any_work(capsys, monkeypatch, no_work, tmp_path,
+                                                                  shallow_model, providers):
+    """onnxruntime-gpu without a GPU or its libraries lists CUDA but cannot start it: `--device cuda` says
+    so before any image is read (docs/when-things-go-wrong.md, Devices), even when the image is bad too."""
+    from stylerun.network import sessions
+
+    providers([CUDA, CPU], starts=False)
+    (tmp_path / "bad.jpg").write_text("not an image")
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(tmp_path / "bad.jpg"), "b.jpg", "-o",
+                        str(tmp_path / "o.png"), "--device", "cuda")
+    assert code == 2
+    one_line_error(code, err, "--device cuda: the CUDA provider could not start", "pip install 'stylerun[cuda]'",
+                   "--device cpu")
+    # and a session that ends up on the CPU all the same (the probe said yes) is refused, not used quietly
+    monkeypatch.setattr(sessions, "cuda_starts", lambda: True)
+    with pytest.raises(InputError, match="the CUDA provider could not start"):
+        sessions.create_session(shallow_model, device="cuda")
+    assert sessions.create_session(shallow_model, device="auto").get_providers()[0] == CPU
+
+
+@pytest.mark.parametrize("available", [[CPU], [CUDA, CPU]], ids=["cpu-build", "gpu-build-without-gpu"])
+def test_auto_device_falls_back_to_cpu_and_says_so(capsys, monkeypatch, tmp_path, content_path, style_path,
+                                                   providers, available):
+    providers(available, starts=False)
     out = tmp_path / "out.png"
     code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o", str(out),
                         *SMALL, "-n", "1", "--device", "auto")
