@@ -222,6 +222,40 @@ def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style
     assert np.array_equal(np.asarray(resumed), np.asarray(full))
 
 
+def test_max_memory_falls_back_to_adam_when_no_history_fits(tmp_path, capsys, monkeypatch, content_path, style_path):
+    """docs/print-sizes.md: `--max-memory` falls back to Adam when no L-BFGS-B history fits, and says so;
+    the run then takes Adam steps (each moves a pixel by at most about the learning rate) and its
+    checkpoint says Adam."""
+    from helpers import run_cli
+
+    import stylerun
+    from stylerun.engine.checkpoint import load_checkpoint
+    from stylerun.engine.memory import MEMORY_CHOICES, choose, estimate_bytes
+    from stylerun.images.codec import load_image
+    from stylerun.network.loss_graph import LayerSet
+
+    layers = LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"])
+    content = load_image(content_path, 160)
+    h, w, _ = content.shape
+    budget = estimate_bytes(h, w, 128, 0, layers)  # Adam in 128 px tiles, and nothing more
+    assert budget < estimate_bytes(h, w, 128, MEMORY_CHOICES[-1], layers)
+    assert choose(budget, h, w, layers) == (128, 0, budget)
+    small = dict(size=160, content_layers="relu2_2", style_layers="relu1_1,relu2_1", threads=1, alpha=1.0,
+                 beta=1e3, max_memory=budget)
+    out = tmp_path / "run.png"
+    image = stylerun.transfer(content_path, style_path, out, iterations=3, learning_rate=1, checkpoint_every=3,
+                              **small)
+    state = load_checkpoint(tmp_path / "run.ckpt.npz")
+    assert (state.options.optimizer, state.options.tile_size, state.options.max_memory) == ("adam", 128, None)
+    assert state.lbfgs is None
+    assert np.abs(np.asarray(image, np.float64) - content).max() <= 3 * 1 + 1  # three steps of 1, and rounding
+    code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o",
+                        str(tmp_path / "cli.png"), "--size", "160", "--content-layers", "relu2_2", "--style-layers",
+                        "relu1_1,relu2_1", "--threads", "1", "-n", "1", "--max-memory", str(budget))
+    assert code == 0, err
+    assert "tiles of 128 px" in err and "Adam (L-BFGS-B's history does not fit)" in err
+
+
 def test_a_stop_ends_a_tiled_evaluation_between_tiles(content_path, style_path):
     """At print sizes one evaluation takes minutes: a stop asked mid-evaluation ends the run at the
     next tile, with the best image so far, instead of after the evaluation."""
