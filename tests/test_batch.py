@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_replaced_not_written_through, run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, assert_replaced_not_written_through, run_cli
 
 from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
@@ -22,10 +22,8 @@ from stylerun.options import TransferOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHELSEA, ASTRONAUT, STARRY = (str(EXAMPLES / n) for n in ("chelsea.jpg", "astronaut.jpg", "starry_night.jpg"))
-SMALL = {"size": 48, "content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1", "device": "cpu", "threads": 1,
-         "iterations": 2}
-FLAGS = ["--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
-         "--threads", "1", "-n", "2"]
+SMALL = {"size": 48, **SHALLOW, "device": "cpu", "threads": 1, "iterations": 2}
+FLAGS = ["--size", "48", *SHALLOW_FLAGS, "--device", "cpu", "--threads", "1", "-n", "2"]
 
 
 def write_jobs(path: Path, *jobs: dict) -> Path:

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, run_cli
 from PIL import Image
 
 from stylerun import transfer
@@ -29,8 +29,8 @@ from stylerun.network.loss_graph import content_target_name, style_target_name
 from stylerun.options import ADAM_LEARNING_RATE, TransferOptions
 from stylerun.vgg import spatial_size
 
-LAYERS = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
-CLI_LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
+LAYERS = SHALLOW
+CLI_LAYERS = SHALLOW_FLAGS
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,15 @@ from __future__ import annotations
 import math
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import run_cli
+from helpers import SHALLOW_FLAGS, one_line_error, png_claiming, run_cli
 from PIL import Image
 
 from stylerun import transfer
@@ -30,26 +28,13 @@ from stylerun.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpo
 from stylerun.engine.loss import StyleLoss, initial_image
 from stylerun.engine.optimizers import LbfgsState, optimize
 from stylerun.errors import InputError, NumericError
-from stylerun.network.export import export_vgg
-from stylerun.network.loss_graph import LayerSet
 from stylerun.options import TransferOptions
 from stylerun.signals import StopSignals
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
+LAYERS = SHALLOW_FLAGS
 SMALL = ["--size", "48", *LAYERS]
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-
-
-def one_line_error(code: int, stderr: str, *needles: str) -> str:
-    assert code != 0
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("stylerun: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -61,14 +46,6 @@ def no_work(monkeypatch):
 
     for name in ("load_image", "decode", "cached_export", "LossModel"):
         monkeypatch.setattr(loss, name, work)
-
-
-@pytest.fixture(scope="module")
-def shallow_model(tmp_path_factory, bundled_weights) -> Path:
-    """A model exported for LAYERS with max pooling."""
-    path = tmp_path_factory.mktemp("model") / "shallow.onnx"
-    export_vgg(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"], "max"), path)
-    return path
 
 
 # --- 2. options are refused before any work ---------------------------------------------------
@@ -236,16 +213,6 @@ def test_force_allows_overwriting_the_content(capsys, monkeypatch, tmp_path, con
 
 
 # --- 1. bad images through the CLI: one line, before the model is exported -------------------
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A small PNG whose header claims width x height: what a decompression bomb looks like."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def bad_images(tmp_path: Path, content_path: Path) -> dict[str, tuple[Path, str]]:

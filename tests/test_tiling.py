@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import SHALLOW, SHALLOW_FLAGS, run_cli, shallow_layers
 
 from stylerun.engine.loss import StyleLoss
 from stylerun.errors import OptionError
@@ -43,7 +44,7 @@ def test_tiled_equals_whole(content_path, style_path, pooling):
 
 
 # relu3_1 is the deepest: a 16 px halo, so at 96-100 px a 32 px tile's window starts inside the image
-SHALLOW = {"content_layers": "relu3_1", "style_layers": "relu1_1,relu2_1,relu3_1", "threads": 1}
+TO_RELU3 = {"content_layers": "relu3_1", "style_layers": "relu1_1,relu2_1,relu3_1", "threads": 1}
 
 
 def windows_inside(h: int, w: int, tile: int, layers: dict) -> bool:
@@ -59,8 +60,8 @@ def windows_inside(h: int, w: int, tile: int, layers: dict) -> bool:
 def test_tiled_equals_whole_when_windows_are_smaller_than_the_image(content_path, style_path, pooling):
     """Nine tiles of 32 px (and fifteen of 20) at 96 x 64, each window a part of the image: a tile placed
     at the wrong offset in its window, or a window cut at the wrong place, shows in the loss and gradient."""
-    assert windows_inside(64, 96, 32, SHALLOW) and windows_inside(64, 96, 20, SHALLOW)
-    compare(content_path, style_path, [32, 20], size=96, pooling=pooling, layers=SHALLOW)
+    assert windows_inside(64, 96, 32, TO_RELU3) and windows_inside(64, 96, 20, TO_RELU3)
+    compare(content_path, style_path, [32, 20], size=96, pooling=pooling, layers=TO_RELU3)
 
 
 def test_tiled_equals_whole_at_odd_borders_with_windows_inside(content_path, style_path):
@@ -68,8 +69,8 @@ def test_tiled_equals_whole_at_odd_borders_with_windows_inside(content_path, sty
     from stylerun.images.codec import load_image
 
     odd = load_image(content_path, 120)[5:72, 7:108]
-    assert odd.shape[:2] == (67, 101) and windows_inside(67, 101, 32, SHALLOW)
-    compare(odd, style_path, [32], layers=SHALLOW, tv_weight=1e-2)
+    assert odd.shape[:2] == (67, 101) and windows_inside(67, 101, 32, TO_RELU3)
+    compare(odd, style_path, [32], layers=TO_RELU3, tv_weight=1e-2)
 
 
 def test_tiled_guided_equals_whole_when_windows_are_smaller_than_the_image(content_path, style_path):
@@ -79,8 +80,8 @@ def test_tiled_guided_equals_whole_when_windows_are_smaller_than_the_image(conte
     blob = np.zeros((h, w), np.float32)
     blob[20:50, 30:80] = 1.0  # a block off the tile grid, so masks differ between neighbouring windows
     shipwreck = content_path.parent / "shipwreck.jpg"
-    assert windows_inside(h, w, 32, SHALLOW)
-    compare(content_path, [style_path, shipwreck], [32], size=96, layers=SHALLOW,
+    assert windows_inside(h, w, 32, TO_RELU3)
+    compare(content_path, [style_path, shipwreck], [32], size=96, layers=TO_RELU3,
             content_masks=[blob * ramp, 1 - blob * ramp], style_masks=[1 - ramp, ramp], tv_weight=1e-3)
 
 
@@ -204,13 +205,11 @@ def test_max_memory_checkpoint_keeps_what_it_chose(tmp_path, content_path, style
     from stylerun.engine.checkpoint import load_checkpoint
     from stylerun.engine.memory import choose, estimate_bytes
     from stylerun.images.codec import load_image
-    from stylerun.network.loss_graph import LayerSet
 
-    layers = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
     h, w, _ = load_image(content_path, 160).shape
-    budget = estimate_bytes(h, w, 128, 10, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]))  # too small for whole
-    tile, m, _ = choose(budget, h, w, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]))
-    small = dict(size=160, alpha=1.0, beta=1e3, threads=1, max_memory=budget, **layers)
+    budget = estimate_bytes(h, w, 128, 10, shallow_layers())  # too small for whole
+    tile, m, _ = choose(budget, h, w, shallow_layers())
+    small = dict(size=160, alpha=1.0, beta=1e3, threads=1, max_memory=budget, **SHALLOW)
     full = stylerun.transfer(content_path, style_path, iterations=4, **small)
     stop = threading.Event()
     stylerun.transfer(content_path, style_path, tmp_path / "run.png", iterations=4, checkpoint_every=2, stop=stop,
@@ -226,22 +225,19 @@ def test_max_memory_falls_back_to_adam_when_no_history_fits(tmp_path, capsys, mo
     """docs/print-sizes.md: `--max-memory` falls back to Adam when no L-BFGS-B history fits, and says so;
     the run then takes Adam steps (each moves a pixel by at most about the learning rate) and its
     checkpoint says Adam."""
-    from helpers import run_cli
 
     import stylerun
     from stylerun.engine.checkpoint import load_checkpoint
     from stylerun.engine.memory import MEMORY_CHOICES, choose, estimate_bytes
     from stylerun.images.codec import load_image
-    from stylerun.network.loss_graph import LayerSet
 
-    layers = LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"])
+    layers = shallow_layers()
     content = load_image(content_path, 160)
     h, w, _ = content.shape
     budget = estimate_bytes(h, w, 128, 0, layers)  # Adam in 128 px tiles, and nothing more
     assert budget < estimate_bytes(h, w, 128, MEMORY_CHOICES[-1], layers)
     assert choose(budget, h, w, layers) == (128, 0, budget)
-    small = dict(size=160, content_layers="relu2_2", style_layers="relu1_1,relu2_1", threads=1, alpha=1.0,
-                 beta=1e3, max_memory=budget)
+    small = dict(size=160, **SHALLOW, threads=1, alpha=1.0, beta=1e3, max_memory=budget)
     out = tmp_path / "run.png"
     image = stylerun.transfer(content_path, style_path, out, iterations=3, learning_rate=1, checkpoint_every=3,
                               **small)
@@ -250,8 +246,8 @@ def test_max_memory_falls_back_to_adam_when_no_history_fits(tmp_path, capsys, mo
     assert state.lbfgs is None
     assert np.abs(np.asarray(image, np.float64) - content).max() <= 3 * 1 + 1  # three steps of 1, and rounding
     code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o",
-                        str(tmp_path / "cli.png"), "--size", "160", "--content-layers", "relu2_2", "--style-layers",
-                        "relu1_1,relu2_1", "--threads", "1", "-n", "1", "--max-memory", str(budget))
+                        str(tmp_path / "cli.png"), "--size", "160", *SHALLOW_FLAGS, "--threads", "1", "-n", "1",
+                        "--max-memory", str(budget))
     assert code == 0, err
     assert "tiles of 128 px" in err and "Adam (L-BFGS-B's history does not fit)" in err
 
