@@ -57,10 +57,15 @@ def _wait(url: str, job_id: str, until, timeout: float = 300.0) -> dict:
 def test_job_runs_to_a_result(server):
     health = httpx.get(server + "/api/health").json()
     assert health["ok"] is True and "in this process" in health["workers"], health
+    # one worker: while a job that never ends on its own (Adam stops only at its count) runs, the next one waits
+    blocker = _post(server, {"size": 32, "iterations": 1_000_000, "optimizer": "adam", "threads": 1}).json()["id"]
     r = _post(server, {"size": 32, "iterations": 3, "threads": 1})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert httpx.get(f"{server}/api/jobs/{job_id}/result").status_code in (409, 200)
+    early = httpx.get(f"{server}/api/jobs/{job_id}/result")
+    assert httpx.get(f"{server}/api/jobs/{job_id}").json()["status"] == "queued"  # so it was queued when asked
+    assert early.status_code == 409 and "not finished" in early.text  # docs/serve.md: 409 until the job is done
+    httpx.delete(f"{server}/api/jobs/{blocker}")
     for _ in range(600):
         job = httpx.get(f"{server}/api/jobs/{job_id}").json()
         if job["status"] not in ("queued", "running"):
