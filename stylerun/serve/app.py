@@ -20,7 +20,7 @@ from stylerun.errors import OptionError, StylerunError
 from stylerun.images.codec import check_size
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.runner import ACTIVE, Runner
-from stylerun.serve.store import FINISHED, QueueFull, Store
+from stylerun.serve.store import FINISHED, Store
 from stylerun.serve.uploads import Upload, content_shape, read_uploads, store_uploads
 
 #: Options the server decides: files on this machine, which no client string may name.
@@ -183,13 +183,13 @@ def submit_routes(store: Store, runner: Runner, limits: Limits) -> APIRouter:
         job_id = store.new_id()
         try:
             store_uploads(uploads, parsed, lambda name: store.image(job_id, name))
-            store.add(parsed, len(style), job_id, limits.max_queued)
-        except QueueFull:
-            store.remove_files(job_id)
-            raise limits.full() from None
+            queued = store.add(parsed, len(style), job_id, limits.max_queued)
         except BaseException:
             store.remove_files(job_id)
             raise
+        if queued is None:
+            store.remove_files(job_id)
+            raise limits.full()
         runner.wake.set()
         return {"id": job_id, "status": "queued"}
 
