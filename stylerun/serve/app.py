@@ -176,13 +176,13 @@ def submit_routes(store: Store, runner: Runner, limits: Limits) -> APIRouter:
         job_id = store.new_id()
         try:
             store_uploads(uploads, parsed, lambda name: store.image(job_id, name))
-            store.add(parsed, len(style), job_id, limits.max_queued)
-        except QueueFull:
-            store.remove_files(job_id)
-            raise limits.full() from None
+            queued = store.add(parsed, len(style), job_id, limits.max_queued)
         except BaseException:
             store.remove_files(job_id)
             raise
+        if queued is None:
+            store.remove_files(job_id)
+            raise limits.full()
         runner.wake.set()
         return {"id": job_id, "status": "queued"}
 

@@ -71,12 +71,13 @@ class Store:
         return uuid.uuid4().hex
 
     def add(self, options: dict[str, Any], styles: int, job_id: str | None = None,
-            max_waiting: int | None = None) -> str:
-        """Queue a job; `QueueFull` when `max_waiting` jobs already wait (checked in the same transaction)."""
+            max_waiting: int | None = None) -> str | None:
+        """Queue a job and return its id; None, and nothing queued, when `max_waiting` jobs already wait
+        (counted in the same transaction, so two requests at once cannot both take the last place)."""
         job_id = job_id or self.new_id()
         with self.lock, self.db:
             if max_waiting is not None and self._count(WAITING) >= max_waiting:
-                raise QueueFull(max_waiting)
+                return None
             self.db.execute("insert into jobs (id, status, options, styles, created, iterations) values (?,?,?,?,?,?)",
                             (job_id, "queued", json.dumps(options), styles, time.time(), options.get("iterations", 0)))
         return job_id
