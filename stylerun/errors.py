@@ -87,7 +87,3 @@ def one_line(exc: BaseException, spell, memory: str = "this request") -> str:
     if isinstance(exc, RecursionError):
         return "an input file is nested too deeply to read"
     return mention_options(" ".join(str(exc).split()), spell)
-
-
-class QueueFull(Exception):
-    """A job store's cap of waiting jobs is reached (serve answers 429)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from suite_rules import pytest_addoption, pytest_configure, reap_all_children, reap_children  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -57,3 +58,4 @@ def shallow_model(tmp_path_factory, bundled_weights) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+

@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import SHALLOW, SHALLOW_FLAGS, assert_replaced_not_written_through, run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, assert_replaced_not_written_through, run_cli, spawn, wait_for
 
 from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
@@ -264,10 +263,8 @@ def test_a_batch_stopped_by_sigint_resumes_on_rerun(tmp_path):
         {"content": CHELSEA, "style": STARRY, "output": "last.png"},
     )
     command = [sys.executable, "-m", "stylerun", "batch", str(jobs), "-o", str(outdir), *FLAGS, "--workers", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not _first_done_and_a_checkpoint(outdir) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    process = spawn(command, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _first_done_and_a_checkpoint(outdir), 60, alive=process, what="a finished job and a checkpoint")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

@@ -182,8 +182,9 @@ def test_using_a_cached_model_marks_it_used(model_cache):
     layers = LayerSet.of(["relu1_2"], ["relu1_1"])
     files = cached_export(layers)
     os.utime(files.loss, (0, 0))
+    before = time.time()
     assert cached_export(layers).loss == files.loss
-    assert time.time() - files.loss.stat().st_mtime < 60
+    assert files.loss.stat().st_mtime >= before - 2  # touched now (allowing a coarse file system clock)
 
 
 def test_a_killed_exports_temporaries_are_found_as_leftovers(tmp_path):

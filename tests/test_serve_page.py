@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from helpers import serve, stop
+from helpers import serve, stop, wait_for
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -59,13 +58,12 @@ def watch_preview_change(page, timeout: float = 120.0) -> tuple[tuple, tuple]:
     """Two moments of the live preview: the first image, then a later one with other bytes."""
     page.wait_for_selector("#preview[data-iteration]", state="attached", timeout=timeout * 1000)
     first = page.evaluate(PREVIEW_DIGEST)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def changed():  # the server rewrites the preview every few iterations, not each one
         later = page.evaluate(PREVIEW_DIGEST)
-        if later[1] != first[1]:  # the server rewrites the preview every few iterations, not each one
-            return first, later
-        time.sleep(0.1)
-    raise AssertionError(f"the preview's bytes never changed after iteration {first[0]}")
+        return later if later[1] != first[1] else None
+
+    return first, wait_for(changed, timeout, what=f"the preview's bytes to change after iteration {first[0]}")
 
 
 def test_page_paints_watches_and_downloads(tmp_path):

@@ -283,28 +283,23 @@ def test_the_eta_counts_a_tiled_evaluation_as_its_halos_and_two_passes():
 
 def test_a_stop_cuts_a_whole_image_evaluation_inside_onnxruntime(content_path, style_path):
     """A whole-image evaluation is one onnxruntime call (over a minute at 4 MP on a CPU): a stop asked
-    during it sets the run's terminate flag, and the next evaluation runs in full again."""
-    import time
-
+    during it sets the run's terminate flag, and the next evaluation runs in full again. Only a run that
+    onnxruntime ended early raises `EvaluationStopped`: no clock is needed to tell a cut from a full one."""
     from stylerun.errors import EvaluationStopped
 
     loss = StyleLoss(content_path, [style_path], TransferOptions(size=384, alpha=1.0, beta=1e3, threads=1))
     image = loss.content_image.copy()
-    began = time.perf_counter()
     value, _ = loss.loss_and_grad(image)
-    whole = time.perf_counter() - began
-    asked_at = []
+    asked = []
 
-    def stop() -> bool:
-        asked_at.append(time.perf_counter() - began)
-        return asked_at[-1] > whole / 4
+    def stop() -> bool:  # no at the first question, yes at the second: asked again while onnxruntime computes
+        asked.append(len(asked) >= 1)
+        return asked[-1]
 
     loss.stop_with(stop)
-    began = time.perf_counter()
     with pytest.raises(EvaluationStopped):
         loss.loss_and_grad(image)
-    cut = time.perf_counter() - began
-    assert cut < whole * 0.9 and len(asked_at) >= 2, (cut, whole, asked_at)
+    assert asked == [False, True], asked
     loss.stop_with(None)
     again, _ = loss.loss_and_grad(image)
     assert again == pytest.approx(value, rel=1e-6)

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from stylerun.engine.run import PATH_OPTIONS, Job, check_job, scale_plan
-from stylerun.errors import OptionError, QueueFull, StylerunError
+from stylerun.errors import OptionError, StylerunError
 from stylerun.images.codec import check_size
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.guard import Guard, GuardMiddleware

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from stylerun.engine.checkpoint import SUFFIX
-from stylerun.errors import QueueFull
 
 SCHEMA = """create table if not exists jobs (
   id text primary key, status text, options text, styles integer, created real, finished real,
