@@ -19,6 +19,7 @@ from stylerun.images.codec import open_image
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
 from stylerun.serve.runner import ACTIVE, Runner
 from stylerun.serve.store import Store
+from stylerun.web.isolated import LocalSite
 
 MAX_UPLOAD = 50 * 1024 * 1024
 #: Options the server decides: files on this machine, which no client string may name.
@@ -63,6 +64,7 @@ def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str 
     app.include_router(submit_routes(store, runner))
     app.include_router(job_routes(store, runner))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/local", LocalSite(), name="local")  # the browser-only page, cross-origin isolated (stylerun.web)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
