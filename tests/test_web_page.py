@@ -20,7 +20,7 @@ from PIL import Image
 
 import stylerun
 from stylerun.options import TransferOptions
-from stylerun.web.isolated import StaticServer
+from stylerun.web.isolated import HEADERS, StaticServer
 from stylerun.web.site import export_site
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (test extra)")
@@ -50,12 +50,26 @@ PREVIEW = """async () => {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("site")
     layers = {k: ",".join(f"{n}:{w}" for n, w in v.items()) for k, v in
               (("content_layers", CONTENT_LAYERS), ("style_layers", STYLE_LAYERS))}
     export_site(folder, force=True, options=TransferOptions(**layers))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site(folder):
+    """The site as served: cross-origin isolated, with its CSP."""
     with StaticServer(folder) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def site_without_csp(folder):
+    """The site without its CSP, which would block a fetch elsewhere before it became a request:
+    every attempt then shows among the requests, as from a server that sends no CSP."""
+    with StaticServer(folder, headers={k: v for k, v in HEADERS.items() if k != "Content-Security-Policy"}) as server:
         yield server.url
 
 
@@ -68,6 +82,7 @@ def browser():
 
 
 def open_page(browser, url: str, requests: list[str] | None = None):
+    """A page at `url`; with `requests`, every request URL (the worker's too) is recorded there."""
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -116,9 +131,9 @@ def test_page_loss_gradient_and_strength_equal_pythons(browser, site, content_pa
     page.close()
 
 
-def test_demo_runs_to_a_lower_loss_with_a_live_preview_and_only_local_requests(browser, site):
+def test_demo_runs_to_a_lower_loss_with_a_live_preview_and_only_local_requests(browser, site_without_csp):
     requests: list[str] = []
-    page, errors = open_page(browser, site + "index.html?demo", requests)
+    page, errors = open_page(browser, site_without_csp + "index.html?demo", requests)
     page.wait_for_selector("body[data-state=running]", state="attached", timeout=120_000)
     seen: dict[str, str] = {}  # preview digest -> the iteration it showed, while the run was going
     deadline = time.monotonic() + 300

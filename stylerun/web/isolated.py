@@ -60,7 +60,7 @@ class _Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **TYPES}
 
     def end_headers(self) -> None:
-        for name, value in HEADERS.items():
+        for name, value in self.server.headers.items():  # type: ignore[attr-defined]
             self.send_header(name, value)
         super().end_headers()
 
@@ -69,11 +69,12 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 class StaticServer:
-    """A folder served on 127.0.0.1 with `HEADERS`, in a thread (port 0: a free one)."""
+    """A folder served on 127.0.0.1 with `headers` (default `HEADERS`), in a thread (port 0: a free one)."""
 
-    def __init__(self, folder: str | Path, port: int = 0):
+    def __init__(self, folder: str | Path, port: int = 0, headers: dict[str, str] = HEADERS):
         handler = functools.partial(_Handler, directory=str(folder))
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.headers = headers  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -1,6 +1,7 @@
 // The page: picks the photo and paintings, starts and stops the worker, shows its preview, loss and
-// ETA, and offers the result as a PNG. `index.html?demo` runs the bundled example pair and then
-// sets body data-state="done", data-loss-first and data-loss-last for a test or a user to read.
+// ETA, and offers the result as a PNG. `index.html?demo` runs the bundled example pair (at 128 px for
+// 10 iterations; &size=N&iterations=N change them, &threads=N the WASM threads) and then sets body
+// data-state="done", data-loss-first, data-loss-last and data-seconds-per-evaluation.
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
@@ -40,6 +41,7 @@ function finished(msg) {
   offerDownload();
   document.body.dataset.lossFirst = msg.lossFirst;
   document.body.dataset.lossLast = msg.lossLast;
+  document.body.dataset.secondsPerEvaluation = msg.secondsPerEvaluation;
   $('status').textContent = `${msg.type === 'done' ? 'Done' : 'Stopped'} after ${msg.iteration} of ` +
     `${msg.iterations} iterations: loss ${msg.lossFirst.toExponential(3)} → ${msg.lossLast.toExponential(3)}, ` +
     `${msg.secondsPerEvaluation.toFixed(2)} s per evaluation`;
@@ -119,7 +121,9 @@ function startFromForm() {
 async function demo() {
   const d = config.demo;
   const blob = async (url) => (await fetch(url)).blob();
-  await start(await blob(d.content), [await blob(d.style)], d.size, d.iterations, config.defaults.style_strength);
+  const size = Math.min(config.max_size, Number(params.get('size')) || d.size);
+  const iterations = Number(params.get('iterations')) || d.iterations;
+  await start(await blob(d.content), [await blob(d.style)], size, iterations, config.defaults.style_strength);
 }
 
 $('start').onclick = startFromForm;
