@@ -159,3 +159,26 @@ def test_demo_runs_to_a_lower_loss_with_a_live_preview_and_only_local_requests(b
     assert not elsewhere, elsewhere
     assert any(u.endswith("ort-wasm-simd-threaded.wasm") for u in requests)  # the worker's fetches are seen too
     page.close()
+
+
+def test_a_user_picks_files_stops_the_run_and_downloads_a_png(browser, site, tmp_path, content_path, style_path):
+    page, errors = open_page(browser, site + "index.html")
+    page.wait_for_selector("body[data-state=ready]", state="attached", timeout=120_000)
+    page.set_input_files("#content-input", str(content_path))
+    page.set_input_files("#style-input", [str(style_path), str(content_path)])  # two paintings, blended
+    page.fill("#opt-size", "96")
+    page.fill("#opt-iterations", "1000")
+    page.click("#start")
+    page.wait_for_selector("#preview[data-iteration='2']", state="attached", timeout=120_000)
+    page.click("#stop")
+    page.wait_for_selector(ENDED, state="attached", timeout=60_000)
+    assert page.evaluate("document.body.dataset.state") == "stopped", page.inner_text("#status")
+    assert "Stopped after" in page.inner_text("#status")
+    with page.expect_download() as download:
+        page.click("#download")
+    path = tmp_path / "out.png"
+    download.value.save_as(path)
+    with Image.open(path) as im:
+        assert (im.format, im.size) == ("PNG", (96, 64))  # chelsea.jpg's 384x255 at 96 px
+    assert not errors
+    page.close()

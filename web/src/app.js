@@ -123,6 +123,8 @@ async function demo() {
   const blob = async (url) => (await fetch(url)).blob();
   const size = Math.min(config.max_size, Number(params.get('size')) || d.size);
   const iterations = Number(params.get('iterations')) || d.iterations;
+  $('opt-size').value = size; // the form shows what runs
+  $('opt-iterations').value = iterations;
   await start(await blob(d.content), [await blob(d.style)], size, iterations, config.defaults.style_strength);
 }
 
