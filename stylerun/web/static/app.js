@@ -1,7 +1,7 @@
 // The page: picks the photo and paintings, starts and stops the worker, shows its preview, loss and
 // ETA, and offers the result as a PNG. `index.html?demo` runs the bundled example pair (at 128 px for
 // 10 iterations; &size=N&iterations=N change them, &threads=N the WASM threads) and then sets body
-// data-state="done", data-loss-first, data-loss-last and data-seconds-per-evaluation.
+// data-state="done", data-loss-first, data-loss-last, data-evaluations and data-seconds-per-evaluation.
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
@@ -42,6 +42,7 @@ function finished(msg) {
   document.body.dataset.lossFirst = msg.lossFirst;
   document.body.dataset.lossLast = msg.lossLast;
   document.body.dataset.secondsPerEvaluation = msg.secondsPerEvaluation;
+  document.body.dataset.evaluations = msg.evaluations;
   $('status').textContent = `${msg.type === 'done' ? 'Done' : 'Stopped'} after ${msg.iteration} of ` +
     `${msg.iterations} iterations: loss ${msg.lossFirst.toExponential(3)} → ${msg.lossLast.toExponential(3)}, ` +
     `${msg.secondsPerEvaluation.toFixed(2)} s per evaluation`;
