@@ -2,9 +2,8 @@
 //
 // Each iteration takes the usual two-loop L-BFGS direction on the free variables (a pixel at a
 // bound whose gradient pushes it outward is held there), then a backtracking (Armijo) search
-// along the projected path P(x + t d), P clipping into the box. The first iteration has no
-// curvature yet: it starts at a unit step, t = 1 / |g|, and grows it fourfold while the loss
-// keeps falling faster, which is what SciPy's L-BFGS-B line search does from the same start.
+// along the projected path P(x + t d), P clipping into the box, from t = 1. The first iteration
+// (and any after the history is reset) has no curvature yet: see `firstStep`.
 // Iterations count accepted steps, as SciPy's do; evaluations are what cost.
 
 const dot = (a, b) => {
@@ -57,23 +56,37 @@ function armijo(f, g, x, xt, ft) {
   return ft <= f + 1e-4 * slope && slope < 0;
 }
 
-async function lineSearch(evaluate, x, f, g, d, t, expand, lower, upper) {
+// The first step, with no curvature yet: from t = 1 / |d|, jump to where the directional derivative
+// would reach zero if it changed linearly (the secant of its two values), at most 1000-fold, while
+// Armijo holds and the derivative has not yet fallen to 0.9 of its start (Wolfe's curvature test).
+async function firstStep(evaluate, x, f, g, d, lower, upper) {
+  const slope0 = dot(g, d);
+  let t = 1 / Math.sqrt(dot(d, d));
   let best = null;
+  for (let trial = 0; trial < 8; trial++) {
+    const xt = projected(x, d, t, lower, upper);
+    const r = await evaluate(xt);
+    if (!(Number.isFinite(r.loss) && armijo(f, g, x, xt, r.loss)) || (best && r.loss >= best.r.loss)) {
+      if (best) return best;
+      t *= 0.1;
+      continue;
+    }
+    best = { x: xt, r };
+    const slope = dot(r.grad, d);
+    if (slope >= 0.9 * slope0) return best;
+    t *= Math.min(1000, slope0 - slope > 0 ? slope0 / (slope0 - slope) : 1000);
+  }
+  return best;
+}
+
+async function lineSearch(evaluate, x, f, g, d, t, lower, upper) {
   for (let trial = 0; trial < 20; trial++) {
     const xt = projected(x, d, t, lower, upper);
     const r = await evaluate(xt);
-    if (Number.isFinite(r.loss) && armijo(f, g, x, xt, r.loss)) {
-      if (!best || r.loss < best.r.loss) best = { x: xt, r };
-      else return best; // expanding made it worse: keep the last better step
-      if (!expand) return best;
-      t *= 4;
-    } else if (best) {
-      return best;
-    } else {
-      t *= 0.5;
-    }
+    if (Number.isFinite(r.loss) && armijo(f, g, x, xt, r.loss)) return { x: xt, r };
+    t *= 0.5;
   }
-  return best;
+  return null;
 }
 
 // Minimize `evaluate` (async x -> {loss, grad}) from x0 for `iterations` accepted steps.
@@ -94,9 +107,8 @@ export async function minimize(evaluate, x0, { iterations, memory = 10, lower = 
       slope = dot(d, r.grad);
       if (!(slope < 0)) break; // a stationary point within the box
     }
-    const first = pairs.length === 0;
-    const t = first ? 1 / Math.sqrt(dot(d, d)) : 1;
-    const step = await lineSearch(evaluate, x, r.loss, r.grad, d, t, first, lower, upper);
+    const step = pairs.length ? await lineSearch(evaluate, x, r.loss, r.grad, d, 1, lower, upper)
+      : await firstStep(evaluate, x, r.loss, r.grad, d, lower, upper);
     if (!step) break; // no decrease along the direction: as far as float32 goes
     const s = new Float32Array(x.length);
     const y = new Float32Array(x.length);
