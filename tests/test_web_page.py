@@ -19,6 +19,8 @@ import pytest
 from PIL import Image
 
 import stylerun
+from stylerun.engine.run import scale_plan
+from stylerun.images.codec import fit_longest_side
 from stylerun.options import TransferOptions
 from stylerun.web.isolated import HEADERS, StaticServer
 from stylerun.web.site import export_site
@@ -180,5 +182,20 @@ def test_a_user_picks_files_stops_the_run_and_downloads_a_png(browser, site, tmp
     download.value.save_as(path)
     with Image.open(path) as im:
         assert (im.format, im.size) == ("PNG", (96, 64))  # chelsea.jpg's 384x255 at 96 px
+    assert not errors
+    page.close()
+
+
+def test_the_page_plans_stages_and_sizes_as_the_engine(browser, site):
+    """plan.js is engine.run.scale_plan and codec.fit_longest_side, halves rounded to even as Python does."""
+    page, errors = open_page(browser, site + "index.html")
+    plans = [(512, 1, 500), (512, 3, 500), (130, 3, 10), (194, 3, 7), (256, 2, 1)]  # 130/4 = 32.5 -> 32
+    sizes = [((384, 255), 128), ((255, 384), 96), ((6, 5), 3), ((1000, 999), 512)]  # 5 * 3/6 = 2.5 -> 2
+    got = page.evaluate("""async ([plans, sizes]) => {
+      const m = await import('./plan.js');
+      return [plans.map(([s, k, n]) => m.plan(s, k, n)), sizes.map(([[w, h], side]) => m.fitted(w, h, side))];
+    }""", [plans, sizes])
+    assert got[0] == [[list(stage) for stage in scale_plan(*p)] for p in plans]
+    assert got[1] == [list(fit_longest_side(*s)) for s in sizes]
     assert not errors
     page.close()

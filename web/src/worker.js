@@ -3,6 +3,7 @@
 // (stylerun/engine/loss.py), and L-BFGS (lbfgs.js), so the page stays responsive.
 import * as ort from './ort/ort.wasm.min.mjs';
 import { minimize } from './lbfgs.js';
+import { fitted, plan } from './plan.js';
 
 let config = null;
 let sessions = null;
@@ -101,23 +102,6 @@ async function bind(content, styles, blend, weights) {
 
 // ---- a transfer ---------------------------------------------------------------------------------
 
-// engine.run.scale_plan: (longest side, last iteration) of each coarse-to-fine stage; a stage whose
-// short side would be under the network's minimum is left out and its iterations go to the next.
-export function plan(size, scales, iterations, aspect) {
-  const per = Math.floor(iterations / scales);
-  const stages = [];
-  for (let k = 0; k < scales; k++) {
-    const side = Math.max(1, Math.round(size / 2 ** (scales - 1 - k)));
-    stages.push([side, k === scales - 1 ? iterations : per * (k + 1)]);
-  }
-  return stages.filter(([side], k) => k === scales - 1 || Math.round(side * aspect) >= config.min_side);
-}
-
-function fitted(width, height, side) {
-  const k = side / Math.max(width, height);
-  return [Math.max(1, Math.round(width * k)), Math.max(1, Math.round(height * k))];
-}
-
 // An ImageBitmap drawn at width x height, as the model's (H, W, 3) RGB floats.
 function pixels(bitmap, width, height) {
   const canvas = new OffscreenCanvas(width, height);
@@ -170,7 +154,7 @@ async function run({ content, styles, blend, size, iterations, strength }) {
   const total = blend.reduce((a, b) => a + b, 0);
   blend = blend.map((w) => w / total);
   const stages = plan(size, config.defaults.scales, iterations, Math.min(content.width, content.height)
-    / Math.max(content.width, content.height));
+    / Math.max(content.width, content.height), config.min_side);
   let x = null; let best = null; let lossFirst = null; let evaluations = 0; let seconds = 0; let done = 0;
   for (const [index, [side, end]] of stages.entries()) {
     const [width, height] = fitted(content.width, content.height, side);
