@@ -23,6 +23,7 @@ from stylerun.serve.guard import Guard, GuardMiddleware
 from stylerun.serve.runner import ACTIVE, Runner
 from stylerun.serve.store import FINISHED, Store
 from stylerun.serve.uploads import Upload, content_shape, read_uploads, store_uploads
+from stylerun.web.isolated import LocalSite
 
 #: Options the server decides: files on this machine, which no client string may name.
 SERVER_DECIDES = (*PATH_OPTIONS, "checkpoint")
@@ -64,6 +65,7 @@ def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str 
     app.include_router(submit_routes(store, runner, limits))
     app.include_router(job_routes(store, runner))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/local", LocalSite(), name="local")  # the browser-only page, cross-origin isolated (stylerun.web)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
