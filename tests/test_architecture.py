@@ -34,7 +34,7 @@ LAYERS = [
     {"weights"},
     {"network"},
     {"engine"},
-    {"jobs", "video", "figures", "lines"},
+    {"jobs", "video", "figures", "lines", "web"},
     {"console"},
     {"api", "serve"},
     {"cli"},

@@ -215,10 +215,11 @@ def test_unsupported_op_is_reported():
 
 
 def test_exported_graph_uses_standard_ops_only(bundled_weights):
-    from stylerun.network.export import build_models
-    from stylerun.network.loss_graph import LayerSet
+    from helpers import shallow_layers
 
-    loss, targets = build_models(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"], "avg"))
+    from stylerun.network.export import build_models
+
+    loss, targets = build_models(bundled_weights, shallow_layers("avg"))
     for model in (loss, targets):
         assert {o.domain for o in model.opset_import} == {""}
         assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import typer
-from helpers import run_cli
+from helpers import SHALLOW_FLAGS, run_cli
 from rich.console import Console
 
 import stylerun
@@ -27,7 +27,7 @@ from stylerun.network.cache import cache_limit, entries, prune
 from stylerun.network.export import cached_export
 from stylerun.network.loss_graph import LayerSet
 
-SMALL = ("--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu")
+SMALL = ("--size", "48", *SHALLOW_FLAGS, "--device", "cpu")
 
 
 def test_a_second_run_writing_the_same_output_is_refused(capsys, monkeypatch, tmp_path, content_path, style_path):

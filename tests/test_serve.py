@@ -59,10 +59,15 @@ def _wait(url: str, job_id: str, until, timeout: float = 300.0) -> dict:
 def test_job_runs_to_a_result(server):
     health = httpx.get(server + "/api/health").json()
     assert health["ok"] is True and "in this process" in health["workers"], health
+    # one worker: while a job that never ends on its own (Adam stops only at its count) runs, the next one waits
+    blocker = _post(server, {"size": 32, "iterations": 1_000_000, "optimizer": "adam", "threads": 1}).json()["id"]
     r = _post(server, {"size": 32, "iterations": 3, "threads": 1})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert httpx.get(f"{server}/api/jobs/{job_id}/result").status_code in (409, 200)
+    early = httpx.get(f"{server}/api/jobs/{job_id}/result")
+    assert httpx.get(f"{server}/api/jobs/{job_id}").json()["status"] == "queued"  # so it was queued when asked
+    assert early.status_code == 409 and "not finished" in early.text  # docs/serve.md: 409 until the job is done
+    httpx.delete(f"{server}/api/jobs/{blocker}")
     job = _wait(server, job_id, lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "done", job
     events = httpx.get(f"{server}/api/jobs/{job_id}/events", timeout=30).text
@@ -99,10 +104,10 @@ def test_token_required_off_loopback_and_checked(tmp_path):
     from fastapi.testclient import TestClient
 
     from stylerun.serve.app import create_app
-    client = TestClient(create_app(tmp_path, "s3cret"))
+    client = TestClient(create_app(tmp_path, "s3cret-s3cret-s3cret"), base_url="http://127.0.0.1")
     assert client.get("/api/health").status_code == 401
     assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/api/health", headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}).status_code == 200
     proc = subprocess.run([sys.executable, "-m", "stylerun", "serve", "--host", "0.0.0.0", "--data", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin", "HOME": str(tmp_path)})
     assert proc.returncode != 0 and "--token" in proc.stderr and "Traceback" not in proc.stderr
@@ -142,9 +147,9 @@ def test_workers_run_jobs_side_by_side(tmp_path):
 
 def test_restart_resumes_the_interrupted_job_and_keeps_the_queue(tmp_path):
     """A server killed mid-job: on restart the job goes on from its last checkpoint, the queued one waits."""
-    proc, url = serve(tmp_path / "data")
+    proc, url = serve(tmp_path / "data", args=("--checkpoint-every", "3"))
     try:
-        first = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        first = _post(url, {"size": 32, "iterations": 150, "threads": 1}).json()["id"]
         second = _post(url, {"size": 32, "iterations": 4, "threads": 1}).json()["id"]
         _wait(url, first, lambda j: j["iteration"] >= 7)  # checkpoints at 3 and 6 are written
     finally:
@@ -178,10 +183,10 @@ def _listen(url: str, opened: threading.Event) -> None:
 def test_a_stopped_server_checkpoints_the_running_job_where_it_stood(tmp_path):
     """SIGTERM: the running job stops at its next evaluation and writes a checkpoint there (not only every N),
     even while a page holds the job's event stream open (which would otherwise last as long as the job)."""
-    proc, url = serve(tmp_path / "data")
+    proc, url = serve(tmp_path / "data", args=("--checkpoint-every", "5000"))
     try:
         # no periodic checkpoint ever comes: only the stop writes one
-        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        job_id = _post(url, {"size": 32, "iterations": 1000, "threads": 1}).json()["id"]
         _wait(url, job_id, lambda j: j["iteration"] >= 4)
         opened = threading.Event()
         threading.Thread(target=_listen, args=(f"{url}/api/jobs/{job_id}/events", opened), daemon=True).start()
@@ -266,19 +271,19 @@ def test_ray_jobs_go_on_after_a_crash_and_after_a_stop(tmp_path):
     """The actor's checkpoints are written in the server's data folder: periodic ones survive a crash of the
     whole process group; a SIGTERM stops the job where it stood and brings that checkpoint back."""
     data = tmp_path / "data"
-    proc, url = _ray_serve(data)
+    proc, url = _ray_serve(data, "--checkpoint-every", "3")
     try:
-        crashed = _post(url, {"size": 32, "iterations": 150, "threads": 1, "checkpoint_every": 3}).json()["id"]
+        crashed = _post(url, {"size": 32, "iterations": 150, "threads": 1}).json()["id"]
         _wait(url, crashed, lambda j: j["iteration"] >= 7 and (data / "images" / f"{crashed}.ckpt.npz").is_file())
     finally:
         kill(proc)
-    proc, url = _ray_serve(data)
+    proc, url = _ray_serve(data, "--checkpoint-every", "5000")
     try:
         seen: list[dict] = []
         done = _wait(url, crashed, lambda j: seen.append(j) or j["status"] not in ("queued", "running", "interrupted"))
         assert done["status"] == "done" and done["resumed_from"] >= 3 and done["resumed_from"] % 3 == 0, done
         assert min(j["iteration"] for j in seen) >= 3 and done["iteration"] == 150
-        stopped = _post(url, {"size": 32, "iterations": 1000, "threads": 1, "checkpoint_every": 5000}).json()["id"]
+        stopped = _post(url, {"size": 32, "iterations": 1000, "threads": 1}).json()["id"]
         _wait(url, stopped, lambda j: j["iteration"] >= 4)
     finally:
         stop(proc)

@@ -2,7 +2,7 @@
 `stylerun serve` on 127.0.0.1: upload a photo and a painting, start, watch the preview change, download.
 
 Set STYLERUN_SCREENSHOT=FILE to keep the screenshot taken after the run (tools/serve_screenshot.py
-makes the README's picture with a larger job).
+makes the docs' picture of the page with a larger job).
 """
 
 from __future__ import annotations
@@ -102,14 +102,14 @@ def test_page_paints_watches_and_downloads(tmp_path):
 
 
 def test_page_asks_for_the_token_and_sends_it(tmp_path):
-    proc, url = serve(tmp_path / "data", token="s3cret")
+    proc, url = serve(tmp_path / "data", token="s3cret-s3cret-s3cret")
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#token-dialog[open]")
-            page.fill("#token-input", "s3cret")
+            page.fill("#token-input", "s3cret-s3cret-s3cret")
             page.click("#token-ok")
             page.wait_for_selector("body[data-ready]", timeout=30_000)
             assert page.locator("#opt-iterations").count() == 1

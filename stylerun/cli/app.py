@@ -12,14 +12,14 @@ from typing import Any
 
 import typer
 
-from stylerun.cli import batch, cache, export_vgg, figures, serve, transfer, video
+from stylerun.cli import batch, cache, export_vgg, export_web, figures, serve, transfer, video
 from stylerun.cli.common import ExitStatus, error_line
 from stylerun.cli.help import Group
 from stylerun.errors import StylerunError
 from stylerun.version import __version__
 
 #: The commands, in the order of ``stylerun --help``.
-COMMANDS = (transfer, export_vgg, cache, figures, batch, video, serve)
+COMMANDS = (transfer, export_vgg, export_web, cache, figures, batch, video, serve)
 
 app = typer.Typer(
     name="stylerun",
