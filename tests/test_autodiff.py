@@ -150,7 +150,8 @@ def test_scalar_operand_gets_summed_gradient(rng):
     _probe_gradient_check(build, np.asarray(0.7, dtype=np.float32), rng)
 
 
-@pytest.mark.parametrize("shape,other", [((3, 1), (2, 3, 4)), ((1, 3, 1), (2, 3, 1)), ((2, 1, 4), (2, 5, 4))])
+@pytest.mark.parametrize("shape,other", [((3, 1), (2, 3, 4)), ((1, 3, 1), (2, 3, 1)), ((2, 1, 4), (2, 5, 4)),
+                                         ((3, 1), (1, 3, 5))])
 def test_a_broadcast_operand_gets_the_sum_over_its_broadcast_axes(rng, shape, other):
     """x itself is broadcast: leading axes it lacks and its 1s facing a longer axis are summed, and only those
     (a 1 facing a 1 is not broadcast)."""
@@ -185,6 +186,23 @@ def test_only_paths_from_wrt_are_differentiated():
     session = _session(model)
     grad = session.run(["grad"], {"x": np.array([3, 1], np.float32), "target": np.array([1, 1], np.float32)})[0]
     np.testing.assert_allclose(grad, [4, 0])
+
+
+def test_reduce_sum_with_its_axes_as_an_input_and_no_kept_dims(rng):
+    def build(b, x):
+        return b.op("ReduceSum", x, b.const([1], "axes", np.int64), keepdims=0)  # (2, 4)
+
+    _probe_gradient_check(build, rng.standard_normal((2, 3, 4)).astype(np.float32), rng)
+
+
+def test_a_loss_that_does_not_depend_on_the_input_is_refused():
+    b = GraphBuilder(onnx.GraphProto(name="t"))
+    b.add_input("x", [2])
+    b.add_input("z", [2])
+    b.op("ReduceSum", "z", keepdims=0, outputs=["loss"])
+    b.add_output("loss", [], TensorProto.FLOAT)
+    with pytest.raises(ValueError, match="^loss does not depend on x$"):
+        add_gradient(make_model(b.graph, {}), of="loss", wrt="x", grad_name="grad")
 
 
 def test_unsupported_op_is_reported():

@@ -38,11 +38,12 @@ MODULES: dict[str, list[str]] = {
     "network/tiling.py": ["tests/test_tiling.py"],
     "engine/loss.py": ["tests/test_loss_model.py", "tests/test_engine.py"],
     "engine/optimizers.py": ["tests/test_engine.py", "tests/test_robustness.py", "-k", NOT_IN_A_BOX],
-    "engine/checkpoint.py": ["tests/test_robustness.py", "tests/test_untrusted_checkpoints.py", "-k",
+    "engine/checkpoint.py": ["tests/test_checkpoint_file.py", "tests/test_robustness.py",
+                             "tests/test_untrusted_checkpoints.py", "-k",
                              f"(resume or checkpoint) and {NOT_IN_A_BOX} and not good_checkpoint and not member "
                              "and not pixel_limit and not wrong_type and not fifo and not paths_inside "
                              "and not existing_file and not stored_inside"],
-    "jobs/batch.py": ["tests/test_batch.py"],
+    "jobs/batch.py": ["tests/test_batch_plan.py", "tests/test_batch.py"],
     "serve/store.py": ["tests/test_store.py"],
 }
 
@@ -99,7 +100,12 @@ def results(workdir: Path, module: str) -> dict[str, str]:
 _DIFFS = """\
 import json, sys
 from mutmut.mutation.diff_apply import get_diff_for_mutant
-print(json.dumps({name: get_diff_for_mutant(name, path=sys.argv[1]) for name in sys.argv[2:]}))
+def diff(name):
+    try:
+        return get_diff_for_mutant(name, path=sys.argv[1])
+    except Exception as exc:  # a mutants folder from an interrupted generation: mutmut run makes it again
+        return f"-(no diff: {exc})"
+print(json.dumps({name: diff(name) for name in sys.argv[2:]}))
 """
 
 
