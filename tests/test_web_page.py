@@ -199,3 +199,21 @@ def test_the_page_plans_stages_and_sizes_as_the_engine(browser, site):
     assert got[1] == [list(fit_longest_side(*s)) for s in sizes]
     assert not errors
     page.close()
+
+
+def test_coarse_to_fine_runs_every_stage_of_the_engines_plan(browser, tmp_path):
+    layers = {k: ",".join(f"{n}:{w}" for n, w in v.items()) for k, v in
+              (("content_layers", CONTENT_LAYERS), ("style_layers", STYLE_LAYERS))}
+    config = export_site(tmp_path / "site", options=TransferOptions(scales=2, **layers))
+    assert config["defaults"]["scales"] == 2
+    with StaticServer(tmp_path / "site") as server:
+        page, errors = open_page(browser, server.url + "index.html?demo&iterations=6")
+        page.wait_for_selector(ENDED, state="attached", timeout=120_000)
+        data = page.evaluate("({...document.body.dataset, stages: document.getElementById('preview').dataset.stages,"
+                             " status: document.getElementById('status').textContent})")
+    assert data["state"] == "done", data
+    # scale_plan(128, 2, 6): 64 px to iteration 3, then 128 px; 255 * 64/384 = 42.5 rounds to 42, as in Python
+    assert data["stages"] == "64x42,128x85"
+    assert "6 of 6 iterations" in data["status"] and math.isfinite(float(data["lossLast"]))
+    assert not errors
+    page.close()
