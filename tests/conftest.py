@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from suite_rules import pytest_addoption, pytest_configure, reap_all_children, reap_children  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -42,6 +43,19 @@ def bundled_weights():
     return load_bundled()
 
 
+@pytest.fixture(scope="session")
+def shallow_model(tmp_path_factory, bundled_weights) -> Path:
+    """A model exported once for the session for the shallow layers (`helpers.SHALLOW`), max pooling."""
+    from helpers import shallow_layers
+
+    from stylerun.network.export import export_vgg
+
+    path = tmp_path_factory.mktemp("models") / "shallow.onnx"
+    export_vgg(bundled_weights, shallow_layers(), path)
+    return path
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+

@@ -150,6 +150,18 @@ def test_scalar_operand_gets_summed_gradient(rng):
     _probe_gradient_check(build, np.asarray(0.7, dtype=np.float32), rng)
 
 
+@pytest.mark.parametrize("shape,other", [((3, 1), (2, 3, 4)), ((1, 3, 1), (2, 3, 1)), ((2, 1, 4), (2, 5, 4))])
+def test_a_broadcast_operand_gets_the_sum_over_its_broadcast_axes(rng, shape, other):
+    """x itself is broadcast: leading axes it lacks and its 1s facing a longer axis are summed, and only those
+    (a 1 facing a 1 is not broadcast)."""
+    t = rng.standard_normal(other).astype(np.float32)
+
+    def build(b, x):
+        return b.op("Mul", b.const(t, "t"), b.op("Add", x, b.const(np.float32(0.5), "half")))
+
+    _probe_gradient_check(build, rng.uniform(0.5, 1.5, shape).astype(np.float32), rng)
+
+
 def test_reductions_sum_neg(rng):
     def build(b, x):
         s = b.op("ReduceSumSquare", x, axes=[1], keepdims=0)  # (2, 4)
@@ -185,10 +197,49 @@ def test_unsupported_op_is_reported():
 
 
 def test_exported_graph_uses_standard_ops_only(bundled_weights):
-    from stylerun.network.export import build_models
-    from stylerun.network.loss_graph import LayerSet
+    from helpers import shallow_layers
 
-    loss, targets = build_models(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"], "avg"))
+    from stylerun.network.export import build_models
+
+    loss, targets = build_models(bundled_weights, shallow_layers("avg"))
     for model in (loss, targets):
         assert {o.domain for o in model.opset_import} == {""}
         assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+
+
+def _relu_pool_graph() -> onnx.ModelProto:
+    """loss = sum(MaxPool(Relu(x))) + sum(Relu(x2)): one Relu feeding only a MaxPool, one feeding the loss."""
+    b = GraphBuilder(onnx.GraphProto(name="t"))
+    b.add_input("x", [1, 2, 4, 4])
+    pooled = b.op("MaxPool", b.op("Relu", "x"), kernel_shape=[2, 2], strides=[2, 2])
+    plain = b.op("Relu", b.op("Mul", "x", b.const(np.float32(2.0), "two")))
+    total = b.op("Add", b.op("ReduceSum", pooled, keepdims=0), b.op("ReduceSum", plain, keepdims=0))
+    b.op("Identity", total, outputs=["loss"])
+    b.add_output("loss", [])
+    return make_model(b.graph, {})
+
+
+@pytest.mark.parametrize("relu,mask", [("sign", "Sign"), ("hardsigmoid", "HardSigmoid"), ("where", "Where")])
+@pytest.mark.parametrize("pool", ["fused", "separate"])
+def test_each_flavour_builds_the_graph_it_names(relu, mask, pool):
+    """The flavours give one gradient (test_perf_equivalence.py) but not one speed: the one asked for is built.
+    A fused pooling takes the Relu's mask at the pooled size, from the MaxPool's output."""
+    model = add_gradient(_relu_pool_graph(), of="loss", wrt="x", grad_name="grad",
+                         flavours=autodiff.Flavours(relu=relu, pool=pool))
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    kinds = {node.op_type for node in model.graph.node}
+    assert mask in kinds and not ({"Sign", "HardSigmoid", "Where"} - {mask}) & kinds, kinds
+
+    def source(node: onnx.NodeProto) -> str:  # what a mask is taken from: Sign(y), HardSigmoid(y), Where(y > 0, ..)
+        y = made_by[node.input[0]].input[0] if node.op_type == "Where" else node.input[0]
+        return made_by[y].op_type
+
+    masked = {source(node) for node in model.graph.node if node.op_type == mask}
+    assert masked == ({"MaxPool", "Relu"} if pool == "fused" else {"Relu"}), masked
+
+
+def test_flavours_name_their_choices():
+    assert autodiff.Flavours(gram="generic", pool="separate").gram == "generic"
+    for name in ("conv", "relu", "gram", "pool"):
+        with pytest.raises(ValueError, match=rf"^{name} adjoint flavour must be one of \(.*\), got 'nope'$"):
+            autodiff.Flavours(**{name: "nope"})

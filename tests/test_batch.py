@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, assert_replaced_not_written_through, run_cli, spawn, wait_for
 
 from stylerun.cli.common import expand_arguments
 from stylerun.jobs import batch, executors, worker
@@ -22,10 +21,8 @@ from stylerun.options import TransferOptions
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CHELSEA, ASTRONAUT, STARRY = (str(EXAMPLES / n) for n in ("chelsea.jpg", "astronaut.jpg", "starry_night.jpg"))
-SMALL = {"size": 48, "content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1", "device": "cpu", "threads": 1,
-         "iterations": 2}
-FLAGS = ["--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
-         "--threads", "1", "-n", "2"]
+SMALL = {"size": 48, **SHALLOW, "device": "cpu", "threads": 1, "iterations": 2}
+FLAGS = ["--size", "48", *SHALLOW_FLAGS, "--device", "cpu", "--threads", "1", "-n", "2"]
 
 
 def write_jobs(path: Path, *jobs: dict) -> Path:
@@ -90,6 +87,43 @@ def test_bad_jobs_are_recorded_the_others_run_and_a_rerun_skips_finished_work(tm
     after = mtimes(outdir)
     assert after["chelsea__starry_night.png"] == before["chelsea__starry_night.png"]
     assert after["sub/two.jpg"] == before["sub/two.jpg"]
+
+
+def test_a_rerun_runs_exactly_the_jobs_whose_output_went_or_whose_input_changed(tmp_path, capsys, monkeypatch):
+    """Done and its output still there: skipped. Output deleted: runs again. An input file rewritten under the
+    same name: a new id, so it runs again. A job taken out of JOBS: its record goes (docs/batches.md, Reruns)."""
+    photos = {name: tmp_path / f"{name}.jpg" for name in ("kept", "deleted", "rewritten", "dropped")}
+    for path in photos.values():
+        path.write_bytes(Path(CHELSEA).read_bytes())
+    jobs = [{"content": str(path), "style": STARRY, "output": f"{name}.png"} for name, path in photos.items()]
+    outdir = tmp_path / "out"
+    status, err = run_cli(capsys, monkeypatch, "batch", str(write_jobs(tmp_path / "jobs.jsonl", *jobs)), "-o",
+                          str(outdir), *FLAGS, "--workers", "1")
+    assert status == 0, err
+    first = {r["output"]: r for r in manifest(outdir)}
+    before = mtimes(outdir)
+
+    (outdir / "deleted.png").unlink()
+    photos["rewritten"].write_bytes(Path(ASTRONAUT).read_bytes())  # new content, same path
+    status, err = run_cli(capsys, monkeypatch, "batch", str(write_jobs(tmp_path / "jobs.jsonl", *jobs[:3])), "-o",
+                          str(outdir), *FLAGS, "--workers", "1")
+    assert status == 0, err
+    assert "1 done already" in err and "2 to run" in err, err
+    records = manifest(outdir)
+    assert [r["output"] for r in records] == ["kept.png", "deleted.png", "rewritten.png"]  # "dropped" is gone
+    assert first["dropped.png"]["id"] not in {r["id"] for r in records}
+    assert all(r["status"] == "done" for r in records)
+    after = mtimes(outdir)
+    assert after["kept.png"] == before["kept.png"] and records[0] == first["kept.png"]  # not run again
+    assert (outdir / "deleted.png").is_file() and records[1]["id"] == first["deleted.png"]["id"]
+    assert after["rewritten.png"] != before["rewritten.png"] and records[2]["id"] != first["rewritten.png"]["id"]
+
+
+def test_the_manifest_is_written_atomically(tmp_path):
+    """Rewritten at every change of state while workers run: by a rename, never in place."""
+    path = tmp_path / "manifest.jsonl"
+    assert_replaced_not_written_through(path, batch.Manifest(path, [{"id": "a", "status": "done"}], None).write)
+    assert manifest(tmp_path) == [{"id": "a", "status": "done"}]
 
 
 def test_unusable_jobs_files_are_one_line_errors(tmp_path, capsys, monkeypatch):
@@ -229,10 +263,8 @@ def test_a_batch_stopped_by_sigint_resumes_on_rerun(tmp_path):
         {"content": CHELSEA, "style": STARRY, "output": "last.png"},
     )
     command = [sys.executable, "-m", "stylerun", "batch", str(jobs), "-o", str(outdir), *FLAGS, "--workers", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not _first_done_and_a_checkpoint(outdir) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    process = spawn(command, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _first_done_and_a_checkpoint(outdir), 60, alive=process, what="a finished job and a checkpoint")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

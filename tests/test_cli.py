@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import typer
-from helpers import run_cli
+from helpers import run_cli, spawn, wait_for
 
 from stylerun.cli import app as cli
 from stylerun.cli.common import ExitStatus
@@ -50,14 +49,12 @@ def test_a_signal_stops_figures_keeping_finished_panels(tmp_path, content_path, 
     nothing, and the command says where the finished panels are, with status 130 as before."""
     out = tmp_path / "figs"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "stylerun", "figures", str(content_path), str(style_path), "-o",
-                             str(out), "--which", "fig3", "--size", "64", "-n", "100000", "--device", "cpu", "-q"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = spawn([sys.executable, "-m", "stylerun", "figures", str(content_path), str(style_path), "-o",
+                  str(out), "--which", "fig3", "--size", "64", "-n", "100000", "--device", "cpu", "-q"],
+                 stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "fig3.json").exists():  # written once the run is under way, its handlers installed
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended or hung before it started"
-            time.sleep(0.05)
+        # written once the run is under way, its handlers installed
+        wait_for((out / "fig3.json").exists, 120, alive=proc, what="the run to start")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == ExitStatus.SIGINT
     finally:

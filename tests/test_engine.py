@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from helpers import run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, assert_replaced_not_written_through, one_line_error, run_cli
 from PIL import Image
 
 import stylerun
@@ -21,9 +21,8 @@ from stylerun.images.codec import decode, save_image
 from stylerun.network.export import read_layers, targets_path
 from stylerun.options import TransferOptions
 
-SMALL = {"size": 48, "content_layers": "relu2_2", "style_layers": "relu1_1,relu2_1", "device": "cpu", "threads": 1}
-CLI_SMALL = ["--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
-             "--threads", "1"]
+SMALL = {"size": 48, **SHALLOW, "device": "cpu", "threads": 1}
+CLI_SMALL = ["--size", "48", *SHALLOW_FLAGS, "--device", "cpu", "--threads", "1"]
 
 
 def test_api_stops_on_an_event_checkpoints_and_resumes_exactly(tmp_path, content_path, style_path):
@@ -94,7 +93,7 @@ def test_engine_reports_to_a_listener_and_writes_numbered_images(tmp_path, conte
     outcome = run(job, Record())
     assert events[:2] == ["loading", "48x32, 4 iterations"] and events[3] == "finishing"
     estimate = events[2]  # after the first iteration: the whole run's time, and where it runs
-    assert estimate.device.startswith("CPU (") and 0 < estimate.seconds < 60 and estimate.side == 48
+    assert estimate.device.startswith("CPU (") and 0 < estimate.seconds < np.inf and estimate.side == 48
     assert outcome.output == tmp_path / "o.png" and outcome.iterations == 4 and not outcome.interrupted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "o_0002.png", "o_0004.png"]
 
@@ -146,16 +145,6 @@ def test_cli_writes_16_bit_output(capsys, monkeypatch, tmp_path, content_path, s
     assert code == 2 and "--bit-depth 16 needs a .png or .tif output" in err
 
 
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory, bundled_weights):
-    from stylerun.network.export import export_vgg
-    from stylerun.network.loss_graph import LayerSet
-
-    path = tmp_path_factory.mktemp("models") / "small.onnx"
-    export_vgg(bundled_weights, LayerSet.of(["relu2_2"], ["relu1_1", "relu2_1"]), path)
-    return path
-
-
 def _broken_copy(model_path, directory, name, breaks) -> str:
     model = onnx.load(str(model_path))
     breaks(model)
@@ -180,22 +169,21 @@ def _external_data_outside(model: onnx.ModelProto) -> None:
 
 
 @pytest.mark.parametrize("breaks", [_unknown_op, _external_data_outside], ids=["unknown-op", "external-data"])
-def test_models_onnxruntime_refuses_are_one_line_errors(capsys, monkeypatch, tmp_path, small_model,
+def test_models_onnxruntime_refuses_are_one_line_errors(capsys, monkeypatch, tmp_path, shallow_model,
                                                         content_path, style_path, breaks):
-    bad = _broken_copy(small_model, tmp_path, "bad.onnx", breaks)
+    bad = _broken_copy(shallow_model, tmp_path, "bad.onnx", breaks)
     code, err = run_cli(capsys, monkeypatch, "transfer", str(content_path), str(style_path), "-o",
                         str(tmp_path / "o.png"), *CLI_SMALL, "-n", "1", "--model", bad, "-q")
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("stylerun: error: onnxruntime cannot load model") and "bad.onnx" in lines[0]
+    assert code == 2
+    one_line_error(code, err, "stylerun: error: onnxruntime cannot load model", "bad.onnx")
     with pytest.raises(ModelError, match="bad.onnx"):
         StyleLoss(content_path, style_path, model=bad, **SMALL)
 
 
-def test_exported_models_record_the_weights_file_name_not_its_path(small_model):
-    meta = {p.key: p.value for p in onnx.load(str(small_model), load_external_data=False).metadata_props}
+def test_exported_models_record_the_weights_file_name_not_its_path(shallow_model):
+    meta = {p.key: p.value for p in onnx.load(str(shallow_model), load_external_data=False).metadata_props}
     assert meta["stylerun.weights"] == "vgg19_caffe_q8.npz" and len(meta["stylerun.weights_sha256"]) == 64
-    assert read_layers(small_model).style == ("relu1_1", "relu2_1")
+    assert read_layers(shallow_model).style == ("relu1_1", "relu2_1")
 
 
 def test_library_errors_use_api_names_and_the_cli_maps_them(capsys, monkeypatch, tmp_path, content_path,
@@ -251,17 +239,45 @@ def test_atomic_writes_do_not_follow_a_planted_link(tmp_path, rng):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     (tmp_path / f".o.{os.getpid()}.tmp.png").symlink_to(victim)
-    save_image(rng.uniform(0, 255, (8, 8, 3)), tmp_path / "o.png")
-    assert victim.read_text() == "precious" and (tmp_path / "o.png").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".o.{os.getpid()}.tmp.png", "o.png", "victim.txt"]
+    # and a link at the output's own name: a rename replaces it, a plain write would go through it
+    assert_replaced_not_written_through(tmp_path / "o.png", lambda: save_image(rng.uniform(0, 255, (8, 8, 3)),
+                                                                                tmp_path / "o.png"))
+    assert victim.read_text() == "precious" and Image.open(tmp_path / "o.png").size == (8, 8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".o.{os.getpid()}.tmp.png", "o.png", "o.png.victim",
+                                                          "victim.txt"]
 
 
-def test_models_with_bad_metadata_are_one_line(small_model, tmp_path, content_path, style_path):
+def test_a_checkpoint_is_written_atomically(tmp_path):
+    """A checkpoint replaces the last one in one rename: a link at its name is replaced, and a write that fails
+    half-way (disk full, a kill) leaves the previous checkpoint whole and no temporary behind."""
+    from stylerun.engine import checkpoint as ckpt
+
+    image = np.full((4, 4, 3), 7.25, np.float32)
+
+    def state(iteration: int) -> ckpt.Checkpoint:
+        return ckpt.Checkpoint(TransferOptions(), iteration, image, image, [image], 1.5, np.ones(iteration))
+
+    path = tmp_path / "run.ckpt.npz"
+    assert_replaced_not_written_through(path, lambda: ckpt.save_checkpoint(path, state(2)))
+
+    def half_then_fail(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt.np, "savez", half_then_fail)
+        with pytest.raises(OSError):
+            ckpt.save_checkpoint(path, state(3))
+    assert ckpt.load_checkpoint(path).iteration == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt.npz", "run.ckpt.npz.victim"]
+
+
+def test_models_with_bad_metadata_are_one_line(shallow_model, tmp_path, content_path, style_path):
     def bad_regions(model):
         for prop in model.metadata_props:
             if prop.key == "stylerun.regions":
                 prop.value = "many"
 
-    bad = _broken_copy(small_model, tmp_path, "meta.onnx", bad_regions)
+    bad = _broken_copy(shallow_model, tmp_path, "meta.onnx", bad_regions)
     with pytest.raises(stylerun.InputError, match="meta.onnx has unusable stylerun metadata"):
         read_layers(bad)

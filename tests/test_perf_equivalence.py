@@ -67,8 +67,9 @@ def _session(model: onnx.ModelProto, level: str, **settings) -> ort.InferenceSes
 
 
 def _run(session: ort.InferenceSession, feeds: dict) -> tuple[float, np.ndarray]:
-    wanted = {i.name for i in session.get_inputs()}
-    loss, grad = session.run([LOSS, GRAD], {k: v for k, v in feeds.items() if k in wanted})
+    """One loss and gradient; an input `feeds` lacks (an optional weight, e.g. the tv weight) is zero."""
+    zero = np.asarray(0.0, np.float32)
+    loss, grad = session.run([LOSS, GRAD], {i.name: feeds.get(i.name, zero) for i in session.get_inputs()})
     return float(loss), grad
 
 
@@ -81,12 +82,7 @@ def _loss_model(weights, optimize: bool = True, **flavours) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def reference(weights, feeds):
-    model = _loss_model(weights, optimize=False)
-    # missing optional inputs (e.g. a tv weight) default to zero
-    session = _session(model, "disable")
-    for i in session.get_inputs():
-        feeds.setdefault(i.name, np.asarray(0.0, np.float32))
-    return _run(session, feeds)
+    return _run(_session(_loss_model(weights, optimize=False), "disable"), feeds)
 
 
 def _close(got, want):

@@ -2,18 +2,17 @@
 `stylerun serve` on 127.0.0.1: upload a photo and a painting, start, watch the preview change, download.
 
 Set STYLERUN_SCREENSHOT=FILE to keep the screenshot taken after the run (tools/serve_screenshot.py
-makes the README's picture with a larger job).
+makes the docs' picture of the page with a larger job).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from helpers import serve, stop
+from helpers import serve, stop, wait_for
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -59,13 +58,12 @@ def watch_preview_change(page, timeout: float = 120.0) -> tuple[tuple, tuple]:
     """Two moments of the live preview: the first image, then a later one with other bytes."""
     page.wait_for_selector("#preview[data-iteration]", state="attached", timeout=timeout * 1000)
     first = page.evaluate(PREVIEW_DIGEST)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def changed():  # the server rewrites the preview every few iterations, not each one
         later = page.evaluate(PREVIEW_DIGEST)
-        if later[1] != first[1]:  # the server rewrites the preview every few iterations, not each one
-            return first, later
-        time.sleep(0.1)
-    raise AssertionError(f"the preview's bytes never changed after iteration {first[0]}")
+        return later if later[1] != first[1] else None
+
+    return first, wait_for(changed, timeout, what=f"the preview's bytes to change after iteration {first[0]}")
 
 
 def test_page_paints_watches_and_downloads(tmp_path):
@@ -104,14 +102,14 @@ def test_page_paints_watches_and_downloads(tmp_path):
 
 
 def test_page_asks_for_the_token_and_sends_it(tmp_path):
-    proc, url = serve(tmp_path / "data", token="s3cret")
+    proc, url = serve(tmp_path / "data", token="s3cret-s3cret-s3cret")
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(url)
             page.wait_for_selector("#token-dialog[open]")
-            page.fill("#token-input", "s3cret")
+            page.fill("#token-input", "s3cret-s3cret-s3cret")
             page.click("#token-ok")
             page.wait_for_selector("body[data-ready]", timeout=30_000)
             assert page.locator("#opt-iterations").count() == 1

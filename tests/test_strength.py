@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, run_cli
 from PIL import Image
 
 from stylerun.engine import strength
@@ -17,8 +17,8 @@ from stylerun.engine.run import Job, resume_job, run
 from stylerun.errors import InputError, OptionError
 from stylerun.options import TransferOptions
 
-FAST = dict(content_layers="relu2_2", style_layers="relu1_1,relu2_1", device="cpu", threads=1)
-SMALL = ("--size", "48", "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1", "--device", "cpu")
+FAST = dict(**SHALLOW, device="cpu", threads=1)
+SMALL = ("--size", "48", *SHALLOW_FLAGS, "--device", "cpu")
 
 
 def test_the_far_terms_are_the_two_ends_and_set_alpha_over_beta(content_path, style_path):

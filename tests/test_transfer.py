@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SHALLOW_FLAGS, one_line_error, run_cli_process
 from PIL import Image
 
 import stylerun
@@ -17,22 +15,6 @@ from stylerun.engine.optimizers import optimize
 from stylerun.options import INITS
 
 SIZE = 64
-
-
-def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stylerun", *args],
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
-    )
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +71,7 @@ def test_python_api_returns_image(content_path, style_path):
 
 def test_cli_transfer_end_to_end(content_path, style_path, tmp_path):
     out = tmp_path / "out.png"
-    result = run_cli("transfer", str(content_path), str(style_path), "-o", str(out), "--size", str(SIZE),
+    result = run_cli_process("transfer", str(content_path), str(style_path), "-o", str(out), "--size", str(SIZE),
                      "--iterations", "5", "--save-every", "2", "--init", "random")
     assert result.returncode == 0, result.stderr
     with Image.open(out) as img:
@@ -103,13 +85,13 @@ def test_cli_transfer_end_to_end(content_path, style_path, tmp_path):
 
 def test_cli_export_then_transfer_with_model(content_path, style_path, tmp_path):
     model = tmp_path / "vgg.onnx"
-    result = run_cli("export-vgg", "-o", str(model), "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1")
+    result = run_cli_process("export-vgg", "-o", str(model), *SHALLOW_FLAGS)
     assert result.returncode == 0, result.stderr
     assert model.is_file() and (tmp_path / "vgg.targets.onnx").is_file()
     assert "caffe" in result.stderr  # it says which input convention it detected
     out = tmp_path / "out.jpg"
-    result = run_cli("transfer", str(content_path), str(style_path), "-o", str(out), "--size", "48", "-n", "2",
-                     "--model", str(model), "--content-layers", "relu2_2", "--style-layers", "relu1_1,relu2_1")
+    result = run_cli_process("transfer", str(content_path), str(style_path), "-o", str(out), "--size", "48", "-n", "2",
+                     "--model", str(model), *SHALLOW_FLAGS)
     assert result.returncode == 0, result.stderr
     assert out.is_file()
 
@@ -125,23 +107,25 @@ def test_cli_export_then_transfer_with_model(content_path, style_path, tmp_path)
     ],
 )
 def test_bad_layer_specs_are_one_line_errors(content_path, style_path, tmp_path, option, value, needle):
-    result = run_cli("transfer", str(content_path), str(style_path), "-o", str(tmp_path / "o.png"), option, value)
-    assert_user_error(result, needle)
+    result = run_cli_process("transfer", str(content_path), str(style_path), "-o", str(tmp_path / "o.png"), option,
+                             value)
+    one_line_error(result.returncode, result.stderr, needle)
     assert not (tmp_path / "o.png").exists()
 
 
 def test_export_bad_layer_is_one_line_error(tmp_path):
-    assert_user_error(run_cli("export-vgg", "-o", str(tmp_path / "m.onnx"), "--style-layers", "fc7"), "unknown layer")
+    result = run_cli_process("export-vgg", "-o", str(tmp_path / "m.onnx"), "--style-layers", "fc7")
+    one_line_error(result.returncode, result.stderr, "unknown layer")
 
 
 def test_version_and_help():
-    version = run_cli("--version")
+    version = run_cli_process("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"stylerun {stylerun.__version__}"
     for args in (["--help"], ["transfer", "--help"], ["export-vgg", "--help"]):
-        result = run_cli(*args)
+        result = run_cli_process(*args)
         assert result.returncode == 0
         assert "Usage" in result.stdout
-    assert "--style-layers" in run_cli("transfer", "--help").stdout
+    assert "--style-layers" in run_cli_process("transfer", "--help").stdout
 
 
 def test_package_has_no_framework_imports():
@@ -155,7 +139,7 @@ def test_package_has_no_framework_imports():
 def test_unsupported_weights_file_is_refused_before_work(content_path, style_path, tmp_path):
     bad = tmp_path / "weights.bin"
     bad.write_bytes(b"not a weights file at all")
-    result = run_cli("transfer", str(content_path), str(style_path), "-o", str(tmp_path / "o.png"),
+    result = run_cli_process("transfer", str(content_path), str(style_path), "-o", str(tmp_path / "o.png"),
                      "--weights", str(bad))
-    assert_user_error(result, "unrecognised weights format")
+    one_line_error(result.returncode, result.stderr, "unrecognised weights format")
     assert not (tmp_path / "o.png").exists()

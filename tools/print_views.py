@@ -1,4 +1,4 @@
-"""Two views of a print-size result for the README: the whole picture scaled down, and a 100 % crop.
+"""Two views of a print-size result for the docs: the whole picture scaled down, and a 100 % crop.
 
     python tools/print_views.py print.png docs/images/print --width 900 --crop 0.55,0.35,900,500
 

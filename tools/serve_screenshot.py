@@ -1,4 +1,4 @@
-"""The README's picture of the page: a real `stylerun serve`, a real 256 px job, headless chromium.
+"""The docs' picture of the page: a real `stylerun serve`, a real 256 px job, headless chromium.
 
 Usage:
   python tools/serve_screenshot.py [OUT] [--size 256] [--iterations 120] [--threads N]

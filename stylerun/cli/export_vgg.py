@@ -33,7 +33,7 @@ def export_vgg_command(
     """Export VGG19, cut at the deepest layer asked for, as an ONNX loss-and-gradient model.
 
     The model takes the image, the targets, per-layer weights, alpha and beta as inputs
-    (see the README's model contract), so one export serves every image and weighting.
+    (see the model contract in docs/weights.md), so one export serves every image and weighting.
     """
     options = TransferOptions(content_layers=content_layers, style_layers=style_layers, pooling=pooling,
                               weights=None if weights is None else str(weights), swap_red_blue=swap_red_blue)

@@ -2,7 +2,7 @@
 
 α/β alone means nothing across runs: the content term grows with the pixels, pooling and
 weights rescale both terms, and so the α/β that balances a picture moves by decades (see
-README, "Content vs style weight"). A run with a style strength S measures the two terms
+docs/loss.md, "Content vs style weight"). A run with a style strength S measures the two terms
 at their far ends, on its own inputs and settings:
 
 * ``content_far``: the content term of the painting (resized to the output) against the

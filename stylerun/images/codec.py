@@ -202,6 +202,35 @@ def open_image(
         Image.MAX_IMAGE_PIXELS = saved_limit
 
 
+def image_header(data: bytes, name: str = "image data", limit: int | None = None) -> tuple[str, int, int]:
+    """(format, width, height) of encoded `data` from its header alone, refused as `open_image` would refuse it
+    (not an image, no pixels, over the pixel limit) before a single pixel is decoded.
+
+    A request carrying several images checks every header first, so a bomb or a bad file among them costs
+    nothing but its bytes.
+    """
+    limit = max_pixels(limit)
+    saved_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.MAX_IMAGE_PIXELS = None  # the check below names the size
+            with Image.open(io.BytesIO(data)) as img:
+                (width, height), fmt = img.size, img.format or "unknown"
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+    except Exception as exc:  # a header that ends early or lies: OSError, SyntaxError, struct.error, ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name}: cannot read image header ({detail})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved_limit
+    if width * height > limit:
+        raise _too_large(name, f"{width}x{height} = {width * height:,} pixels", limit)
+    if width < 1 or height < 1:
+        raise InputError(f"{name}: image has no pixels ({width}x{height})")
+    return fmt, width, height
+
+
 def _readable_path(path: Path) -> Path:
     """`path` when it is a readable regular file; a FIFO or device would block or never end."""
     if not path.exists():

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -182,7 +183,10 @@ def plan(specs: Sequence[JobSpec], outdir: str | Path, defaults: dict[str, Any] 
     every job that does not set them itself. Nothing is decoded or run."""
     outdir = Path(outdir)
     try:
-        (outdir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        outdir.mkdir(parents=True, exist_ok=True)
+        for name in (CHECKPOINTS, WORK):
+            own_folder(outdir, name)
+        (outdir / CHECKPOINTS).mkdir(exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot use {outdir} as the output folder ({exc.strerror or exc})") from None
     entries = [_entry(index, spec, dict(defaults or {})) for index, spec in enumerate(specs, start=1)]
@@ -198,6 +202,19 @@ def plan(specs: Sequence[JobSpec], outdir: str | Path, defaults: dict[str, Any] 
             raw = {"content": entry.content, "style": entry.style, "output": entry.asked_output}
             entry.id = _digest({"refused": raw, "source": entry.source})
     return entries
+
+
+def own_folder(outdir: Path, name: str) -> None:
+    """Refuse OUTDIR/`name` (the batch's own folder, whose entries it removes) when it is a link or not a
+    folder: the batch would otherwise write and delete through it, outside OUTDIR."""
+    try:
+        mode = os.lstat(outdir / name).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+        kind = "a link" if stat.S_ISLNK(mode) else "not a folder"
+        raise InputError(f"{outdir / name} is {kind}; the batch keeps its own files there and removes them, so it "
+                         "must be a real folder inside OUTDIR (remove it)")
 
 
 def _entry(index: int, spec: JobSpec, options: dict[str, Any]) -> PlannedJob:
@@ -265,6 +282,28 @@ def _assign_outputs(entries: list[PlannedJob]) -> None:
             while output in taken:
                 output, more = f"{stem}-{more}.png", more + 1
             taken[output], entry.output = entry.index, output
+    _refuse_overwritten(entries)
+
+
+def _refuse_overwritten(entries: list[PlannedJob]) -> None:
+    """Of a job whose output is another job's `save_every` picture (``a_0001.png`` beside ``a.png``) and that
+    other job, the later is refused: they would overwrite each other, and the manifest would call both done."""
+    savers: dict[tuple[str, str, str], list[PlannedJob]] = {}
+    for entry in entries:
+        if entry.error is None and entry.output is not None and entry.job.options.save_every > 0:
+            out = PurePosixPath(entry.output)
+            savers.setdefault((str(out.parent), out.stem, out.suffix), []).append(entry)
+    for entry in entries if savers else ():
+        out = PurePosixPath(entry.output or "")
+        stem, _, number = out.stem.rpartition("_")
+        for saver in savers.get((str(out.parent), stem, out.suffix), []) if number.isdigit() else ():
+            every, last = saver.job.options.save_every, saver.job.options.iterations
+            if entry.error or saver.error or f"{int(number):04d}" != number or not 0 < int(number) <= last \
+                    or int(number) % every:
+                continue
+            later = max(entry, saver, key=lambda e: e.index)
+            later.error = (f"output {entry.output} of job {entry.index} is also a picture that job {saver.index} "
+                           f"saves every {every} iterations (save_every); choose another output")
 
 
 def _stem(path: str) -> str:
@@ -414,8 +453,10 @@ class Batch:
             records.append(record)
         self.manifest = Manifest(self.outdir / MANIFEST, records, text)
         # work folders left by a batch that was killed outright: their jobs start again (one batch per OUTDIR)
+        own_folder(self.outdir, WORK)
         for stale in (self.outdir / WORK).glob("*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stat.S_ISDIR(os.lstat(stale).st_mode):  # a real folder; a link is never followed
+                shutil.rmtree(stale, ignore_errors=True)
 
     def _keeps(self, entry: PlannedJob, old: dict[str, Any], retry_failed: bool) -> bool:
         if old["status"] == "done":

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from stylerun.errors import EvaluationStopped, ModelError, OptionError
+from stylerun.errors import EvaluationStopped, ModelError, OptionError, mention
 from stylerun.network.export import GRAD, ModelFiles
 from stylerun.network.loss_graph import (
     ALPHA,
@@ -107,9 +107,39 @@ def check_device(device: str) -> str:
         raise OptionError(
             "device", "cuda: this onnxruntime has no CUDA provider "
             f"(available: {', '.join(available)}); install onnxruntime-gpu with "
-            "`pip install 'stylerun[cuda]'`, or use device cpu"
+            f"`pip install 'stylerun[cuda]'`, or use {mention('device')} cpu"
         )
+    if device == "cuda" and not cuda_starts():
+        raise _cuda_did_not_start()
     return device
+
+
+def _cuda_did_not_start() -> OptionError:
+    return OptionError(
+        "device", "cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not "
+        f"found); install them with `pip install 'stylerun[cuda]'`, or use {mention('device')} cpu"
+    )
+
+
+@functools.cache
+def cuda_starts() -> bool:
+    """Whether a session on the CUDA provider starts here, tried once per process on a one-op model.
+
+    onnxruntime-gpu lists the CUDA provider whether or not a GPU and its libraries are there, and
+    only a session tells; `--device cuda` asks this before any image is read.
+    """
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    try:
+        session = _quiet_session(model.SerializeToString(), ort.SessionOptions(), [CUDA, CPU])
+    except Exception:  # onnxruntime raises its own types; any failure to start is "does not start"
+        return False
+    return session.get_providers()[0] == CUDA
 
 
 def create_session(
@@ -124,24 +154,26 @@ def create_session(
     check_device(device)
     providers = [CUDA, CPU] if device != "cpu" and CUDA in ort.get_available_providers() else [CPU]
     options = session_options(threads, settings, profile_prefix)
-    # onnxruntime prints its own fallback notice (stdout) and log lines (stderr) when the
-    # CUDA libraries are missing; the provider actually in use is reported instead.
-    ort.set_default_logger_severity(4)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            session = ort.InferenceSession(str(path), options, providers=providers)
+        session = _quiet_session(str(path), options, providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile/... types
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ModelError(f"onnxruntime cannot load model {path}: {reason}") from None
-    finally:
-        ort.set_default_logger_severity(2)
     release_free_memory()  # loading and optimizing the graph leaves ~190 MiB of freed heap at 512 px
     if device == "cuda" and session.get_providers()[0] != CUDA:
-        raise OptionError(
-            "device", "cuda: the CUDA provider could not start (the CUDA and cuDNN libraries it needs were not "
-            "found); install them with `pip install 'stylerun[cuda]'`, or use device cpu"
-        )
+        raise _cuda_did_not_start()
     return session
+
+
+def _quiet_session(model: str | bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """A session, without the fallback notice (stdout) and log lines (stderr) onnxruntime prints when the
+    CUDA libraries are missing; the provider actually in use is reported instead."""
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ort.InferenceSession(model, options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 @functools.cache

@@ -5,63 +5,64 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
-from stylerun.engine.run import PATH_OPTIONS
+from stylerun.engine.run import PATH_OPTIONS, Job, check_job, scale_plan
 from stylerun.errors import OptionError, StylerunError
-from stylerun.images.codec import open_image
+from stylerun.images.codec import check_size
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
+from stylerun.serve.guard import Guard, GuardMiddleware
 from stylerun.serve.runner import ACTIVE, Runner
-from stylerun.serve.store import Store
+from stylerun.serve.store import FINISHED, Store
+from stylerun.serve.uploads import Upload, content_shape, read_uploads, store_uploads
 from stylerun.web.isolated import LocalSite
 
-MAX_UPLOAD = 50 * 1024 * 1024
 #: Options the server decides: files on this machine, which no client string may name.
 SERVER_DECIDES = (*PATH_OPTIONS, "checkpoint")
+#: Options the server sets for every job (`--checkpoint-every`; intermediate pictures never): refused from clients.
+SERVER_SETTINGS = ("save_every", "checkpoint_every")
+#: Event streams open at once; each polls the store twice a second, so more would slow every answer.
+MAX_STREAMS = 64
 #: The page (index.html, app.js, style.css), shipped inside the package: no Node build.
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def _read_image(upload: UploadFile, field: str):
-    """An upload decoded through the bounded decoder (413 over the limit, 400 naming the field if unusable)."""
-    data = upload.file.read(MAX_UPLOAD + 1)
-    if len(data) > MAX_UPLOAD:
-        raise HTTPException(413, {"field": field, "error": "upload over 50 MB"})
-    try:
-        image = open_image(data)
-    except StylerunError as exc:
-        raise HTTPException(400, {"field": field, "error": str(exc)}) from exc
-    return image
-
-
 def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str | None = None,
-               max_memory: int | None = None) -> FastAPI:
+               max_memory: int | None = None, max_queued: int = 100, keep_days: float = 30.0,
+               checkpoint_every: int | None = None, guard: Guard | None = None) -> FastAPI:
     """The application for one data folder (the store and runner are made here, no module globals).
 
     With `token`, every /api call needs ``Authorization: Bearer TOKEN`` (401 otherwise);
     `workers` jobs run at once, here or, with `ray`, on that Ray cluster's actors, each
-    within `max_memory` bytes (default: `runner.job_memory`).
+    within `max_memory` bytes (default: `runner.job_memory`), with a checkpoint every
+    `checkpoint_every` iterations (default: a tenth of the job). At most `max_queued` jobs
+    wait (429 beyond); finished jobs are removed with their files after `keep_days` (0: never).
+    `guard` says which Host names and how large a body are accepted (`stylerun.serve.guard`).
     """
     store = Store(data)
-    runner = Runner(store, workers, ray=ray, max_memory=max_memory)
+    limits = Limits(max_queued, keep_days)
+    limits.sweep(store)
+    runner = Runner(store, workers, ray=ray, max_memory=max_memory, checkpoint_every=checkpoint_every)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         await asyncio.to_thread(runner.close)  # the running job keeps a checkpoint; the next start goes on
 
-    app = FastAPI(title="stylerun", lifespan=lifespan)
+    # no Swagger UI: it loads its scripts from a CDN; the schema stays at /openapi.json
+    app = FastAPI(title="stylerun", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runner = runner
-    if token:
-        app.middleware("http")(bearer_auth(token))
+    app.add_middleware(GuardMiddleware, guard=guard or Guard(), token=token or None)
     app.include_router(service_routes(runner))
-    app.include_router(submit_routes(store, runner))
+    app.include_router(submit_routes(store, runner, limits))
     app.include_router(job_routes(store, runner))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/local", LocalSite(), name="local")  # the browser-only page, cross-origin isolated (stylerun.web)
@@ -73,13 +74,20 @@ def create_app(data: Path, token: str | None = None, workers: int = 1, ray: str 
     return app
 
 
-def bearer_auth(token: str):
-    """Middleware refusing /api calls without ``Authorization: Bearer TOKEN``."""
-    async def auth(request, call_next):
-        if request.url.path.startswith("/api/") and request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
-        return await call_next(request)
-    return auth
+class Limits:
+    """What the server keeps: `max_queued` waiting jobs, finished ones for `keep_days` (swept at most once
+    a minute, at start and as jobs are submitted)."""
+
+    def __init__(self, max_queued: int, keep_days: float):
+        self.max_queued, self.keep_days, self.swept = max_queued, keep_days, -math.inf
+
+    def sweep(self, store: Store) -> None:
+        if self.keep_days > 0 and time.monotonic() - self.swept > 60:
+            self.swept = time.monotonic()
+            store.expire(self.keep_days * 86400)
+
+    def full(self) -> HTTPException:
+        return HTTPException(429, {"error": f"{self.max_queued} jobs are waiting already; try again later"})
 
 
 def service_routes(runner: Runner) -> APIRouter:
@@ -96,7 +104,7 @@ def service_routes(runner: Runner) -> APIRouter:
         """The option model's metadata, so a form can be built from it (new options appear by themselves)."""
         values = defaults()
         return [_option_entry(f.name, f.metadata["option"], values[f.name])
-                for f in option_fields() if f.name not in SERVER_DECIDES]
+                for f in option_fields() if f.name not in (*SERVER_DECIDES, *SERVER_SETTINGS)]
 
     return router
 
@@ -126,21 +134,57 @@ def _checked_options(options: str, max_memory: int | None) -> dict[str, Any]:
         return checked.to_dict()
     except OptionError as exc:
         raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
-    except (StylerunError, ValueError) as exc:
+    except (StylerunError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested 50,000 deep
         raise HTTPException(422, {"field": "options", "error": str(exc)}) from exc
 
 
-def submit_routes(store: Store, runner: Runner) -> APIRouter:
+def _job_checks(parsed: dict[str, Any], uploads: list[Upload], runner: Runner) -> dict[str, Any]:
+    """The server's own settings refused, threads kept to the server's share, and the job's checks run now
+    (scales, size, blend weights against the real pictures' headers), not when a worker takes it: 422."""
+    for name in SERVER_SETTINGS:
+        if (parsed.get(name) or -1) > 0:
+            raise HTTPException(422, {"field": name, "error": f"{name} is this server's setting "
+                                                              "(--checkpoint-every); not accepted from clients"})
+    if parsed.get("threads") is not None:
+        parsed["threads"] = runner.share(parsed["threads"])
+    try:
+        options = TransferOptions.from_dict(parsed)
+        check_job(Job("content", ("style",) * (len(uploads) - 1), options))
+        shape = content_shape(uploads[0], options.size)
+        check_size(*shape, "the content image", original=(uploads[0].width, uploads[0].height), longest=options.size)
+        if options.scales > 1:
+            scale_plan(options.size, options.scales, options.iterations, shape)
+    except OptionError as exc:
+        raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
+    except StylerunError as exc:
+        raise HTTPException(422, {"field": "content", "error": str(exc)}) from exc
+    return options.to_dict()
+
+
+def submit_routes(store: Store, runner: Runner, limits: Limits) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/jobs", status_code=201)
     def create(content: UploadFile = File(...), style: list[UploadFile] = File(...),
                options: str = Form("{}")) -> dict[str, Any]:
+        """Checked in full, pictures stored at the job's size (atomically), then queued: a worker never
+        takes a job whose pictures are missing or half written."""
         parsed = _checked_options(options, runner.max_memory)
-        images = [_read_image(content, "content")] + [_read_image(s, "style") for s in style]
-        job_id = store.add(parsed, len(style))
-        for name, image in zip(["content"] + [f"style{i}" for i in range(len(style))], images, strict=True):
-            image.save(store.image(job_id, name), "PNG")
+        limits.sweep(store)
+        if store.waiting() >= limits.max_queued:
+            raise limits.full()
+        uploads = read_uploads(content, style)
+        parsed = _job_checks(parsed, uploads, runner)
+        job_id = store.new_id()
+        try:
+            store_uploads(uploads, parsed, lambda name: store.image(job_id, name))
+            queued = store.add(parsed, len(style), job_id, limits.max_queued)
+        except BaseException:
+            store.remove_files(job_id)
+            raise
+        if queued is None:
+            store.remove_files(job_id)
+            raise limits.full()
         runner.wake.set()
         return {"id": job_id, "status": "queued"}
 
@@ -158,25 +202,42 @@ def job_routes(store: Store, runner: Runner) -> APIRouter:
         return job
 
     @router.get("/api/jobs")
-    def jobs() -> list[dict[str, Any]]:
-        return [store.get(i) for i in store.ids()]
+    def jobs(response: Response, offset: int = Query(0, ge=0),
+             limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        """A page of jobs, newest first; ``X-Total-Count`` says how many there are."""
+        response.headers["X-Total-Count"] = str(store.total())
+        return store.page(offset, limit)
 
     @router.get("/api/jobs/{job_id}")
     def get(job_id: str) -> dict[str, Any]:
         return found(job_id)
 
+    streams = {"open": 0}  # counted on the event loop's one thread
+
     @router.get("/api/jobs/{job_id}/events")
-    async def events(job_id: str) -> StreamingResponse:
-        """Server-Sent Events: the job's state twice a second until it is no longer queued or running."""
-        found(job_id)
+    async def events(job_id: str):
+        """Server-Sent Events: the job's state twice a second until it is no longer queued or running.
+
+        The store is read in the thread pool (SQLite on the event loop would stall every other answer),
+        and at most `MAX_STREAMS` streams are open at once (429 beyond: poll the job instead)."""
+        await run_in_threadpool(found, job_id)
+        if streams["open"] >= MAX_STREAMS:
+            return JSONResponse({"detail": {"error": f"{MAX_STREAMS} event streams are open already; "
+                                                     f"poll GET /api/jobs/{job_id} instead"}}, 429)
+        streams["open"] += 1
 
         async def stream():
-            while True:
-                job = store.get(job_id)
-                yield f"data: {json.dumps(job)}\n\n"
-                if job["status"] not in ACTIVE:
-                    return
-                await asyncio.sleep(0.5)
+            try:
+                while True:
+                    job = await run_in_threadpool(store.get, job_id)
+                    if job is None:  # deleted meanwhile
+                        return
+                    yield f"data: {json.dumps(job)}\n\n"
+                    if job["status"] not in ACTIVE:
+                        return
+                    await asyncio.sleep(0.5)
+            finally:
+                streams["open"] -= 1
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     @router.get("/api/jobs/{job_id}/preview")
@@ -194,7 +255,12 @@ def job_routes(store: Store, runner: Runner) -> APIRouter:
 
     @router.delete("/api/jobs/{job_id}")
     def cancel(job_id: str) -> dict[str, Any]:
-        found(job_id)
+        """A queued or running job is cancelled (it keeps its best picture); a finished one is removed,
+        its files with it."""
+        if found(job_id)["status"] in FINISHED:
+            store.remove(job_id)
+            runner.cancelled.discard(job_id)
+            return {"id": job_id, "status": "deleted"}
         runner.cancelled.add(job_id)  # first: a job the runner takes meanwhile stops at its next evaluation
         if store.get(job_id)["status"] in ("queued", "interrupted"):
             store.update(job_id, status="cancelled")

@@ -72,12 +72,13 @@ def write(path: Any, data: bytes | None) -> None:
         write_bytes(path, data)
 
 
-def checkpointed(options: TransferOptions) -> TransferOptions:
-    """The job's options with the batch's checkpoint rhythm where the client chose none (or none can be made)."""
-    if options.checkpoint_every > 0:
-        return options
-    every = checkpoint_every(options)
-    return options.replace(checkpoint_every=every) if every > 0 else options
+def checkpointed(options: TransferOptions, every: int | None = None) -> TransferOptions:
+    """The job's options with the server's checkpoint rhythm: `every` iterations, by default the batch's
+    (none where none can be made); never `save_every` pictures, which nothing would serve or delete.
+    Both are the server's to choose: a stored job from before that rule chose them itself."""
+    options = options.replace(save_every=-1, checkpoint_every=-1)
+    every = checkpoint_every(options) if every is None else every
+    return options.replace(checkpoint_every=every) if every > 0 and options.scales == 1 else options
 
 
 class Runner:
@@ -93,8 +94,9 @@ class Runner:
     """
 
     def __init__(self, store: Store, workers: int = 1, cores: int | None = None, ray: str | None = None,
-                 max_memory: int | None = None):
+                 max_memory: int | None = None, checkpoint_every: int | None = None):
         self.store, self.wake, self.cancelled = store, threading.Event(), set()
+        self.checkpoint_every = checkpoint_every
         self.closing = False
         #: Each job's `max_memory`, unless it asks for less: a job too large for it runs in tiles (or fails
         #: with a reason) rather than growing until the system kills the server.
@@ -132,10 +134,10 @@ class Runner:
         """The next job, marked running so that no other worker takes it."""
         with self.claiming:
             for status in ("interrupted", "queued"):
-                waiting = self.store.ids(status)
-                if waiting:
-                    self.store.update(waiting[0], status="running")
-                    return waiting[0]
+                waiting = self.store.first(status)
+                if waiting is not None:
+                    self.store.update(waiting, status="running")
+                    return waiting
         return None
 
     def loop(self, models: ModelCache) -> None:
@@ -166,6 +168,11 @@ class Runner:
         if self.blas is not None:
             self.blas.restore_original_limits()
 
+    def share(self, threads: int | None) -> int:
+        """A job's thread count: what it asked for, at most this server's share per job (a client's 4096
+        would otherwise start 4096 onnxruntime threads in the server)."""
+        return min(threads or self.threads, self.threads)
+
     def stopping(self, job_id: str) -> bool:
         return self.closing or job_id in self.cancelled
 
@@ -174,9 +181,8 @@ class Runner:
         store, record = self.store, self.store.get(job_id)
         styles = tuple(str(store.image(job_id, f"style{i}")) for i in range(record["styles"]))
         ckpt = store.checkpoint(job_id)
-        options = checkpointed(TransferOptions.from_dict(record["options"]))
-        if options.threads is None:
-            options = options.replace(threads=self.threads)
+        options = checkpointed(TransferOptions.from_dict(record["options"]), self.checkpoint_every)
+        options = options.replace(threads=self.share(options.threads))
         if self.max_memory is not None:  # a client's smaller budget stands
             options = options.replace(max_memory=min(options.max_memory or self.max_memory, self.max_memory))
         return Task(job_id, str(store.image(job_id, "content")), styles, options,

@@ -358,7 +358,7 @@ async function refreshGallery() {
 }
 
 async function drawGallery() {
-  const jobs = (await (await api("/api/jobs")).json()).reverse().slice(0, 30);
+  const jobs = await (await api("/api/jobs?limit=30")).json();
   if (!jobs.length) return;
   const cards = await Promise.all(jobs.map(async (job) => {
     const card = document.createElement("button");
