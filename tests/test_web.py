@@ -15,17 +15,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_cli, serve, stop
+from helpers import SHALLOW, one_line_error, run_cli, serve, shallow_layers, stop
 
 from stylerun.engine.run import scale_plan
 from stylerun.network.export import build_models
-from stylerun.network.loss_graph import LayerSet
 from stylerun.options import DEFAULT_STRENGTH, TransferOptions
 from stylerun.web import model as web_model
 from stylerun.web.isolated import HEADERS, StaticServer
 from stylerun.web.site import STATIC, export_site
 
-LAYERS = LayerSet.of({"relu2_1": 1.0}, {"relu1_1": 0.5, "relu2_1": 0.5})
+LAYERS = shallow_layers()
 
 
 def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
@@ -67,17 +66,16 @@ def test_coding_keeps_tensors_with_more_than_256_values():
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SHALLOW = dict(content_layers="relu2_1", style_layers="relu1_1,relu2_1")
 
 
 def test_export_web_refuses_a_file_and_a_folder_with_something_in_it(tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("x")
     code, err = run_cli(capsys, monkeypatch, "export-web", str(tmp_path / "file"))
-    assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1, err
+    one_line_error(code, err, "is a file")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     code, err = run_cli(capsys, monkeypatch, "export-web", str(tmp_path / "full"))
-    assert code == 2 and "not empty" in err and "--force" in err and len(err.strip().splitlines()) == 1, err
+    one_line_error(code, err, "not empty", "--force")
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["keep.txt"]  # nothing written
 
 
@@ -108,7 +106,7 @@ def test_config_follows_the_options_and_the_engine_plan(tmp_path):
     assert config["defaults"] | {"size": 256, "iterations": 90, "scales": 3, "style_strength": 0.7} == \
         config["defaults"]
     assert config["schedule"] == [[64, 30], [128, 60], [256, 90]] == [list(s) for s in scale_plan(256, 3, 90)]
-    assert (config["content_layers"], config["style_layers"]) == (["relu2_1"], ["relu1_1", "relu2_1"])
+    assert (config["content_layers"], config["style_layers"]) == (["relu2_2"], ["relu1_1", "relu2_1"])
 
 
 def test_the_built_static_files_are_the_sources_in_web():

@@ -2,7 +2,7 @@
 127.0.0.1 cross-origin isolated: the page's loss and gradient are Python's, `?demo` runs to the end
 with a lower loss, the preview changes on the way, and nothing is asked of another host.
 
-The site is exported for shallow layers (relu1_1, relu2_1), which keeps the browser's share of the
+The site is exported for the suite's shallow layers (helpers.SHALLOW), which keeps the browser's share of the
 test to seconds; docs/browser.md gives the agreement for the default layers.
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from helpers import SHALLOW, wait_for
 from PIL import Image
 
 import stylerun
@@ -31,7 +31,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: Debian's chromium, headless, and never reaching out to the network on its own.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-CONTENT_LAYERS, STYLE_LAYERS = {"relu2_1": 1.0}, {"relu1_1": 0.3, "relu2_1": 0.7}  # unequal: an order error shows
+# the suite's shallow layers (helpers.SHALLOW), the style ones unequal so that an order error shows
+CONTENT_LAYERS = dict.fromkeys(SHALLOW["content_layers"].split(","), 1.0)
+STYLE_LAYERS = dict(zip(SHALLOW["style_layers"].split(","), (0.3, 0.7), strict=True))
 ENDED = "body[data-state=done], body[data-state=stopped], body[data-state=error]"
 
 pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="no chromium (apt-get install chromium)")
@@ -138,15 +140,14 @@ def test_demo_runs_to_a_lower_loss_with_a_live_preview_and_only_local_requests(b
     page, errors = open_page(browser, site_without_csp + "index.html?demo", requests)
     page.wait_for_selector("body[data-state=running]", state="attached", timeout=120_000)
     seen: dict[str, str] = {}  # preview digest -> the iteration it showed, while the run was going
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+
+    def ended() -> bool:
         state, iteration, digest = page.evaluate(PREVIEW)
-        if state != "running":
-            break
-        if iteration is not None:
+        if state == "running" and iteration is not None:
             seen.setdefault(digest, iteration)
-        time.sleep(0.05)
-    page.wait_for_selector(ENDED, state="attached", timeout=10_000)
+        return state != "running"
+
+    wait_for(ended, 300, what="the end of the demo")
     data = page.evaluate("({...document.body.dataset, status: document.getElementById('status').textContent})")
     assert data["state"] == "done", data
     first, last = float(data["lossFirst"]), float(data["lossLast"])
@@ -197,5 +198,23 @@ def test_the_page_plans_stages_and_sizes_as_the_engine(browser, site):
     }""", [plans, sizes])
     assert got[0] == [[list(stage) for stage in scale_plan(*p)] for p in plans]
     assert got[1] == [list(fit_longest_side(*s)) for s in sizes]
+    assert not errors
+    page.close()
+
+
+def test_coarse_to_fine_runs_every_stage_of_the_engines_plan(browser, tmp_path):
+    layers = {k: ",".join(f"{n}:{w}" for n, w in v.items()) for k, v in
+              (("content_layers", CONTENT_LAYERS), ("style_layers", STYLE_LAYERS))}
+    config = export_site(tmp_path / "site", options=TransferOptions(scales=2, **layers))
+    assert config["defaults"]["scales"] == 2
+    with StaticServer(tmp_path / "site") as server:
+        page, errors = open_page(browser, server.url + "index.html?demo&iterations=6")
+        page.wait_for_selector(ENDED, state="attached", timeout=120_000)
+        data = page.evaluate("({...document.body.dataset, stages: document.getElementById('preview').dataset.stages,"
+                             " status: document.getElementById('status').textContent})")
+    assert data["state"] == "done", data
+    # scale_plan(128, 2, 6): 64 px to iteration 3, then 128 px; 255 * 64/384 = 42.5 rounds to 42, as in Python
+    assert data["stages"] == "64x42,128x85"
+    assert "6 of 6 iterations" in data["status"] and math.isfinite(float(data["lossLast"]))
     assert not errors
     page.close()

@@ -45,6 +45,7 @@ MODULES: dict[str, list[str]] = {
                              "and not existing_file and not stored_inside"],
     "jobs/batch.py": ["tests/test_batch_plan.py", "tests/test_batch.py"],
     "serve/store.py": ["tests/test_store.py"],
+    "web/model.py": ["tests/test_web.py", "-k", "coded or coding"],
 }
 
 #: mutmut's exit codes for a mutant (mutmut/stats.py), as this report counts them.

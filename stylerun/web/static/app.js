@@ -18,12 +18,16 @@ function threads() {
   return asked > 0 ? asked : Math.min(4, navigator.hardwareConcurrency || 1);
 }
 
+// The preview; its data-stages lists the sizes this run has painted (coarse to fine: several).
+const painted = new Set();
 function paint(msg) {
   const canvas = $('preview');
   if (canvas.width !== msg.width || canvas.height !== msg.height) {
     canvas.width = msg.width;
     canvas.height = msg.height;
   }
+  painted.add(`${msg.width}x${msg.height}`);
+  canvas.dataset.stages = [...painted].join(',');
   canvas.getContext('2d').putImageData(new ImageData(msg.rgba, msg.width, msg.height), 0, 0);
 }
 
@@ -97,6 +101,7 @@ async function start(content, styles, size, iterations, strength) {
   $('start').disabled = true;
   $('stop').disabled = false;
   $('download').hidden = true;
+  painted.clear();
   worker.postMessage({ type: 'run', content: photo, styles: paintings, blend: paintings.map(() => 1), size,
     iterations, strength }, [photo, ...paintings]);
 }
