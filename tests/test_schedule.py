@@ -90,6 +90,7 @@ def test_an_interrupted_run_resumed_across_scales_paints_the_same_pixels(tmp_pat
 
     def callback(p):
         seen.append(p.image.shape[:2])
+        assert p.iterations == 8  # progress counts toward the whole run, not the scale's last iteration
         if p.iteration == stop_at:
             stop.set()
 

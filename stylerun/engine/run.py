@@ -370,7 +370,8 @@ class _Run:
 
     def on_step(self, p: Progress) -> None:
         loss = self.loss
-        p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb)
+        p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb,
+                    iterations=self.plan[-1][1])  # the whole run's, not this scale's
         self.history.append(p.loss)
         if self.stage_index == 0 and p.iteration == self.stage_first + 1:
             self.listener.estimate(self.estimate(p))
