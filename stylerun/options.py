@@ -313,8 +313,8 @@ class TransferOptions:
     seed: int = option(0, "Seed of the random init.", OPTIMIZER, whole(0, 2**63 - 1), cli=int, metavar="N",
                        cli_default=0)
     iterations: int = option(
-        500, "Iterations (L-BFGS-B iterations, or Adam steps).", OPTIMIZER, whole(0, 1_000_000), cli=int,
-        metavar="N", short="-n", cli_default=500)
+        150, "Iterations (L-BFGS-B iterations, or Adam steps), over all scales together.", OPTIMIZER,
+        whole(0, 1_000_000), cli=int, metavar="N", short="-n", cli_default=150)
     optimizer: str = option(
         "lbfgs", f"Optimizer: {' or '.join(OPTIMIZERS)}.", OPTIMIZER, choice(*OPTIMIZERS),
         metavar="|".join(OPTIMIZERS), cli_default="lbfgs")
@@ -325,8 +325,14 @@ class TransferOptions:
         10, "L-BFGS-B's history length (curvature pairs; each costs two float64 copies of the image).", OPTIMIZER,
         whole(1, 100), cli=int, metavar="M", cli_default=10)
     scales: int = option(
-        1, "Optimize coarse to fine at SIZE/2^(N-1) ... SIZE, iterations split evenly.", OPTIMIZER, whole(1, 8),
-        cli=int, metavar="N", cli_default=1)
+        0, "Optimize coarse to fine at N sizes, SIZE/RATIO^(N-1) ... SIZE; 0: as many as start near 128 px (1 "
+        "for a small picture).", OPTIMIZER, whole(0, 8), cli=int, metavar="N", cli_default=0)
+    scale_ratio: float = option(
+        2.0, "Ratio between the sizes of successive scales (e.g. 2 or 1.414).", OPTIMIZER, number(1.1, 4.0),
+        cli=float, metavar="R", cli_default=2.0)
+    scale_split: float = option(
+        0.5, "Share of the iterations run at the finest scale; the coarser scales share the rest equally.",
+        OPTIMIZER, number(0.0, 1.0, above=True), cli=float, metavar="F", cli_default=0.5)
     # Run control
     save_every: int = option(
         -1, "Also save OUTPUT_NNNN.ext every N iterations; -1 for never.", RUN,
@@ -366,11 +372,6 @@ class TransferOptions:
         if self.style_strength is not None and (self.alpha is not None or self.beta is not None):
             raise OptionError("style_strength", f"cannot be combined with {mention('alpha')}/{mention('beta')}: give "
                                                 "either a strength, or the two weights")
-        if self.scales > 1 and self.size is None:
-            raise OptionError("scales", f"above 1 needs a {mention('size')}")
-        if self.scales > 1 and self.checkpoint_every > 0:
-            raise OptionError("scales", "above 1 cannot be checkpointed (the image changes size between scales); "
-                                        f"leave out {mention('checkpoint_every')}, or use scales 1")
 
     # --- derived views ---------------------------------------------------------------------
 

@@ -34,8 +34,9 @@ def seed() -> dict[str, Any]:
       B − 123.68 in the network's channels 0, 1, 2 (Caffe's mean, RGB order instead of BGR).
     * ``size=None``: the image at the content photo's own size (1024×768 for its Tübingen
       photo); the style image is stretched to it (stylerun's default, no `style_scale`).
-    * ``init="random"``, ``iterations=1000``: a uniform random initial image and 1000
-      L-BFGS-B iterations (TensorFlow's ScipyOptimizerInterface).
+    * ``init="random"``, ``iterations=1000``, ``scales=1``: a uniform random initial image and
+      1000 L-BFGS-B iterations (TensorFlow's ScipyOptimizerInterface) at the one size, not
+      stylerun's coarse-to-fine schedule.
     * ``alpha=1e-6``, ``beta=1``, content relu4_2, style relu1_1…relu5_1 at 0.2: its README's
       values; the content and style terms are stylerun's (½·Σ(F−P)² and Σ w/(4N²M²)·Σ(G−A)²).
 
@@ -55,6 +56,7 @@ def seed() -> dict[str, Any]:
         "size": None,
         "init": "random",
         "iterations": 1000,
+        "scales": 1,
         "alpha": 1e-6,
         "beta": 1.0,
         "content_layers": dict(DEFAULT_CONTENT_LAYERS),

@@ -48,7 +48,7 @@ def test_the_options_page_shows_every_option_with_its_flag_default_and_help():
     rows = {row[2].strip().strip("`"): "|".join(row) for row in cells}
     assert set(rows) == {f.name for f in fields(TransferOptions)}
     iterations = rows["iterations"]
-    assert "`--iterations N`, `-n`" in iterations and "| `500` |" in iterations, iterations
+    assert "`--iterations N`, `-n`" in iterations and "| `150` |" in iterations, iterations
     assert "`--content-mask FILE`" in rows["content_masks"] and "Repeat it" in rows["content_masks"]
     assert "<code>--pooling max&#124;avg</code>" in rows["pooling"]  # a pipe in code would split the row on GitHub
     for f in fields(TransferOptions):

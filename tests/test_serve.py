@@ -80,7 +80,7 @@ def test_job_runs_to_a_result(server):
 
 def test_option_model_served(server):
     names = {o["name"]: o for o in httpx.get(server + "/api/options").json()}
-    assert names["iterations"]["default"] == 500 and "weights" not in names
+    assert names["iterations"]["default"] == 150 and "weights" not in names
 
 
 def test_bad_inputs(server):

@@ -10,8 +10,9 @@ A checkpoint is one ``.npz`` file, readable with ``numpy.load(path, allow_pickle
 ``iteration``  the last completed L-BFGS-B iteration (int64 scalar)
 ``image``      the best image so far, (H, W, 3) float32 in 0..255, exactly as optimized
                ((H, W, 1), the luminance, with ``preserve_color`` "luminance")
-``content``    the content image after resizing, (H, W, 3) float32 (uint8 in older files)
-``style``      the (first) style image after resizing, (h, w, 3), before any colour
+``content``    the content image after resizing to the finest scale, (H, W, 3) float32 (uint8
+               in older files); ``image`` is at the size of the scale the run was at
+``style``      the (first) style image after resizing to the finest scale, (h, w, 3), before any colour
                matching; ``style.1``, ``style.2``, ... the further styles of a blend
 ``loss``       the loss of ``image`` (float64 scalar)
 ``history``    the loss after every completed iteration (float64)
@@ -78,7 +79,7 @@ def default_checkpoint_path(output: str | Path) -> Path:
 
 def checkpoint_every(options: TransferOptions) -> int:
     """About `CHECKPOINTS_PER_JOB` checkpoints over a run; none where checkpoints cannot be made."""
-    if options.scales > 1 or options.iterations < 1:
+    if options.iterations < 1:
         return -1
     return max(1, math.ceil(options.iterations / CHECKPOINTS_PER_JOB))
 
@@ -141,6 +142,7 @@ def parse_settings(text: str) -> tuple[TransferOptions, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ValueError("settings are not a JSON object")
     inputs = {k: data.pop(k) for k in INPUT_KEYS if k in data}
+    data.setdefault("scales", 1)  # written before scales could be checkpointed: a one-scale run
     if BALANCE_KEY in data:
         inputs[BALANCE_KEY] = _balance(data.pop(BALANCE_KEY))
     return TransferOptions.from_dict(data), inputs
@@ -189,15 +191,18 @@ def _at_most(key: str, elements: int) -> Callable[[tuple[int, ...], np.dtype], N
     return check
 
 
-def _picture(key: str, limit: int, channels: tuple[int, ...], shape_of: tuple[int, int] | None = None):
-    """A check for an (H, W, C) image member: within the pixel limit, of the channels (and size) expected."""
+def _picture(key: str, limit: int, channels: tuple[int, ...], shape_of: tuple[int, int] | None = None,
+             within: bool = False):
+    """A check for an (H, W, C) image member: within the pixel limit, of the channels (and size) expected;
+    with `within`, at least that size (a coarse scale's image is smaller than the finest content)."""
     def check(shape: tuple[int, ...], dtype: np.dtype) -> None:
         if len(shape) != 3 or shape[2] not in channels or dtype.kind not in "uf" or dtype.itemsize > 4:
             raise ValueError(f"{key} is a {shape} {dtype} array, not an image")
         if shape[0] * shape[1] > limit:
             raise ValueError(f"{key} is {shape[1]}x{shape[0]}, over the {limit:,} pixel limit "
                              f"(raise it with {mention('max_pixels')} if you trust the file)")
-        if shape_of is not None and shape[:2] != shape_of:
+        smaller = within and shape_of is not None and shape[0] >= shape_of[0] and shape[1] >= shape_of[1]
+        if shape_of is not None and shape[:2] != shape_of and not smaller:
             raise ValueError(f"{key} is {shape[1]}x{shape[0]}, the image is {shape_of[1]}x{shape_of[0]}")
     return check
 
@@ -212,7 +217,8 @@ def _read(members: _Members, limit: int | None) -> tuple[TransferOptions, dict[s
     arrays = {"image": image, "iteration": members.read("iteration", _at_most("iteration", 1)),
               "loss": members.read("loss", _at_most("loss", 1)),
               "history": members.read("history", _at_most("history", options.iterations + 1)),
-              "content": members.read("content", _picture("content", pixels, (3,), image.shape[:2]))}
+              "content": members.read("content", _picture("content", pixels, (3,), image.shape[:2],
+                                                          within=options.scales != 1))}
     keys = ["style", *(f"style.{i}" for i in range(1, MAX_STYLES) if members.has(f"style.{i}"))]
     arrays["styles"] = [members.read(k, _picture(k, pixels, (3,))) for k in keys]
     arrays["lbfgs"] = {}

@@ -19,6 +19,10 @@ from stylerun.images.codec import MIN_SIDE
 #: iterations), 1.03 (192 px, 150), 1.08 (256 px, 100) and 1.06 (384 px, 150) from the
 #: photo, 1.03 from noise (128 px, 300); Adam evaluates once per step.
 EVALUATIONS_PER_ITERATION = {"lbfgs": 1.05, "adam": 1.0}
+#: What each scale of a coarse-to-fine run costs besides its iterations, in evaluations at its size: the
+#: content and style targets and the two far-end terms of a style strength (four forward passes, about
+#: one and a half evaluations) and the first iteration's line search (about two more).
+STAGE_SETUP_EVALUATIONS = 3.5
 #: A run estimated longer than this gets a hint for faster settings.
 LONG_S = 120.0
 
@@ -40,6 +44,16 @@ class Estimate:
 def iteration_seconds(p: Progress, optimizer: str) -> float:
     """Seconds per iteration after the first, from the first iteration's evaluations."""
     return p.elapsed / max(1, p.evaluations) * EVALUATIONS_PER_ITERATION.get(optimizer, 1.0)
+
+
+def seconds_left(per: float, iteration: int, ends: list[int], stage: int, costs: list[float]) -> float:
+    """Seconds left after `iteration`, in stage `stage` of a run whose stages end at `ends`, at `per`
+    seconds an iteration of this stage: each later stage's iterations and setup
+    (`STAGE_SETUP_EVALUATIONS`), scaled by its evaluation cost (`costs`, any unit) over this stage's."""
+    left = per * (ends[stage] - iteration)
+    for k in range(stage + 1, len(ends)):
+        left += per * costs[k] / costs[stage] * (ends[k] - ends[k - 1] + STAGE_SETUP_EVALUATIONS)
+    return left
 
 
 def device_name(provider: str, threads: int) -> str:

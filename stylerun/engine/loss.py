@@ -90,6 +90,28 @@ def load_mask(source: Any, size: tuple[int, int], **load: Any) -> np.ndarray:
     return (color.luminance(rgb) / 255.0).astype(np.float32)
 
 
+def fit_style(picture: Picture, shape: tuple[int, ...], options: TransferOptions) -> np.ndarray:
+    """A painting sized for an output of `shape` (H, W, ...): stretched to it, or with `style_scale`
+    its longest side that many times the output's, keeping its aspect. Every scale of a
+    coarse-to-fine run sizes it by this one rule, so its strokes keep their size relative to
+    the picture."""
+    h, w = shape[:2]
+    scale = options.style_scale
+    if scale is None:
+        return fit(picture, (w, h))
+    target = fit_longest_side(picture_size(picture), max(1, round(scale * max(h, w))))
+    if min(target) < MIN_SIDE:
+        raise OptionError("style_scale", f"{scale:g} makes the style {target[0]}x{target[1]}; the network needs "
+                                         f"at least {MIN_SIDE} pixels on each side; use a larger "
+                                         f"{mention('style_scale')} or {mention('size')}")
+    cap = max_pixels(options.max_pixels)
+    if target[0] * target[1] > cap:
+        raise OptionError("style_scale", f"{scale:g} makes the style {target[0]}x{target[1]}, over the {cap:,} "
+                                         f"pixel limit; use a smaller {mention('style_scale')} or raise "
+                                         f"{mention('max_pixels')}")
+    return fit(picture, target)
+
+
 class StyleLoss:
     """The Gatys loss of an image against one content and one or more style images.
 
@@ -129,7 +151,7 @@ class StyleLoss:
         self.content_image = load_image(content, opts.size, what="the content image", **load)
         self.shape = self.content_image.shape
         #: The styles as resized (before any colour matching): what a checkpoint keeps.
-        self.style_images = [self._fit_style(decode(s, **load)) for s in styles]
+        self.style_images = [fit_style(decode(s, **load), self.shape, opts) for s in styles]
         self.style_image = self.style_images[0]
         # `models` (files, device, threads, settings) -> LossModel: a cache lets a worker reuse its sessions
         if opts.tile_size:
@@ -221,23 +243,6 @@ class StyleLoss:
             name = style_target_name(n)
             targets[name] = np.stack([grams[name][i] for i, grams in enumerate(per_style)])
         return targets
-
-    def _fit_style(self, picture: Picture) -> np.ndarray:
-        h, w, _ = self.shape
-        scale = self.options.style_scale
-        if scale is None:
-            return fit(picture, (w, h))
-        target = fit_longest_side(picture_size(picture), max(1, round(scale * max(h, w))))
-        if min(target) < MIN_SIDE:
-            raise OptionError("style_scale", f"{scale:g} makes the style {target[0]}x{target[1]}; the network needs "
-                                             f"at least {MIN_SIDE} pixels on each side; use a larger "
-                                             f"{mention('style_scale')} or {mention('size')}")
-        cap = max_pixels(self.options.max_pixels)
-        if target[0] * target[1] > cap:
-            raise OptionError("style_scale", f"{scale:g} makes the style {target[0]}x{target[1]}, over the {cap:,} "
-                                             f"pixel limit; use a smaller {mention('style_scale')} or raise "
-                                             f"{mention('max_pixels')}")
-        return fit(picture, target)
 
     def style_for_targets(self, style_image: np.ndarray) -> np.ndarray:
         """A resized style as its Gram targets are taken: colour-matched to the content in histogram mode."""

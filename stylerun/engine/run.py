@@ -28,26 +28,28 @@ import numpy as np
 
 from stylerun.engine import memory
 from stylerun.engine.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint, save_checkpoint
-from stylerun.engine.estimate import Estimate, device_name, estimate, iteration_seconds
+from stylerun.engine.estimate import Estimate, device_name, estimate, iteration_seconds, seconds_left
 from stylerun.engine.loss import (
     ExtraTerm,
     StyleLoss,
     WithExtra,
     check_weights_file,
+    fit_style,
     initial_image,
     layer_set,
     resize_to,
 )
 from stylerun.engine.optimizers import Progress, Result, optimize
+from stylerun.engine.schedule import scale_plan
 from stylerun.errors import InputError, OptionError, StylerunError, mention
 from stylerun.files.locks import output_lock
 from stylerun.images.codec import (
-    MIN_SIDE,
     check_deep_output,
     check_output_path,
     check_requested_size,
     decode,
     fit_longest_side,
+    load_image,
     max_pixels,
     picture_size,
     same_file,
@@ -163,8 +165,8 @@ def check_job(job: Job) -> int:
     max_pixels(options.max_pixels)  # a malformed STYLERUN_MAX_PIXELS is an error now, not after the export
     if options.size is not None:
         check_requested_size(options.size, limit=options.max_pixels)
-    if options.scales > 1:
-        scale_plan(options.size, options.scales, options.iterations)
+    if options.scales != 1 and options.size is not None:
+        plan_of(options, options.size)
     _check_output(job)
     return regions
 
@@ -202,25 +204,11 @@ def checkpoint_path(job: Job) -> Path | None:
     return default_checkpoint_path(job.output) if job.output is not None else None
 
 
-def scale_plan(size: int, scales: int, iterations: int, shape: tuple[int, ...] | None = None
-               ) -> list[tuple[int, int]]:
-    """Coarse to fine: (longest side, last iteration) of each of `scales` stages.
-
-    Sizes are ``size / 2^(scales-1), ..., size / 2, size``; the iterations are split
-    evenly, the finest stage taking the remainder. Stage k runs iterations
-    ``previous last + 1 .. its last``, so the count runs on across stages. With `shape`
-    (the finest image's), a coarsest image under the network's minimum side is refused.
-    """
-    TransferOptions(size=size, scales=scales, iterations=iterations)
-    sizes = [max(1, round(size / 2 ** (scales - 1 - k))) for k in range(scales)]
-    short = sizes[0] if shape is None else round(min(shape[:2]) * sizes[0] / max(shape[:2]))
-    if scales > 1 and short < MIN_SIDE:
-        raise OptionError("scales", f"{scales} makes the coarsest image {short} px on its short side; the network "
-                                    f"needs at least {MIN_SIDE}: use fewer {mention('scales')} or a larger "
-                                    f"{mention('size')}")
-    per = iterations // scales
-    ends = [per * (k + 1) for k in range(scales - 1)] + [iterations]
-    return list(zip(sizes, ends, strict=True))
+def plan_of(options: TransferOptions, size: int, shape: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    """The run's stages, (longest side, last iteration) each, for a finest image of longest side `size`
+    and `shape` (see `schedule.scale_plan`)."""
+    return scale_plan(size, options.scales, options.iterations, shape, ratio=options.scale_ratio,
+                      split=options.scale_split)
 
 
 # --- resume ----------------------------------------------------------------------------------------
@@ -257,7 +245,8 @@ def resume_job(path: str | Path, output: str | Path | None = None, *, trust_path
     if output is None and target.exists() and not options.force:
         raise InputError(f"{target} exists (a resumed run without {mention('output')} writes beside its "
                          f"checkpoint); give {mention('output')}, or add {mention('force')} to overwrite it")
-    job = Job(state.content, tuple(state.style), options.replace(size=None, scales=1), target)
+    # the inputs are kept at the finest scale: the resumed run takes every scale from them, as the first one did
+    job = Job(state.content, tuple(state.style), options, target)
     return job, state
 
 
@@ -284,11 +273,30 @@ class _Run:
         self.first_done = 0.0  # when this stage's first iteration ended
         self.costs: dict[int | None, float] = {}  # `stage_cost` by size
         self.loss: StyleLoss | None = None
+        #: The content and styles at the finest scale, every scale's loss made from them (None: one scale).
+        self.finest: tuple[np.ndarray, list[np.ndarray]] | None = None
 
-    def build(self, size: int | None) -> StyleLoss:
-        balance = self.resume.balance if self.resume is not None else None
+    def build(self, size: int | None, resumed: bool) -> StyleLoss:
+        """A stage's loss; the resumed stage keeps the weights its checkpoint recorded, the others measure theirs."""
+        balance = self.resume.balance if resumed else None
         options = self.within_budget(self.options.replace(size=size))
-        return StyleLoss(self.job.content, list(self.job.style), options, models=self.models, balance=balance)
+        content, style = self.finest or (self.job.content, list(self.job.style))
+        return StyleLoss(content, style, options, models=self.models, balance=balance)
+
+    def prepare(self) -> None:
+        """The plan; with several scales, the inputs resized once to the finest, where every scale takes
+        them from (a checkpoint keeps them, so a resumed run makes the very same coarser ones)."""
+        self.plan = self.stages()
+        if len(self.plan) == 1:
+            return
+        options = self.options
+        load = {"background": options.background, "limit": options.max_pixels}
+        if self.resume is not None:
+            content = np.asarray(self.resume.content, np.float32)
+            self.finest = content, [np.asarray(s, np.float32) for s in self.resume.style]
+            return
+        content = load_image(self.job.content, self.plan[-1][0], what="the content image", **load)
+        self.finest = content, [fit_style(decode(s, **load), content.shape, options) for s in self.job.style]
 
     @cached_property
     def content_size(self) -> tuple[int, int]:
@@ -336,10 +344,12 @@ class _Run:
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
-        if self.resume is not None or options.scales == 1:
+        if options.scales == 1:
             return [(options.size, options.iterations)]
-        width, height = fit_longest_side(self.content_size, options.size)
-        return scale_plan(options.size, options.scales, options.iterations, (height, width))  # the real aspect
+        size = options.size or max(self.content_size)
+        width, height = fit_longest_side(self.content_size, size)
+        plan = plan_of(options, size, (height, width))  # the real aspect
+        return plan if len(plan) > 1 else [(options.size, options.iterations)]
 
     def eta(self, p: Progress) -> float:
         """Seconds left: this stage's time per iteration, scaled by pixels for the finer stages still to come.
@@ -355,16 +365,13 @@ class _Run:
             per = iteration_seconds(p, self.options.optimizer)
         else:
             per = (time.perf_counter() - self.first_done) / (done - 1)
-        left = per * (self.plan[self.stage_index][1] - p.iteration)
-        for k in range(self.stage_index + 1, len(self.plan)):
-            size, end = self.plan[k]
-            cost = self.stage_cost(size) / self.stage_cost(self.plan[self.stage_index][0])
-            left += per * cost * (end - self.plan[k - 1][1])
-        return left
+        costs = [self.stage_cost(size) if k >= self.stage_index else 0.0 for k, (size, _) in enumerate(self.plan)]
+        return seconds_left(per, p.iteration, [end for _, end in self.plan], self.stage_index, costs)
 
     def on_step(self, p: Progress) -> None:
         loss = self.loss
-        p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb)
+        p = replace(p, eta_s=self.eta(p), stage=self.stage_index + 1, stages=len(self.plan), to_rgb=loss.to_rgb,
+                    iterations=self.plan[-1][1])  # the whole run's, not this scale's
         self.history.append(p.loss)
         if self.stage_index == 0 and p.iteration == self.stage_first + 1:
             self.listener.estimate(self.estimate(p))
@@ -392,7 +399,8 @@ class _Run:
         chosen = loss.options
         settled = self.options.replace(max_memory=None, tile_size=chosen.tile_size, optimizer=chosen.optimizer,
                                        lbfgs_memory=chosen.lbfgs_memory)
-        save_checkpoint(self.ckpt, Checkpoint(settled, iteration, image, loss.content_image, loss.style_images,
+        content, styles = self.finest or (loss.content_image, loss.style_images)
+        save_checkpoint(self.ckpt, Checkpoint(settled, iteration, image, content, styles,
                                               value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs,
                                               (loss.alpha, loss.beta)))
 
@@ -428,7 +436,7 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
     state = _Run(job, listener, as_stop(stop), resume, models)
     with output_lock(job.output):  # a second run writing the same output is refused here
         listener.loading()
-        state.plan = state.stages()
+        state.prepare()
         result = _optimize_stages(state)
         return _finish(state, result)
 
@@ -437,24 +445,32 @@ def _optimize_stages(state: _Run) -> Result:
     resume = state.resume
     previous: np.ndarray | None = None
     first = resume.iteration if resume is not None else 0
+    # a resumed run goes on in the stage its checkpoint was written in (at a stage's last iteration it ends
+    # that stage at once, without an evaluation, and the next starts from its image as it would have)
+    begin = next((k for k, (_, end) in enumerate(state.plan) if end >= first), len(state.plan) - 1)
     result: Result | None = None
-    for index, (size, end) in enumerate(state.plan):
+    for index, (size, end) in enumerate(state.plan[begin:], start=begin):
         state.loss = None  # the last scale's sessions and arrays go before the next scale's are made
         release_free_memory()
-        result = _stage(state, index, size, end, previous, first)
+        result = _stage(state, index, size, end, previous, first, resumed=resume is not None and index == begin)
         previous, first = state.loss.to_rgb(result.image), result.iterations
         if result.interrupted or result.error:
             break
     return result
 
 
-def _stage(state: _Run, index: int, size: int | None, end: int, previous: np.ndarray | None, first: int) -> Result:
+def _stage(state: _Run, index: int, size: int | None, end: int, previous: np.ndarray | None, first: int,
+           resumed: bool) -> Result:
     """One scale: its loss, its starting point (the last scale's result, the init, or the checkpoint) and the run."""
     options, resume = state.options, state.resume
-    loss = state.build(size)
+    loss = state.build(size, resumed)
     loss.stop_with(state.stop)
     state.loss, state.stage_index = loss, index
-    if resume is not None:
+    if resumed and resume.image.shape[:2] != loss.shape[:2]:
+        h, w = resume.image.shape[:2]
+        raise InputError(f"the checkpoint's image is {w}x{h}; its run's scale at iteration {first} is "
+                         f"{loss.shape[1]}x{loss.shape[0]}")
+    if resumed:
         start, lbfgs, init_loss = resume.image, resume.lbfgs, resume.loss
         if resume.lbfgs_dropped:
             state.listener.warning(f"{resume.lbfgs_dropped}; L-BFGS-B restarts its history")

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from stylerun.engine.run import PATH_OPTIONS, Job, check_job, scale_plan
+from stylerun.engine.run import PATH_OPTIONS, Job, check_job, plan_of
 from stylerun.errors import OptionError, StylerunError
 from stylerun.images.codec import check_size
 from stylerun.options import TransferOptions, bounds_of, choices_of, defaults, option_fields
@@ -152,8 +152,7 @@ def _job_checks(parsed: dict[str, Any], uploads: list[Upload], runner: Runner) -
         check_job(Job("content", ("style",) * (len(uploads) - 1), options))
         shape = content_shape(uploads[0], options.size)
         check_size(*shape, "the content image", original=(uploads[0].width, uploads[0].height), longest=options.size)
-        if options.scales > 1:
-            scale_plan(options.size, options.scales, options.iterations, shape)
+        plan_of(options, options.size, shape)  # a schedule that cannot run is refused now, not by a worker
     except OptionError as exc:
         raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
     except StylerunError as exc:

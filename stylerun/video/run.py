@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from stylerun.engine.loss import StyleLoss
-from stylerun.engine.run import Job, Listener, Outcome, as_stop, run
+from stylerun.engine.run import Job, Listener, Outcome, as_stop, plan_of, run
 from stylerun.errors import InputError, OptionError, mention
 from stylerun.images.codec import load_image, save_image
 from stylerun.network.sessions import ModelCache
@@ -249,7 +249,7 @@ def run_video(source: str | Path, style: Any, output: str | Path, options: Trans
             result.interrupted, result.error = outcome.interrupted, outcome.error
             return result
         history.keep(index, frame, outcome.image, depth)
-        options = same_weights(options, outcome)
+        options = finest_only(same_weights(options, outcome), frame.shape)
         result.frames.append(record)
         listener.frame_done(record, _eta(result, total, number))
     if not result.frames and not result.skipped:
@@ -271,6 +271,17 @@ def same_weights(options: TransferOptions, outcome: Outcome) -> TransferOptions:
     if loss is None or not isinstance(options.weighting(), float):
         return options
     return options.replace(style_strength=None, alpha=loss.alpha, beta=loss.beta)
+
+
+def finest_only(options: TransferOptions, shape: tuple[int, ...]) -> TransferOptions:
+    """Options for the frames after the first: only the finest scale, with the iterations the first frame
+    ran there. Each starts from the previous frame's picture warped along the flow, strokes already laid
+    out at the painting's size, and coarse scales would repaint them differently frame by frame."""
+    if options.scales == 1:
+        return options
+    plan = plan_of(options, max(shape[:2]), shape)
+    last = plan[-1][1] - (plan[-2][1] if len(plan) > 1 else 0)
+    return options.replace(scales=1, iterations=last)
 
 
 def _eta(result: VideoResult, total: int | None, number: int) -> float:

@@ -3,7 +3,7 @@
 Everything the page needs is written into one folder, so any static file server (or
 `stylerun serve` at /local) serves it with nothing loaded from another host. The page's
 defaults come from here, at export time: the transfer options' defaults, the engine's
-coarse-to-fine plan (`scale_plan`) and the style-strength calibration (`strength`), so a
+coarse-to-fine plan (`engine.run.plan_of`) and the style-strength calibration (`strength`), so a
 browser run means what a CLI run with the same numbers means.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stylerun.engine import strength
-from stylerun.engine.run import scale_plan
+from stylerun.engine.run import plan_of
 from stylerun.errors import InputError
 from stylerun.files.atomic import write_bytes
 from stylerun.images.codec import MIN_SIDE
@@ -66,7 +66,7 @@ def site_config(layers: LayerSet, options: TransferOptions, models: dict[str, in
         "defaults": {"size": size, "iterations": options.iterations, "scales": options.scales,
                      "style_strength": DEFAULT_STRENGTH if options.style_strength is None else options.style_strength,
                      "tv_weight": options.tv_weight, "init": options.init, "lbfgs_memory": options.lbfgs_memory},
-        "schedule": [list(stage) for stage in scale_plan(size, options.scales, options.iterations)],
+        "schedule": [list(stage) for stage in plan_of(options, size)],
         "max_size": MAX_SIZE,
         "min_side": MIN_SIDE,
         "strength": {"centre": strength.CENTRE, "slope": strength.SLOPE,
