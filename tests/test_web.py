@@ -39,7 +39,7 @@ def run_all(s: ort.InferenceSession, feeds: dict) -> list[np.ndarray]:
 def test_coded_models_are_the_exported_ones_bit_for_bit(tmp_path, bundled_weights):
     files = web_model.export_browser_models(tmp_path, LAYERS)
     loss, targets = build_models(bundled_weights, LAYERS)
-    assert files.coded_tensors >= 4  # conv1_2, conv2_1 and conv2_2 in both models at least
+    assert files.coded_tensors == 6 and files.layers == LAYERS  # conv1_2, conv2_1, conv2_2 in each (conv1_1: small)
     # a quarter of the float32 model, give or take conv1_1 and the biases
     assert files.loss.stat().st_size < 0.3 * len(loss.SerializeToString())
     assert files.targets.stat().st_size < 0.3 * len(targets.SerializeToString())
@@ -63,6 +63,10 @@ def test_coding_keeps_tensors_with_more_than_256_values():
     assert web_model.lookup_codes(table[rng.integers(0, 256, 5000)]) is not None
     assert web_model.lookup_codes(rng.normal(size=5000).astype(np.float32)) is None  # not a lookup: stays float32
     assert web_model.lookup_codes(table[rng.integers(0, 256, 100)]) is None  # too small to be worth a table
+    assert web_model.lookup_codes(table[rng.integers(0, 256, web_model.MIN_CODED)]) is not None  # just large enough
+    many = np.arange(257, dtype=np.float32)
+    assert web_model.lookup_codes(many[np.arange(5000) % 257]) is None  # 257 values: not one byte each
+    assert web_model.lookup_codes(many[np.arange(5000) % 256]) is not None
 
 
 ROOT = Path(__file__).resolve().parent.parent

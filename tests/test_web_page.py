@@ -172,7 +172,8 @@ def test_a_user_picks_files_stops_the_run_and_downloads_a_png(browser, site, tmp
     page.fill("#opt-size", "96")
     page.fill("#opt-iterations", "1000")
     page.click("#start")
-    page.wait_for_selector("#preview[data-iteration='2']", state="attached", timeout=120_000)
+    shown = "Number(document.getElementById('preview').dataset.iteration ?? -1)"
+    wait_for(lambda: page.evaluate(shown) >= 2, 120, what="iteration 2")  # an attribute poll could miss the 2
     page.click("#stop")
     page.wait_for_selector(ENDED, state="attached", timeout=60_000)
     assert page.evaluate("document.body.dataset.state") == "stopped", page.inner_text("#status")
