@@ -18,6 +18,8 @@ import pytest
 from helpers import SHALLOW, one_line_error, run_cli, serve, shallow_layers, stop
 
 from stylerun.engine.run import scale_plan
+from stylerun.engine.schedule import COARSEST, MAX_SCALES
+from stylerun.images.codec import MIN_SIDE
 from stylerun.network.export import build_models
 from stylerun.options import DEFAULT_STRENGTH, TransferOptions
 from stylerun.web import model as web_model
@@ -109,8 +111,10 @@ def test_config_follows_the_options_and_the_engine_plan(tmp_path):
     config = export_site(tmp_path / "site", options=options)
     assert config["defaults"] | {"size": 256, "iterations": 90, "scales": 3, "style_strength": 0.7} == \
         config["defaults"]
-    assert config["schedule"] == [[64, 30], [128, 60], [256, 90]] == [list(s) for s in scale_plan(256, 3, 90)]
+    assert config["schedule"] == [[64, 22], [128, 44], [256, 90]] == [list(s) for s in scale_plan(256, 3, 90)]
     assert (config["content_layers"], config["style_layers"]) == (["relu2_2"], ["relu1_1", "relu2_1"])
+    assert config["schedule_settings"] == {"ratio": options.scale_ratio, "split": options.scale_split,
+                                           "coarsest": COARSEST, "maxScales": MAX_SCALES, "minSide": MIN_SIDE}
 
 
 def test_the_built_static_files_are_the_sources_in_web():

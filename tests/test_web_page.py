@@ -19,8 +19,8 @@ from helpers import SHALLOW, wait_for
 from PIL import Image
 
 import stylerun
-from stylerun.engine.run import scale_plan
-from stylerun.images.codec import fit_longest_side
+from stylerun.engine.schedule import COARSEST, MAX_SCALES, scale_plan
+from stylerun.images.codec import MIN_SIDE, fit_longest_side
 from stylerun.options import TransferOptions
 from stylerun.web.isolated import HEADERS, StaticServer
 from stylerun.web.site import export_site
@@ -189,15 +189,23 @@ def test_a_user_picks_files_stops_the_run_and_downloads_a_png(browser, site, tmp
 
 
 def test_the_page_plans_stages_and_sizes_as_the_engine(browser, site):
-    """plan.js is engine.run.scale_plan and codec.fit_longest_side, halves rounded to even as Python does."""
+    """plan.js is engine.schedule.scale_plan (automatic scales, ratio, split, a photo's shape) and
+    codec.fit_longest_side, halves rounded to even as Python does."""
     page, errors = open_page(browser, site + "index.html")
-    plans = [(512, 1, 500), (512, 3, 500), (130, 3, 10), (194, 3, 7), (256, 2, 1)]  # 130/4 = 32.5 -> 32
+    plans = [(512, 1, 500, None, 2.0, 0.5), (512, 3, 500, None, 2.0, 0.5), (130, 3, 10, None, 2.0, 0.5),
+             (194, 3, 7, None, 2.0, 0.5), (256, 2, 1, None, 2.0, 0.5), (512, 0, 150, None, 2.0, 0.5),
+             (1024, 0, 150, (255, 384), 2.0, 0.5), (512, 0, 150, (60, 512), 2.0, 0.5),
+             (300, 0, 40, (300, 200), 1.5, 0.3), (2048, 0, 301, None, 2.0, 0.7)]  # 130/4 = 32.5 -> 32
     sizes = [((384, 255), 128), ((255, 384), 96), ((6, 5), 3), ((1000, 999), 512)]  # 5 * 3/6 = 2.5 -> 2
-    got = page.evaluate("""async ([plans, sizes]) => {
+    got = page.evaluate("""async ([plans, sizes, settings]) => {
       const m = await import('./plan.js');
-      return [plans.map(([s, k, n]) => m.plan(s, k, n)), sizes.map(([[w, h], side]) => m.fitted(w, h, side))];
-    }""", [plans, sizes])
-    assert got[0] == [[list(stage) for stage in scale_plan(*p)] for p in plans]
+      return [plans.map(([s, k, n, shape, ratio, split]) =>
+                m.plan(s, k, n, shape && [shape[1], shape[0]], {...settings, ratio, split})),
+              sizes.map(([[w, h], side]) => m.fitted(w, h, side))];
+    }""", [plans, sizes, {"coarsest": COARSEST, "maxScales": MAX_SCALES, "minSide": MIN_SIDE}])
+    want = [[list(stage) for stage in scale_plan(s, k, n, shape, ratio=ratio, split=split)]
+            for s, k, n, shape, ratio, split in plans]
+    assert got[0] == want
     assert got[1] == [list(fit_longest_side(*s)) for s in sizes]
     assert not errors
     page.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 from stylerun.engine import strength
 from stylerun.engine.run import plan_of
+from stylerun.engine.schedule import COARSEST, MAX_SCALES
 from stylerun.errors import InputError
 from stylerun.files.atomic import write_bytes
 from stylerun.images.codec import MIN_SIDE
@@ -67,6 +68,8 @@ def site_config(layers: LayerSet, options: TransferOptions, models: dict[str, in
                      "style_strength": DEFAULT_STRENGTH if options.style_strength is None else options.style_strength,
                      "tv_weight": options.tv_weight, "init": options.init, "lbfgs_memory": options.lbfgs_memory},
         "schedule": [list(stage) for stage in plan_of(options, size)],
+        "schedule_settings": {"ratio": options.scale_ratio, "split": options.scale_split, "coarsest": COARSEST,
+                              "maxScales": MAX_SCALES, "minSide": MIN_SIDE},
         "max_size": MAX_SIZE,
         "min_side": MIN_SIDE,
         "strength": {"centre": strength.CENTRE, "slope": strength.SLOPE,

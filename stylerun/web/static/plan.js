@@ -1,4 +1,4 @@
-// The coarse-to-fine plan of a run, as the engine makes it (stylerun.engine.run.scale_plan), and the
+// The coarse-to-fine plan of a run, as the engine makes it (stylerun.engine.schedule.scale_plan), and the
 // size of the picture at each stage (the photo's longest side scaled to the stage's side).
 
 // Python's round(): halves go to the even neighbour (12.5 -> 12), where Math.round goes up.
@@ -9,17 +9,38 @@ export function round(x) {
   return floor % 2 === 0 ? floor : floor + 1;
 }
 
-// (longest side, last iteration) of each of `scales` stages: sides size / 2^(scales-1) ... size, the
-// iterations split evenly with the remainder to the finest. A stage whose short side (at `aspect`,
-// short / long) would be under `minSide` is left out and its iterations go to the next.
-export function plan(size, scales, iterations, aspect = 1, minSide = 32) {
-  const per = Math.floor(iterations / scales);
-  const stages = [];
-  for (let k = 0; k < scales; k++) {
-    const side = Math.max(1, round(size / 2 ** (scales - 1 - k)));
-    stages.push([side, k === scales - 1 ? iterations : per * (k + 1)]);
+// The short side of the coarsest of `n` stages for a [width, height] photo (or a square without one).
+function coarsestShort(size, n, ratio, shape) {
+  const coarsest = Math.max(1, round(size / ratio ** (n - 1)));
+  return shape ? round(Math.min(...shape) * coarsest / Math.max(...shape)) : coarsest;
+}
+
+// How many stages put the coarsest one nearest `coarsest` px (schedule.auto_scales).
+export function autoScales(size, ratio, shape, { coarsest = 128, maxScales = 8, minSide = 32 } = {}) {
+  let n = Math.min(1 + Math.max(0, round(Math.log(size / coarsest) / Math.log(ratio))), maxScales);
+  while (n > 1 && coarsestShort(size, n, ratio, shape) < minSide) n -= 1;
+  return n;
+}
+
+// (longest side, last iteration) of each stage: sides size / ratio^(n-1) ... size, `split` of the
+// iterations at the finest and the rest shared equally by the coarser ones; `scales` 0 is automatic.
+// `shape` is the photo's [width, height]; `settings` carries the engine's constants from config.json.
+export function plan(size, scales, iterations, shape = null, settings = {}) {
+  const { ratio = 2, split = 0.5, minSide = 32 } = settings;
+  const n = scales === 0 ? autoScales(size, ratio, shape, settings) : scales;
+  if (n > 1 && coarsestShort(size, n, ratio, shape) < minSide) {
+    throw new Error(`${n} scales make the coarsest image too small; use fewer scales or a larger size`);
   }
-  return stages.filter(([side], k) => k === scales - 1 || round(side * aspect) >= minSide);
+  const finest = n === 1 ? iterations : round(iterations * split);
+  const per = n === 1 ? 0 : Math.floor((iterations - finest) / (n - 1));
+  const stages = [];
+  let end = 0;
+  for (let k = 0; k < n; k++) {
+    const count = k === n - 1 ? iterations - per * (n - 1) : per;
+    end += count;
+    if (count > 0 || k === n - 1) stages.push([Math.max(1, round(size / ratio ** (n - 1 - k))), end]);
+  }
+  return stages;
 }
 
 // [width, height] of a width x height picture whose longest side becomes `side`.

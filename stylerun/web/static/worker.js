@@ -153,8 +153,7 @@ async function run({ content, styles, blend, size, iterations, strength }) {
   stopRequested = false;
   const total = blend.reduce((a, b) => a + b, 0);
   blend = blend.map((w) => w / total);
-  const stages = plan(size, config.defaults.scales, iterations, Math.min(content.width, content.height)
-    / Math.max(content.width, content.height), config.min_side);
+  const stages = plan(size, config.defaults.scales, iterations, [content.width, content.height], config.schedule_settings);
   let x = null; let best = null; let lossFirst = null; let evaluations = 0; let seconds = 0; let done = 0;
   for (const [index, [side, end]] of stages.entries()) {
     const [width, height] = fitted(content.width, content.height, side);
