@@ -19,7 +19,7 @@ def test_a_new_job_is_queued_with_its_options_and_place_in_line(tmp_path):
                    "content_loss": None, "style_loss": None, "eta_s": None, "error": None, "resumed_from": None,
                    "options": {"iterations": 7, "size": 32}, "styles": 2, "queue_position": 1}
     assert store.get(second)["iterations"] == 0 and store.get(second)["queue_position"] == 2
-    assert store.get("nope") is None and store.position("nope") is None
+    assert store.get("nope") is None
 
 
 def test_updates_move_jobs_out_of_the_line(tmp_path):
