@@ -87,3 +87,45 @@ def test_the_worker_thread_uses_the_store_the_server_opened(tmp_path):
     thread.start()
     thread.join(60)
     assert seen == ["running"] and store.ids("running") == store.ids()
+
+
+def test_pages_are_newest_first_with_queue_positions(tmp_path):
+    store = Store(tmp_path)
+    ids = [store.add({"n": i}, styles=1) for i in range(4)]
+    store.update(ids[1], status="running")
+    page = store.page()
+    assert [j["id"] for j in page] == ids[::-1] and store.total() == 4
+    assert [j["queue_position"] for j in page] == [3, 2, None, 1]
+    assert [j["id"] for j in store.page(offset=1, limit=2)] == [ids[2], ids[1]]
+    assert store.get(ids[3])["queue_position"] == 3 and store.first("queued") == ids[0]
+    assert store.first("running") == ids[1] and store.first("done") is None
+
+
+def test_the_queue_cap_counts_queued_and_interrupted_jobs(tmp_path):
+    store = Store(tmp_path)
+    first = store.add({}, styles=1, max_waiting=2)
+    second = store.add({}, styles=1, job_id="abc", max_waiting=2)
+    assert second == "abc" and store.waiting() == 2
+    assert store.add({}, styles=1, max_waiting=2) is None and store.total() == 2  # nothing queued
+    store.update(first, status="interrupted")
+    assert store.waiting() == 2
+    store.update(first, status="running")
+    assert store.waiting() == 1 and store.add({}, styles=1, max_waiting=2) is not None
+
+
+def test_finished_jobs_expire_with_their_files_and_errors_name_no_server_paths(tmp_path):
+    store = Store(tmp_path / "data")
+    old, recent, running = (store.add({}, styles=1) for _ in range(3))
+    for job_id in (old, recent, running):
+        store.image(job_id, "result").write_bytes(b"png")
+        store.checkpoint(job_id).write_bytes(b"npz")
+    store.update(old, status="done", finished=1000.0)
+    store.update(recent, status="failed", error=f"cannot read {store.images / 'x.png'} in {store.data}/y")
+    store.update(running, status="running")
+    assert store.get(recent)["error"] == "cannot read x.png in the data folder/y"
+    assert store.expire(3600) == [old]
+    assert store.get(old) is None and store.ids() == [recent, running]
+    assert sorted(p.name for p in store.images.iterdir()) == sorted(
+        f"{j}{suffix}" for j in (recent, running) for suffix in ("-result.png", ".ckpt.npz"))
+    store.remove(recent)
+    assert store.ids() == [running] and not list(store.images.glob(f"{recent}*"))
