@@ -129,3 +129,22 @@ def test_finished_jobs_expire_with_their_files_and_errors_name_no_server_paths(t
         f"{j}{suffix}" for j in (recent, running) for suffix in ("-result.png", ".ckpt.npz"))
     store.remove(recent)
     assert store.ids() == [running] and not list(store.images.glob(f"{recent}*"))
+
+
+def test_finished_jobs_are_stamped_and_the_folder_is_this_users_only(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    store = Store(tmp_path / "link" / "data")  # reached through a link: the folder's two spellings differ
+    modes = [oct(p.stat().st_mode & 0o777) for p in (store.data, store.images, store.data / "jobs.sqlite")]
+    assert modes == ["0o700", "0o700", "0o600"]
+    done, running = store.add({}, styles=1), store.add({}, styles=1)
+    store.update(done, status="done")
+    store.update(running, status="running")
+    finished = dict(store.db.execute("select id, finished from jobs"))
+    assert finished[done] is not None and finished[running] is None
+    store.update(running, status="failed", error=f"{store.images.resolve()}/a.png and {store.images}/b.png")
+    assert store.get(running)["error"] == "a.png and b.png"
+    for _ in range(101):
+        store.add({}, styles=1)
+    assert len(store.page()) == 100
