@@ -606,7 +606,7 @@ def test_a_stop_inside_the_first_evaluation_says_nothing_was_written(tmp_path, c
     out = tmp_path / "out.png"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = spawn([sys.executable, "-m", "stylerun", "transfer", str(content_path), str(style_path),
-                  "-o", str(out), "--size", "512", "-n", "5", "--alpha", "1e-3", "--threads", "1",
+                  "-o", str(out), "--size", "512", "--scales", "1", "-n", "5", "--alpha", "1e-3", "--threads", "1",
                   "--checkpoint-every", "1", "--device", "cpu"], stderr=subprocess.PIPE, text=True, env=env)
     lines = [proc.stderr.readline()]
     while lines[-1] and not lines[-1].endswith(", 5 iterations\n"):  # then the first evaluation starts

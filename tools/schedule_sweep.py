@@ -2,8 +2,8 @@
 
 Usage:
   python tools/schedule_sweep.py run OUT --size 384 --pairs PHOTO:PAINTING,... CANDIDATE...
-  python tools/schedule_sweep.py table OUT [--candidates NAME,...] [--size N]
-  python tools/schedule_sweep.py sheet OUT SHEET.jpg --candidates NAME,... [--size N] [--height 150]
+  python tools/schedule_sweep.py table OUT [--candidates NAME,...] [--size N,...]
+  python tools/schedule_sweep.py sheet OUT SHEET.jpg --candidates NAME,... [--size N,...] [--height 150]
 
 A CANDIDATE is ``NAME:option=value,option=value`` (values as JSON, else text), e.g.
 ``old:scales=1,iterations=500`` or ``new:`` for the defaults. `run` transfers every pair with every
@@ -90,8 +90,10 @@ def sweep(args: argparse.Namespace) -> None:
             print(json.dumps(row), flush=True)
 
 
-def chosen(out: Path, names: str | None, size: int | None) -> list[dict[str, Any]]:
-    picked = [r for r in rows(out) if (size is None or r["size"] == size)]
+def chosen(out: Path, names: str | None, sizes: str | None) -> list[dict[str, Any]]:
+    """The runs of the candidates `names` (in that order) at `sizes` ("256,512"; None: every size)."""
+    wanted = None if sizes is None else {int(v) for v in str(sizes).split(",")}
+    picked = [r for r in rows(out) if (wanted is None or r["size"] in wanted)]
     if names:
         order = names.split(",")
         picked = sorted((r for r in picked if r["candidate"] in order), key=lambda r: order.index(r["candidate"]))
@@ -115,14 +117,15 @@ def table(args: argparse.Namespace) -> None:
 def sheet(args: argparse.Namespace) -> None:
     out = Path(args.out)
     picked = chosen(out, args.candidates, args.size)
-    pairs = sorted({r["pair"] for r in picked})
+    pairs = sorted({(r["size"], r["pair"]) for r in picked})
     names = args.candidates.split(",")
     images, labels = [], []
-    for pair in pairs:
-        for name in names:
-            row = next((r for r in picked if r["pair"] == pair and r["candidate"] == name), None)
-            if row is None:
-                continue
+    for size, pair in pairs:
+        found = [next((r for r in picked if (r["size"], r["pair"], r["candidate"]) == (size, pair, name)), None)
+                 for name in names]
+        if None in found:  # a row of the sheet is one pair under every candidate, or none
+            continue
+        for name, row in zip(names, found, strict=True):
             picture = Image.open(out / str(row["size"]) / name / f"{pair}.png").convert("RGB")
             images.append(picture.resize((round(picture.width * args.height / picture.height), args.height),
                                          Image.Resampling.LANCZOS))
@@ -145,13 +148,13 @@ def main() -> None:
     p = sub.add_parser("table")
     p.add_argument("out")
     p.add_argument("--candidates")
-    p.add_argument("--size", type=int)
+    p.add_argument("--size", help="sizes, e.g. 256,512 (default: all)")
     p.set_defaults(func=table)
     p = sub.add_parser("sheet")
     p.add_argument("out")
     p.add_argument("sheet")
     p.add_argument("--candidates", required=True)
-    p.add_argument("--size", type=int)
+    p.add_argument("--size", help="sizes, e.g. 256,512 (default: all)")
     p.add_argument("--height", type=int, default=150)
     p.add_argument("--title")
     p.set_defaults(func=sheet)
