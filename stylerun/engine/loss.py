@@ -70,6 +70,13 @@ def check_weights_file(options: TransferOptions) -> None:
         raise OptionError("weights", f"file {options.weights} not found")
 
 
+def check_setup(options: TransferOptions, regions: int) -> ModelFiles | None:
+    """The device and a given model (or weights file) checked before any image is decoded, so a run with
+    a wrong one stops before any work; the model's files, or None to use the cache."""
+    check_device(options.device)
+    return given_model(options, layer_set(options, regions))
+
+
 def given_model(options: TransferOptions, layers: LayerSet) -> ModelFiles | None:
     """The files of the `model` option, checked against the layers asked for; None: use the cache."""
     if options.model is not None:
@@ -143,9 +150,8 @@ class StyleLoss:
         self.tv_weight = opts.tv_weight
         self.preserve_color = opts.preserve_color
         self.content_layers, self.style_layers = opts.content_layers, opts.style_layers
-        check_device(opts.device)
+        files = check_setup(opts, self.regions)
         asked = layer_set(opts, self.regions)
-        files = given_model(opts, asked)
         load = {"background": opts.background, "limit": opts.max_pixels}
 
         self.content_image = load_image(content, opts.size, what="the content image", **load)

@@ -33,6 +33,7 @@ from stylerun.engine.loss import (
     ExtraTerm,
     StyleLoss,
     WithExtra,
+    check_setup,
     check_weights_file,
     fit_style,
     initial_image,
@@ -275,12 +276,14 @@ class _Run:
         self.loss: StyleLoss | None = None
         #: The content and styles at the finest scale, every scale's loss made from them (None: one scale).
         self.finest: tuple[np.ndarray, list[np.ndarray]] | None = None
+        #: The content as the losses take it: the job's, or the picture `content_size` decoded from it.
+        self.content: Any = job.content
 
     def build(self, size: int | None, resumed: bool) -> StyleLoss:
         """A stage's loss; the resumed stage keeps the weights its checkpoint recorded, the others measure theirs."""
         balance = self.resume.balance if resumed else None
         options = self.within_budget(self.options.replace(size=size))
-        content, style = self.finest or (self.job.content, list(self.job.style))
+        content, style = self.finest or (self.content, list(self.job.style))
         return StyleLoss(content, style, options, models=self.models, balance=balance)
 
     def prepare(self) -> None:
@@ -295,14 +298,16 @@ class _Run:
             content = np.asarray(self.resume.content, np.float32)
             self.finest = content, [np.asarray(s, np.float32) for s in self.resume.style]
             return
-        content = load_image(self.job.content, self.plan[-1][0], what="the content image", **load)
+        content = load_image(self.content, self.plan[-1][0], what="the content image", **load)
         self.finest = content, [fit_style(decode(s, **load), content.shape, options) for s in self.job.style]
 
     @cached_property
     def content_size(self) -> tuple[int, int]:
-        """(width, height) of the content as given, decoded once for the scale plan and the memory budget."""
+        """(width, height) of the content as given, decoded once for the scale plan and the memory budget;
+        the run then takes that picture, so a file is read (and warned about) once."""
         options = self.options
-        return picture_size(decode(self.job.content, background=options.background, limit=options.max_pixels))
+        self.content = decode(self.job.content, background=options.background, limit=options.max_pixels)
+        return picture_size(self.content)
 
     def stage_size(self, size: int | None) -> tuple[int, int]:
         """(width, height) of the stage whose longest side is `size` (None: the content's own)."""
@@ -429,10 +434,11 @@ def run(job: Job, listener: Listener | None = None, stop: Callable[[], bool] | t
     Bad options or inputs raise `StylerunError` before any optimization.
     """
     listener = listener or Listener()
-    check_job(job)
+    regions = check_job(job)
     if job.options.weights is not None:
         check_weights_file(job.options)  # a missing or unsupported file is refused here, before any work
         listener.notice(f"weights: {job.options.weights} ({detect_format(job.options.weights)})")
+    check_setup(job.options, regions)  # the device and a given model, before any image is decoded
     state = _Run(job, listener, as_stop(stop), resume, models)
     with output_lock(job.output):  # a second run writing the same output is refused here
         listener.loading()
