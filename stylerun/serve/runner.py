@@ -74,11 +74,12 @@ def write(path: Any, data: bytes | None) -> None:
 
 def checkpointed(options: TransferOptions, every: int | None = None) -> TransferOptions:
     """The job's options with the server's checkpoint rhythm: `every` iterations, by default the batch's
-    (none where none can be made); never `save_every` pictures, which nothing would serve or delete.
+    (at every scale: a checkpoint resumes within any of them); never `save_every` pictures, which nothing
+    would serve or delete.
     Both are the server's to choose: a stored job from before that rule chose them itself."""
     options = options.replace(save_every=-1, checkpoint_every=-1)
     every = checkpoint_every(options) if every is None else every
-    return options.replace(checkpoint_every=every) if every > 0 and options.scales == 1 else options
+    return options.replace(checkpoint_every=every) if every > 0 else options
 
 
 class Runner:
