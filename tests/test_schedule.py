@@ -107,3 +107,11 @@ def test_video_frames_after_the_first_run_the_finest_scale_with_its_iterations()
     later = finest_only(options, (384, 512, 3))
     assert (later.scales, later.iterations) == (1, 76)
     assert finest_only(TransferOptions(scales=1), (384, 512, 3)).iterations == 150
+
+
+
+def test_the_outcome_counts_the_evaluations_of_every_scale(content_path, style_path):
+    """L-BFGS-B evaluates at least once per iteration, so a run's count is at least its iterations
+    (the last scale's alone is about half of them)."""
+    outcome = engine.run(engine.Job.of(content_path, style_path, iterations=8, scales=2, **SMALL))
+    assert outcome.iterations == 8 and outcome.evaluations >= 8, outcome.evaluations

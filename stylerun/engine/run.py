@@ -455,14 +455,16 @@ def _optimize_stages(state: _Run) -> Result:
     # that stage at once, without an evaluation, and the next starts from its image as it would have)
     begin = next((k for k, (_, end) in enumerate(state.plan) if end >= first), len(state.plan) - 1)
     result: Result | None = None
+    evaluations = 0
     for index, (size, end) in enumerate(state.plan[begin:], start=begin):
         state.loss = None  # the last scale's sessions and arrays go before the next scale's are made
         release_free_memory()
         result = _stage(state, index, size, end, previous, first, resumed=resume is not None and index == begin)
         previous, first = state.loss.to_rgb(result.image), result.iterations
+        evaluations += result.evaluations
         if result.interrupted or result.error:
             break
-    return result
+    return replace(result, evaluations=evaluations)  # the run's, every scale's together
 
 
 def _stage(state: _Run, index: int, size: int | None, end: int, previous: np.ndarray | None, first: int,
