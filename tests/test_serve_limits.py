@@ -105,6 +105,8 @@ def test_server_settings_and_impossible_schedules_are_refused_at_submission(busy
         assert "this server's setting" in r.json()["detail"]["error"], r.text
     r = post(url, {"scales": 8, "size": 32})  # was 201, then failed in the worker
     assert r.status_code == 422 and r.json()["detail"]["field"] == "scales", r.text
+    r = post(url, {**SMALL, "size": None, "scales": 3})  # planned at the picture's own 48 px: coarsest 12 px
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "scales", r.text
     r = post(url, {**SMALL, "style_blend": [0.5, 0.5]})  # two weights, one painting
     assert r.status_code == 422 and r.json()["detail"]["field"] == "style_blend", r.text
     names = {o["name"] for o in httpx.get(url + "/api/options", timeout=30).json()}

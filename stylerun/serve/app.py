@@ -152,7 +152,8 @@ def _job_checks(parsed: dict[str, Any], uploads: list[Upload], runner: Runner) -
         check_job(Job("content", ("style",) * (len(uploads) - 1), options))
         shape = content_shape(uploads[0], options.size)
         check_size(*shape, "the content image", original=(uploads[0].width, uploads[0].height), longest=options.size)
-        plan_of(options, options.size, shape)  # a schedule that cannot run is refused now, not by a worker
+        # a schedule that cannot run is refused now, not by a worker (without a size: at the picture's own)
+        plan_of(options, options.size or max(shape), shape)
     except OptionError as exc:
         raise HTTPException(422, {"field": exc.option, "error": str(exc)}) from exc
     except StylerunError as exc:
