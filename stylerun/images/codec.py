@@ -167,11 +167,7 @@ def open_image(
             Image.MAX_IMAGE_PIXELS = None  # opening reads the header only; the check right after names the size
             with Image.open(fp) as img:
                 Image.MAX_IMAGE_PIXELS = limit  # Pillow's own check guards every later step
-                width, height = img.size
-                if width * height > limit:  # the header alone says so: nothing has been decoded yet
-                    raise _too_large(name, f"{width}x{height} = {width * height:,} pixels", limit)
-                if width < 1 or height < 1:
-                    raise InputError(f"{name}: image has no pixels ({width}x{height})")
+                _check_header_size(name, *img.size, limit)  # nothing has been decoded yet
                 # is_animated only looks for a second frame; n_frames would walk them all, and a TIFF
                 # of 200,000 tiny pages takes minutes (Pillow checks each page against every earlier one).
                 if getattr(img, "is_animated", False):
@@ -224,11 +220,16 @@ def image_header(data: bytes, name: str = "image data", limit: int | None = None
         raise InputError(f"{name}: cannot read image header ({detail})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
+    _check_header_size(name, width, height, limit)
+    return fmt, width, height
+
+
+def _check_header_size(name: str, width: int, height: int, limit: int) -> None:
+    """Refuse, from the header's size alone, a picture over the pixel limit or without pixels."""
     if width * height > limit:
         raise _too_large(name, f"{width}x{height} = {width * height:,} pixels", limit)
     if width < 1 or height < 1:
         raise InputError(f"{name}: image has no pixels ({width}x{height})")
-    return fmt, width, height
 
 
 def _readable_path(path: Path) -> Path:
