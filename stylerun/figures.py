@@ -342,10 +342,12 @@ def _typed(data: object, fields: dict[str, Callable[[object], bool]], optional: 
 
 
 def panel_options(panel: Panel, device: str = "auto", threads: int | None = None) -> TransferOptions:
-    """A panel as a set of transfer options for the run engine: at one scale, as the paper optimized."""
+    """A panel as a set of transfer options for the run engine: at one scale and with no smoothing, as the paper
+    optimized."""
     return TransferOptions(size=panel.size, alpha=panel.alpha, beta=panel.beta, content_layers=panel.content_layers,
                            style_layers=panel.style_layers, pooling=panel.pooling, init=panel.init,
-                           iterations=panel.iterations, seed=panel.seed, device=device, threads=threads, scales=1)
+                           iterations=panel.iterations, seed=panel.seed, device=device, threads=threads, scales=1,
+                           smoothness=0.0)
 
 
 def run_panel(

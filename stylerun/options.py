@@ -46,6 +46,8 @@ ALPHA, BETA = 1e-6, 1.0
 ALPHA_TEXT = f"{ALPHA:g}".replace("e-0", "e-")
 #: The style strength when neither it nor α/β is given: the visual balance (see `strength`).
 DEFAULT_STRENGTH = 0.5
+#: The smoothness when neither it nor a TV weight is given: chosen by measurement (docs/quality.md).
+DEFAULT_SMOOTHNESS = 0.01
 #: Adam's step in 0..255 pixel units, chosen by a sweep of steps (docs/performance.md).
 ADAM_LEARNING_RATE = 10.0
 
@@ -274,8 +276,14 @@ class TransferOptions:
     beta: float | None = option(
         None, f"Style weight, used as given instead of --style-strength ({BETA:g} when only --alpha is given).",
         LOSS, optional(number()), cli=float, metavar="X")
-    tv_weight: float = option(
-        0.0, "Total-variation weight: smooths the result.", LOSS, number(), cli=float, metavar="X", cli_default=0.0)
+    smoothness: float | None = option(
+        None, "Smooths away pixel noise the painting does not have: total variation weighted against the style term "
+        "and the painting's own texture, so S means the same at every size (at the finest scale only). 0: off. Not "
+        "with --tv-weight.", LOSS, optional(number(0.0, 10.0)), cli=float, metavar="S",
+        shown_default=str(DEFAULT_SMOOTHNESS))
+    tv_weight: float | None = option(
+        None, "Total-variation weight, used as given at every scale instead of --smoothness.", LOSS,
+        optional(number()), cli=float, metavar="X")
     pooling: str = option(
         "max", f"Pooling in VGG19: {' or '.join(POOLINGS)}.", LOSS, choice(*POOLINGS), metavar="|".join(POOLINGS),
         cli_default="max")
@@ -372,6 +380,9 @@ class TransferOptions:
         if self.style_strength is not None and (self.alpha is not None or self.beta is not None):
             raise OptionError("style_strength", f"cannot be combined with {mention('alpha')}/{mention('beta')}: give "
                                                 "either a strength, or the two weights")
+        if self.smoothness is not None and self.tv_weight is not None:
+            raise OptionError("smoothness", f"cannot be combined with {mention('tv_weight')}: give either a "
+                                            "smoothness, or the weight")
 
     # --- derived views ---------------------------------------------------------------------
 
@@ -388,6 +399,12 @@ class TransferOptions:
         if self.alpha is None and self.beta is None:
             return DEFAULT_STRENGTH if self.style_strength is None else self.style_strength
         return (ALPHA if self.alpha is None else self.alpha, BETA if self.beta is None else self.beta)
+
+    def smoothing(self) -> float | None:
+        """The smoothness to weigh total variation from, or None when a TV weight was given."""
+        if self.tv_weight is not None:
+            return None
+        return DEFAULT_SMOOTHNESS if self.smoothness is None else self.smoothness
 
     def check_for(self, n_styles: int) -> int:
         """Checks that need the number of style images; returns the guided regions (0: unguided)."""

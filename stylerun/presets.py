@@ -37,6 +37,7 @@ def seed() -> dict[str, Any]:
     * ``init="random"``, ``iterations=1000``, ``scales=1``: a uniform random initial image and
       1000 L-BFGS-B iterations (TensorFlow's ScipyOptimizerInterface) at the one size, not
       stylerun's coarse-to-fine schedule.
+    * ``smoothness=0``: no total-variation term.
     * ``alpha=1e-6``, ``beta=1``, content relu4_2, style relu1_1…relu5_1 at 0.2: its README's
       values; the content and style terms are stylerun's (½·Σ(F−P)² and Σ w/(4N²M²)·Σ(G−A)²).
 
@@ -57,6 +58,7 @@ def seed() -> dict[str, Any]:
         "init": "random",
         "iterations": 1000,
         "scales": 1,
+        "smoothness": 0.0,
         "alpha": 1e-6,
         "beta": 1.0,
         "content_layers": dict(DEFAULT_CONTENT_LAYERS),
@@ -71,8 +73,8 @@ PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"seed": seed}
 def resolve(given: Mapping[str, Any]) -> dict[str, Any]:
     """`given` options with their preset's values beneath them: what is given wins.
 
-    A style strength given with a preset replaces the preset's α and β (a strength and
-    explicit weights cannot both apply). An unknown preset name is left for the option's
+    A style strength given with a preset replaces the preset's α and β, and a TV weight its
+    smoothness (a measured and an explicit weighting cannot both apply). An unknown preset name is left for the option's
     own check to refuse.
     """
     name = given.get("preset")
@@ -81,4 +83,6 @@ def resolve(given: Mapping[str, Any]) -> dict[str, Any]:
     values = PRESETS[name]()
     if given.get("style_strength") is not None:
         values = {k: v for k, v in values.items() if k not in ("alpha", "beta")}
+    if given.get("tv_weight") is not None:
+        values.pop("smoothness", None)
     return {**values, **given}

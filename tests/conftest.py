@@ -32,6 +32,12 @@ def content_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shipwreck() -> Path:
+    """A second painting, for blends and regions."""
+    return EXAMPLES / "shipwreck.jpg"
+
+
+@pytest.fixture(scope="session")
 def style_path() -> Path:
     return EXAMPLES / "starry_night.jpg"
 

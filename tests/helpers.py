@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pytest
 
 from stylerun.cli import app as cli
@@ -194,3 +195,9 @@ def kill(proc: subprocess.Popen) -> None:
 def session_alive(proc: subprocess.Popen) -> bool:
     """Whether any process the server started (its session, Ray's workers included) is still there."""
     return subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True).returncode == 0
+
+
+def total_variation(image: np.ndarray) -> float:
+    """The loss graph's TV term of an image, in float64."""
+    x = np.asarray(image, dtype=np.float64)
+    return float(((x[1:] - x[:-1]) ** 2).sum() + ((x[:, 1:] - x[:, :-1]) ** 2).sum())

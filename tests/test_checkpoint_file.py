@@ -52,12 +52,21 @@ def test_an_image_that_is_not_a_finite_picture_is_not_written(tmp_path, image):
     save_checkpoint(tmp_path / "g.npz", Checkpoint(TransferOptions(), 1, gray, np.zeros((2, 2, 3)), [gray]))
 
 
-@pytest.mark.parametrize("balance", [[1.0], [1.0, 2.0, 3.0], [1.0, -1.0], [1.0, float("inf")], [True, 1.0],
-                                     "1,2", [1.0, "2"]])
-def test_recorded_weights_must_be_two_finite_numbers(balance):
-    with pytest.raises(ValueError, match=f"^{BALANCE_KEY} must be two finite numbers >= 0$"):
+@pytest.mark.parametrize("balance", [[1.0], [1.0, 2.0, 3.0, 4.0], [1.0, -1.0], [1.0, float("inf")], [True, 1.0],
+                                     "1,2", [1.0, "2"], [1.0, 2.0, -3.0]])
+def test_recorded_weights_must_be_two_or_three_finite_numbers(balance):
+    with pytest.raises(ValueError, match=f"^{BALANCE_KEY} must be two or three finite numbers >= 0$"):
         parse_settings(json.dumps({BALANCE_KEY: balance}))
-    assert parse_settings(json.dumps({BALANCE_KEY: [0, 2.5]}))[1][BALANCE_KEY] == (0.0, 2.5)
+    assert parse_settings(json.dumps({BALANCE_KEY: [0, 2.5]}))[1][BALANCE_KEY] == (0.0, 2.5)  # before smoothness
+    assert parse_settings(json.dumps({BALANCE_KEY: [0, 2.5, 0.25]}))[1][BALANCE_KEY] == (0.0, 2.5, 0.25)
+
+
+def test_a_checkpoint_from_before_smoothness_resumes_without_it():
+    options, _ = parse_settings(json.dumps({"iterations": 5}))
+    assert options.smoothing() == 0.0
+    options, _ = parse_settings(json.dumps({"iterations": 5, "tv_weight": 0.5}))
+    assert options.smoothing() is None and options.tv_weight == 0.5
+    assert parse_settings(json.dumps({"smoothness": 0.03}))[0].smoothing() == 0.03
 
 
 def test_settings_have_a_length_limit():

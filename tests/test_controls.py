@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import SHALLOW, SHALLOW_FLAGS, run_cli
+from helpers import SHALLOW, SHALLOW_FLAGS, run_cli, total_variation
 from PIL import Image
 
 from stylerun import transfer
@@ -31,16 +31,6 @@ from stylerun.vgg import spatial_size
 
 LAYERS = SHALLOW
 CLI_LAYERS = SHALLOW_FLAGS
-
-
-@pytest.fixture(scope="module")
-def shipwreck(content_path):
-    return content_path.parent / "shipwreck.jpg"
-
-
-def total_variation(image: np.ndarray) -> float:
-    x = np.asarray(image, dtype=np.float64)
-    return float(((x[1:] - x[:-1]) ** 2).sum() + ((x[:, 1:] - x[:, :-1]) ** 2).sum())
 
 
 # --- 1. several styles --------------------------------------------------------------------------
@@ -270,8 +260,8 @@ def test_settings_round_trip_and_old_checkpoints_get_defaults():
     assert TransferOptions.from_dict(json.loads(settings.to_json())) == settings
     old, inputs = parse_settings('{"content": "c.jpg", "style": "s.jpg", "output": "o.png"}')
     assert inputs == {"content": "c.jpg", "style": "s.jpg", "output": "o.png"}
-    assert (old.style_blend, old.style_scale, old.preserve_color, old.tv_weight, old.optimizer, old.scales,
-            old.lbfgs_memory) == (None, None, "none", 0.0, "lbfgs", 1, 10)
+    assert (old.style_blend, old.style_scale, old.preserve_color, old.smoothing(), old.optimizer, old.scales,
+            old.lbfgs_memory) == (None, None, "none", 0.0, "lbfgs", 1, 10)  # no smoothing before smoothness
 
 
 def test_cli_controls_checkpoint_and_resume_exactly(capsys, monkeypatch, tmp_path, content_path, style_path,
@@ -321,7 +311,8 @@ def test_region_masks_guide_each_style_to_its_region(content_path, style_path, s
     """--content-mask: a style whose region is the whole image acts exactly like that style alone
     (the other region is empty and adds only a constant); masks of the wrong count are refused."""
     other = shipwreck
-    kw = dict(size=48, alpha=1e-3, style_layers="relu1_1,relu2_1")
+    # no smoothing: the empty region's constant is part of the style term a smoothness measures its weight from
+    kw = dict(size=48, alpha=1e-3, style_layers="relu1_1,relu2_1", smoothness=0.0)
     plain = StyleLoss(content_path, style_path, **kw)
     h, w, _ = plain.shape
     ones, zeros = np.ones((h, w), np.float32), np.zeros((h, w), np.float32)

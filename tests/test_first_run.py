@@ -26,6 +26,7 @@ from stylerun.lines import estimate_text
 from stylerun.network.cache import cache_limit, entries, prune
 from stylerun.network.export import cached_export
 from stylerun.network.loss_graph import LayerSet
+from stylerun.options import DEFAULT_SMOOTHNESS
 
 SMALL = ("--size", "48", *SHALLOW_FLAGS, "--device", "cpu")
 
@@ -52,7 +53,9 @@ def test_the_estimate_is_printed_after_the_first_iteration(capsys, monkeypatch, 
     assert code == 0, err
     lines = err.splitlines()
     assert lines[0] == "48x32, 2 iterations"
-    assert re.fullmatch(r"style strength 0\.5: alpha/beta \S+ at 48x32", lines[1]), lines  # the default, measured
+    # the defaults, measured on the inputs: a one-scale run's only scale is its finest, where smoothing applies
+    balance = rf"style strength 0\.5: alpha/beta \S+; smoothness {DEFAULT_SMOOTHNESS:g}: tv weight \S+ at 48x32"
+    assert re.fullmatch(balance, lines[1]), lines
     assert re.fullmatch(r"~\d+ s on CPU \(1 thread\)", lines[2]), lines  # short: no hint
     assert lines[3].startswith("iteration 1/2 loss ")
 

@@ -98,15 +98,17 @@ def test_a_checkpoint_keeps_the_chosen_weights_and_resume_uses_them(tmp_path, co
     out = tmp_path / "out.png"
     outcome = run(Job.of(content_path, style_path, out, size=48, iterations=4, checkpoint_every=2, **FAST),
                   stop=lambda: False)
-    chosen = [outcome.loss_object.alpha, outcome.loss_object.beta]
+    chosen = [outcome.loss_object.alpha, outcome.loss_object.beta, outcome.loss_object.tv_weight]
     settings = _settings(outcome.checkpoint)
+    assert chosen[2] > 0  # the default smoothness chose a TV weight
     assert settings[BALANCE_KEY] == pytest.approx(chosen) and settings["style_strength"] is None
-    settings |= {BALANCE_KEY: [0.25, 2.0], "iterations": 6}
+    settings |= {BALANCE_KEY: [0.25, 2.0, 0.125], "iterations": 6}
     _rewrite_settings(outcome.checkpoint, settings)
-    assert load_checkpoint(outcome.checkpoint).balance == (0.25, 2.0)
+    assert load_checkpoint(outcome.checkpoint).balance == (0.25, 2.0, 0.125)
     job, state = resume_job(outcome.checkpoint, tmp_path / "more.png")
     resumed = run(job, resume=state)
-    assert (resumed.loss_object.alpha, resumed.loss_object.beta) == (0.25, 2.0)  # kept, not measured again
+    kept = resumed.loss_object
+    assert (kept.alpha, kept.beta, kept.tv_weight) == (0.25, 2.0, 0.125)  # kept, not measured again
     for bad in (["x", 1], [1.0], [-1.0, 1.0], [float("nan"), 1.0]):
         _rewrite_settings(outcome.checkpoint, {**settings, BALANCE_KEY: bad})
         with pytest.raises(InputError, match=f"not a usable stylerun checkpoint .*{BALANCE_KEY}"):

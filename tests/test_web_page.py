@@ -124,13 +124,21 @@ def test_page_loss_gradient_and_strength_equal_pythons(browser, site, content_pa
     assert np.abs(page_grad - grad).max() <= 1e-4 * np.abs(grad).max()
 
     # style strength: the far terms, measured with the page's model, choose Python's alpha
-    balanced = stylerun.StyleLoss(content, style, device="cpu", style_strength=0.3, content_layers=CONTENT_LAYERS,
-                                  style_layers=STYLE_LAYERS)
+    balanced = stylerun.StyleLoss(content, style, device="cpu", style_strength=0.3, smoothness=0.0,
+                                  content_layers=CONTENT_LAYERS, style_layers=STYLE_LAYERS)
     got = page.evaluate(CHECK, {"image": as_arg(x), "content": as_arg(content), "style": as_arg(style),
                                 "weights": {"strength": 0.3, "tv": 0}})
     assert got["strength"]["far"] == pytest.approx(list(balanced.far_terms), rel=1e-4)
     assert got["strength"]["alpha"] == pytest.approx(balanced.alpha, rel=1e-4)
     assert got["loss"] == pytest.approx(balanced.loss_and_grad(x)[0], rel=1e-4)
+
+    # smoothness: the TV weight from the style term's far end and the painting's roughness, as Python's
+    smooth = stylerun.StyleLoss(content, style, device="cpu", style_strength=0.3, smoothness=0.2,
+                                content_layers=CONTENT_LAYERS, style_layers=STYLE_LAYERS)
+    got = page.evaluate(CHECK, {"image": as_arg(x), "content": as_arg(content), "style": as_arg(style),
+                                "weights": {"strength": 0.3, "smoothness": 0.2}})
+    assert smooth.tv_weight > 0 and got["tv_weight"] == pytest.approx(smooth.tv_weight, rel=1e-4)
+    assert got["loss"] == pytest.approx(smooth.loss_and_grad(x)[0], rel=1e-4)
     assert not errors
     page.close()
 

@@ -96,8 +96,9 @@ class Checkpoint:
     lbfgs: LbfgsState | None = None
     #: Names of the inputs and output the run was started with (never used as paths).
     inputs: dict[str, Any] = field(default_factory=dict)
-    #: (α, β) the run used: a resumed run goes on with the very same weights, not re-measured ones.
-    balance: tuple[float, float] | None = None
+    #: (α, β, TV weight) the run used: a resumed run goes on with the very same weights, not re-measured ones
+    #: (a checkpoint written before smoothness has (α, β), and its options no smoothness).
+    balance: tuple[float, ...] | None = None
     #: Why `lbfgs` is None after loading though the file had a state (the resumed run restarts the history).
     lbfgs_dropped: str | None = None
 
@@ -143,16 +144,18 @@ def parse_settings(text: str) -> tuple[TransferOptions, dict[str, Any]]:
         raise ValueError("settings are not a JSON object")
     inputs = {k: data.pop(k) for k in INPUT_KEYS if k in data}
     data.setdefault("scales", 1)  # written before scales could be checkpointed: a one-scale run
+    if "smoothness" not in data and data.get("tv_weight") is None:
+        data["smoothness"] = 0.0  # written before smoothness: none
     if BALANCE_KEY in data:
         inputs[BALANCE_KEY] = _balance(data.pop(BALANCE_KEY))
     return TransferOptions.from_dict(data), inputs
 
 
-def _balance(value: Any) -> tuple[float, float]:
-    if (not isinstance(value, list) or len(value) != 2
+def _balance(value: Any) -> tuple[float, ...]:
+    if (not isinstance(value, list) or len(value) not in (2, 3)
             or not all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in value)):
-        raise ValueError(f"{BALANCE_KEY} must be two finite numbers >= 0")
-    return float(value[0]), float(value[1])
+        raise ValueError(f"{BALANCE_KEY} must be two or three finite numbers >= 0")
+    return tuple(float(v) for v in value)
 
 
 class _Members:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stylerun.engine import strength
+from stylerun.engine import smoothness, strength
 from stylerun.errors import InputError, ModelError, OptionError, mention
 from stylerun.images import color
 from stylerun.images.codec import (
@@ -136,7 +136,7 @@ class StyleLoss:
 
     def __init__(self, content: Any, style: Any, options: TransferOptions | None = None, *,
                  flavours: Flavours = FASTEST, session: SessionSettings = MEASURED,
-                 models: Callable[..., LossModel] | None = None, balance: tuple[float, float] | None = None,
+                 models: Callable[..., LossModel] | None = None, balance: tuple[float, ...] | None = None,
                  **values: Any):
         if options is None and "size" not in values:
             values["size"] = None
@@ -147,7 +147,6 @@ class StyleLoss:
         self.options = opts
         self.regions = opts.check_for(len(styles))
         self.style_blend = list(opts.blend_weights(len(styles)))
-        self.tv_weight = opts.tv_weight
         self.preserve_color = opts.preserve_color
         self.content_layers, self.style_layers = opts.content_layers, opts.style_layers
         files = check_setup(opts, self.regions)
@@ -169,7 +168,11 @@ class StyleLoss:
         self.far_terms = (math.nan, math.nan)
         #: The style strength that chose α/β here (None: the weights were given, or kept from a checkpoint).
         self.style_strength: float | None = None
-        self.alpha, self.beta = balance or self._weights(opts)
+        #: The smoothness that chose the TV weight here (None: the weight was given, kept, or is 0).
+        self.smoothness: float | None = None
+        self.alpha, self.beta = balance[:2] if balance else self._weights(opts)
+        #: The total-variation weight: given, kept from a checkpoint, or from `smoothness` (see that module).
+        self.tv_weight = balance[2] if balance and len(balance) > 2 else self._tv_weight(opts)
         self._bind(self.alpha, self.beta, self.tv_weight)
         self.last_terms = (math.nan, math.nan)
 
@@ -192,11 +195,35 @@ class StyleLoss:
             return weighting
         self._bind(1.0, 1.0, 0.0)
         _, style_far = self.model.terms(self.seen(self.content_image))
-        blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
         content_far = sum(weight * self.model.terms(self.seen(resize_to(image, self.shape)))[0]
-                          for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
+                          for weight, image in zip(self.painting_shares, self.style_images, strict=True) if weight > 0)
         self.far_terms, self.style_strength = (content_far, style_far), weighting
         return strength.weights(weighting, content_far, style_far, opts.init, self.shape[0] * self.shape[1])
+
+    @property
+    def painting_shares(self) -> list[float]:
+        """How much each painting counts in the far-end measures: its blend weight, or an equal share per region."""
+        return self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
+
+    def _tv_weight(self, opts: TransferOptions) -> float:
+        """`tv_weight` as given, or the one `smoothness` asks for here, from the style term's far end (measured
+        for the strength, or now) and the paintings' roughness at this size."""
+        level = opts.smoothing()
+        if level is None or level == 0:
+            return opts.tv_weight or 0.0
+        style_far = self.far_terms[1]
+        if not math.isfinite(style_far):
+            self._bind(1.0, 1.0, 0.0)
+            style_far = self.model.terms(self.seen(self.content_image))[1]
+        h, w, _ = self.shape
+        shares = self.painting_shares
+        if self.regions:  # each region's painting covers its content mask's share of the picture
+            areas = self.targets[STYLE_GUIDE].mean(axis=(1, 2), dtype=np.float64)
+            shares = list(areas / areas.sum()) if areas.sum() > 0 else shares
+        rough = smoothness.roughness([self.seen(image) for image in self.style_images], shares, h * w)
+        weight = smoothness.tv_weight(level, self.beta, style_far, rough)
+        self.smoothness = level if weight > 0 else None
+        return weight
 
     def _targets(self, load: dict[str, Any]) -> dict[str, np.ndarray]:
         """Content features, then the style targets: blended Grams, or one guided Gram per region."""

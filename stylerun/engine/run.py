@@ -283,6 +283,8 @@ class _Run:
         """A stage's loss; the resumed stage keeps the weights its checkpoint recorded, the others measure theirs."""
         balance = self.resume.balance if resumed else None
         options = self.within_budget(self.options.replace(size=size))
+        if size != self.plan[-1][0] and options.tv_weight is None:
+            options = options.replace(smoothness=0.0)  # the finest scale's alone (see `smoothness`)
         content, style = self.finest or (self.content, list(self.job.style))
         return StyleLoss(content, style, options, models=self.models, balance=balance)
 
@@ -341,11 +343,15 @@ class _Run:
         return chosen.options
 
     def tell_balance(self, loss: StyleLoss) -> None:
-        """Say which α/β a style strength chose (each scale measures its own)."""
+        """Say which α/β a style strength chose and which TV weight a smoothness chose (each scale measures its own)."""
+        said = []
         if loss.style_strength is not None:
+            said.append(f"style strength {loss.style_strength:g}: alpha/beta {loss.alpha / loss.beta:.3g}")
+        if loss.smoothness is not None:
+            said.append(f"smoothness {loss.smoothness:g}: tv weight {loss.tv_weight:.3g}")
+        if said:
             h, w, _ = loss.shape
-            ratio = loss.alpha / loss.beta
-            self.listener.notice(f"style strength {loss.style_strength:g}: alpha/beta {ratio:.3g} at {w}x{h}")
+            self.listener.notice(f"{'; '.join(said)} at {w}x{h}")
 
     def stages(self) -> list[tuple[int | None, int]]:
         options = self.options
@@ -407,7 +413,7 @@ class _Run:
         content, styles = self.finest or (loss.content_image, loss.style_images)
         save_checkpoint(self.ckpt, Checkpoint(settled, iteration, image, content, styles,
                                               value, np.asarray(self.history, dtype=np.float64), lbfgs, inputs,
-                                              (loss.alpha, loss.beta)))
+                                              (loss.alpha, loss.beta, loss.tv_weight)))
 
 
 def _name(source: Any) -> str | None:
@@ -529,7 +535,7 @@ def describe(options: TransferOptions, loss: StyleLoss) -> dict[str, str]:
         settings[name] = _names(settings.get(name))
     content_far, style_far = loss.far_terms  # NaN where not measured (weights given, or kept from a checkpoint)
     record = {"version": __version__, "alpha": loss.alpha, "beta": loss.beta,
-              "style_strength": loss.style_strength,
+              "style_strength": loss.style_strength, "tv_weight": loss.tv_weight, "smoothness": loss.smoothness,
               "far_terms": {"content": json_value(content_far), "style": json_value(style_far)}, "options": settings}
     return {"Software": f"stylerun {__version__}", "stylerun": json.dumps(record, sort_keys=True)}
 

@@ -265,10 +265,15 @@ def run_video(source: str | Path, style: Any, output: str | Path, options: Trans
 
 
 def same_weights(options: TransferOptions, outcome: Outcome) -> TransferOptions:
-    """Options for the frames after the first: the α/β its style strength chose, so that the
-    whole clip has one balance (re-measured per frame, it would drift with the picture)."""
+    """Options for the frames after the first: the α/β its style strength chose and the TV weight its
+    smoothness chose, so that the whole clip has one balance (re-measured per frame, it would drift
+    with the picture)."""
     loss = outcome.loss_object
-    if loss is None or not isinstance(options.weighting(), float):
+    if loss is None:
+        return options
+    if options.tv_weight is None:
+        options = options.replace(smoothness=None, tv_weight=loss.tv_weight)
+    if not isinstance(options.weighting(), float):
         return options
     return options.replace(style_strength=None, alpha=loss.alpha, beta=loss.beta)
 

@@ -91,13 +91,48 @@ async function strengthWeights(fixed, content, styles, blend, s, layerWeights) {
     far: [contentFar, styleFar] };
 }
 
+// smoothness.roughness: the paintings' TV per pixel (blended), times the output's pixels.
+function roughness(paintings, blend, pixels) {
+  let total = 0;
+  for (let k = 0; k < paintings.length; k++) {
+    if (!(blend[k] > 0)) continue;
+    const { width, height, data } = paintings[k];
+    let tv = 0;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        for (let c = 0; c < 3; c++) {
+          const i = (y * width + x) * 3 + c;
+          if (y + 1 < height) tv += (data[i + width * 3] - data[i]) ** 2;
+          if (x + 1 < width) tv += (data[i + 3] - data[i]) ** 2;
+        }
+      }
+    }
+    total += blend[k] * tv / (width * height);
+  }
+  return total * pixels;
+}
+
+// The TV weight: as given, or the one a smoothness asks for (smoothness.tv_weight).
+async function tvWeight(fixed, content, styles, blend, weights, balance, layerWeights) {
+  if (weights.tv !== undefined && weights.tv !== null) return weights.tv;
+  const s = weights.smoothness ?? 0;
+  if (!(s > 0)) return 0;
+  let styleFar = balance.far ? balance.far[1] : NaN;
+  if (!Number.isFinite(styleFar)) {
+    styleFar = (await evaluate(feeds(fixed, { ...layerWeights, alpha: 1, beta: 1, tv: 0 }), content)).style;
+  }
+  const rough = roughness(styles, blend, content.width * content.height);
+  const ok = Number.isFinite(styleFar) && Number.isFinite(rough) && styleFar > 0 && rough > 0;
+  return ok ? s * balance.beta * styleFar / rough : 0;
+}
+
 async function bind(content, styles, blend, weights) {
   const fixed = await targets(content, styles, blend);
   const layerWeights = { content: config.content_weights, style: config.style_weights, ...weights };
   const balance = weights.strength === undefined ? { alpha: weights.alpha, beta: weights.beta, far: null }
     : await strengthWeights(fixed, content, styles, blend, weights.strength, layerWeights);
-  return { bound: feeds(fixed, { ...layerWeights, ...balance, tv: weights.tv ?? config.defaults.tv_weight }),
-    balance };
+  const tv = await tvWeight(fixed, content, styles, blend, weights, balance, layerWeights);
+  return { bound: feeds(fixed, { ...layerWeights, ...balance, tv }), balance, tv };
 }
 
 // ---- a transfer ---------------------------------------------------------------------------------
@@ -159,7 +194,9 @@ async function run({ content, styles, blend, size, iterations, strength }) {
     const [width, height] = fitted(content.width, content.height, side);
     const photo = pixels(content, width, height);
     const paintings = styles.map((s) => pixels(s, width, height));
-    const { bound } = await bind(photo, paintings, blend, { strength });
+    // smoothing at the finest scale only, as the run engine does
+    const smoothness = index === stages.length - 1 ? config.defaults.smoothness : 0;
+    const { bound } = await bind(photo, paintings, blend, { strength, smoothness });
     x = x ? resized(x, width, height) : { width, height, data: photo.data.slice() };
     best = null;
     const timed = async (data) => {
@@ -194,11 +231,11 @@ async function run({ content, styles, blend, size, iterations, strength }) {
 // One evaluation of given inputs (the tests compare it with Python): loss, terms, gradient, and the
 // α that a style strength would choose, from the far terms.
 async function check({ image, content, style, weights }) {
-  const { bound, balance } = await bind(content, [style], [1], weights);
+  const { bound, balance, tv } = await bind(content, [style], [1], weights);
   const r = await evaluate(bound, image);
   const strength = weights.strength === undefined ? null : balance;
   return { type: 'checked', loss: r.loss, content_loss: r.content, style_loss: r.style, tv_loss: r.tv,
-    grad: Array.from(r.grad), strength };
+    grad: Array.from(r.grad), strength, tv_weight: tv };
 }
 
 const handlers = { init, run, check, stop: () => { stopRequested = true; } };
