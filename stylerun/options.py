@@ -47,7 +47,7 @@ ALPHA_TEXT = f"{ALPHA:g}".replace("e-0", "e-")
 #: The style strength when neither it nor α/β is given: the visual balance (see `strength`).
 DEFAULT_STRENGTH = 0.5
 #: The smoothness when neither it nor a TV weight is given: chosen by measurement (docs/quality.md).
-DEFAULT_SMOOTHNESS = 0.01
+DEFAULT_SMOOTHNESS = 0.003
 #: Adam's step in 0..255 pixel units, chosen by a sweep of steps (docs/performance.md).
 ADAM_LEARNING_RATE = 10.0
 
@@ -277,9 +277,9 @@ class TransferOptions:
         None, f"Style weight, used as given instead of --style-strength ({BETA:g} when only --alpha is given).",
         LOSS, optional(number()), cli=float, metavar="X")
     smoothness: float | None = option(
-        None, "Smooths away pixel noise the painting does not have: total variation weighted against the style term "
-        "and the painting's own texture, so S means the same at every size (at the finest scale only). 0: off. Not "
-        "with --tv-weight.", LOSS, optional(number(0.0, 10.0)), cli=float, metavar="S",
+        None, "Smooths away pixel noise: total variation weighed against the style term and the photo's own detail, "
+        "so S means the same at every size and pair (at the finest scale only). 0: off. Not with --tv-weight.", LOSS,
+        optional(number(0.0, 10.0)), cli=float, metavar="S",
         shown_default=str(DEFAULT_SMOOTHNESS))
     tv_weight: float | None = option(
         None, "Total-variation weight, used as given at every scale instead of --smoothness.", LOSS,
@@ -339,8 +339,8 @@ class TransferOptions:
         2.0, "Ratio between the sizes of successive scales (e.g. 2 or 1.414).", OPTIMIZER, number(1.1, 4.0),
         cli=float, metavar="R", cli_default=2.0)
     scale_split: float = option(
-        0.5, "Share of the iterations run at the finest scale; the coarser scales share the rest equally.",
-        OPTIMIZER, number(0.0, 1.0, above=True), cli=float, metavar="F", cli_default=0.5)
+        0.25, "Share of the iterations run at the finest scale; the coarser scales share the rest equally.",
+        OPTIMIZER, number(0.0, 1.0, above=True), cli=float, metavar="F", cli_default=0.25)
     # Run control
     save_every: int = option(
         -1, "Also save OUTPUT_NNNN.ext every N iterations; -1 for never.", RUN,

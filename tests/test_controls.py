@@ -192,12 +192,12 @@ def test_lbfgs_memory_reaches_scipy(content_path, style_path):
 
 
 def test_scale_plan_splits_sizes_and_iterations():
-    assert scale_plan(256, 1, 100) == [(256, 100)]
-    assert scale_plan(256, 3, 100, split=1 / 3) == [(64, 33), (128, 66), (256, 100)]
+    assert scale_plan(256, 1, 100, ratio=2.0, split=0.5) == [(256, 100)]
+    assert scale_plan(256, 3, 100, ratio=2.0, split=1 / 3) == [(64, 33), (128, 66), (256, 100)]
     with pytest.raises(InputError, match="scales"):
-        scale_plan(64, 2, 10, (42, 64, 3))  # 21 px short side at the coarse scale
+        scale_plan(64, 2, 10, (42, 64, 3), ratio=2.0, split=0.5)  # 21 px short side at the coarse scale
     with pytest.raises(InputError, match="scales"):
-        scale_plan(64, 9, 10)
+        scale_plan(64, 9, 10, ratio=2.0, split=0.5)
 
 
 def test_resize_image_keeps_values_and_shape():
@@ -209,7 +209,7 @@ def test_resize_image_keeps_values_and_shape():
 
 def test_multiscale_transfer(content_path, style_path):
     seen = []
-    out = transfer(content_path, style_path, size=96, iterations=6, scales=2, callback=seen.append,
+    out = transfer(content_path, style_path, size=96, iterations=6, scales=2, scale_split=0.5, callback=seen.append,
                    device="cpu", **LAYERS)
     assert out.size == (96, 64)
     assert [p.iteration for p in seen] == list(range(1, 7))

@@ -12,6 +12,7 @@ import stylerun
 from stylerun.engine import run as engine
 from stylerun.engine.estimate import STAGE_SETUP_EVALUATIONS, seconds_left
 from stylerun.engine.loss import StyleLoss, fit_style
+from stylerun.engine.run import plan_of
 from stylerun.engine.schedule import COARSEST, auto_scales, scale_plan, split_iterations
 from stylerun.errors import InputError
 from stylerun.images.codec import decode
@@ -23,7 +24,7 @@ SMALL = {"size": 96, "content_layers": "relu2_2", "style_layers": "relu1_1,relu2
 
 def test_the_defaults_are_a_coarse_to_fine_schedule_and_the_seed_keeps_one_scale():
     options = TransferOptions()
-    assert (options.scales, options.scale_ratio, options.scale_split, options.iterations) == (0, 2.0, 0.5, 150)
+    assert (options.scales, options.scale_ratio, options.scale_split, options.iterations) == (0, 2.0, 0.25, 150)
     seed = TransferOptions().replace(preset="seed")
     assert seed.scales == 1 and seed.iterations == 1000
     assert TransferOptions().replace(preset="seed", scales=3).scales == 3  # given explicitly, it wins
@@ -37,24 +38,25 @@ def test_the_defaults_are_a_coarse_to_fine_schedule_and_the_seed_keeps_one_scale
     (2048, [128, 256, 512, 1024, 2048]),
 ])
 def test_auto_scales_start_near_the_coarsest_side(size, sides):
-    assert [side for side, _ in scale_plan(size, 0, 150)] == sides
+    assert [side for side, _ in scale_plan(size, 0, 150, ratio=2.0, split=0.25)] == sides
 
 
 def test_auto_scales_follow_the_ratio_and_never_go_under_the_minimum_side():
-    sides = [side for side, _ in scale_plan(512, 0, 150, ratio=1.414)]
+    sides = [side for side, _ in scale_plan(512, 0, 150, ratio=1.414, split=0.25)]
     assert len(sides) == 5 and abs(sides[0] - COARSEST) < 10 and sides[-1] == 512
     assert auto_scales(512, 2.0, (48, 512, 3)) == 1  # a 512x48 strip: 12 px short side at 128
     assert auto_scales(512, 2.0, (100, 512, 3)) == 2  # 128x25 would be too thin; 256x50 is not
     with pytest.raises(InputError, match="scales"):
-        scale_plan(512, 3, 150, (48, 512, 3))  # asked for, it is refused rather than changed
+        scale_plan(512, 3, 150, (48, 512, 3), ratio=2.0, split=0.25)  # asked for, it is refused rather than changed
 
 
-def test_iterations_go_half_to_the_finest_scale_and_the_count_runs_on():
+def test_iterations_go_a_quarter_to_the_finest_scale_and_the_count_runs_on():
     assert split_iterations(150, 3, 0.5) == [37, 37, 76]
+    assert split_iterations(150, 3, 0.25) == [56, 56, 38]
     assert split_iterations(100, 4, 0.25) == [25, 25, 25, 25]
-    assert scale_plan(512, 0, 150) == [(128, 37), (256, 74), (512, 150)]
-    assert scale_plan(512, 3, 10, split=1.0) == [(512, 10)]  # coarse scales with no iterations are dropped
-    assert scale_plan(512, 1, 150) == [(512, 150)]
+    assert plan_of(TransferOptions(), 512) == [(128, 56), (256, 112), (512, 150)]  # the defaults
+    assert scale_plan(512, 3, 10, ratio=2.0, split=1.0) == [(512, 10)]  # coarse scales with no iterations are dropped
+    assert scale_plan(512, 1, 150, ratio=2.0, split=0.25) == [(512, 150)]
 
 
 def test_the_painting_is_sized_at_every_scale_by_the_photos_rule(monkeypatch, content_path, style_path):
@@ -105,7 +107,7 @@ def test_an_interrupted_run_resumed_across_scales_paints_the_same_pixels(tmp_pat
 def test_video_frames_after_the_first_run_the_finest_scale_with_its_iterations():
     options = TransferOptions(size=512, iterations=150)
     later = finest_only(options, (384, 512, 3))
-    assert (later.scales, later.iterations) == (1, 76)
+    assert (later.scales, later.iterations) == (1, 38)
     assert finest_only(TransferOptions(scales=1), (384, 512, 3)).iterations == 150
 
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from helpers import SHALLOW, one_line_error, run_cli, serve, shallow_layers, stop
 
-from stylerun.engine.run import scale_plan
+from stylerun.engine.run import plan_of
 from stylerun.engine.schedule import COARSEST, MAX_SCALES
 from stylerun.images.codec import MIN_SIDE
 from stylerun.network.export import build_models
@@ -97,8 +97,7 @@ def test_export_web_creates_the_folder_and_force_writes_into_a_full_one(tmp_path
     options = TransferOptions()
     assert config["defaults"]["iterations"] == options.iterations
     assert config["defaults"]["style_strength"] == DEFAULT_STRENGTH
-    assert config["schedule"] == [list(s) for s in scale_plan(config["defaults"]["size"], options.scales,
-                                                              options.iterations)]
+    assert config["schedule"] == [list(s) for s in plan_of(options, config["defaults"]["size"])]
     assert config["style_layers"] == sorted(options.style_layers) and config["models"]["bytes"] < 30e6
     (out / "keep.txt").write_text("mine")
     code, err = run_cli(capsys, monkeypatch, "export-web", str(out), "--force")
@@ -111,7 +110,7 @@ def test_config_follows_the_options_and_the_engine_plan(tmp_path):
     config = export_site(tmp_path / "site", options=options)
     assert config["defaults"] | {"size": 256, "iterations": 90, "scales": 3, "style_strength": 0.7} == \
         config["defaults"]
-    assert config["schedule"] == [[64, 22], [128, 44], [256, 90]] == [list(s) for s in scale_plan(256, 3, 90)]
+    assert config["schedule"] == [[64, 34], [128, 68], [256, 90]] == [list(s) for s in plan_of(options, 256)]
     assert (config["content_layers"], config["style_layers"]) == (["relu2_2"], ["relu1_1", "relu2_1"])
     assert config["schedule_settings"] == {"ratio": options.scale_ratio, "split": options.scale_split,
                                            "coarsest": COARSEST, "maxScales": MAX_SCALES, "minSide": MIN_SIDE}

@@ -195,19 +195,15 @@ class StyleLoss:
             return weighting
         self._bind(1.0, 1.0, 0.0)
         _, style_far = self.model.terms(self.seen(self.content_image))
+        blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
         content_far = sum(weight * self.model.terms(self.seen(resize_to(image, self.shape)))[0]
-                          for weight, image in zip(self.painting_shares, self.style_images, strict=True) if weight > 0)
+                          for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
         self.far_terms, self.style_strength = (content_far, style_far), weighting
         return strength.weights(weighting, content_far, style_far, opts.init, self.shape[0] * self.shape[1])
 
-    @property
-    def painting_shares(self) -> list[float]:
-        """How much each painting counts in the far-end measures: its blend weight, or an equal share per region."""
-        return self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
-
     def _tv_weight(self, opts: TransferOptions) -> float:
         """`tv_weight` as given, or the one `smoothness` asks for here, from the style term's far end (measured
-        for the strength, or now) and the paintings' roughness at this size."""
+        for the strength, or now) and the photo's roughness at this size."""
         level = opts.smoothing()
         if level is None or level == 0:
             return opts.tv_weight or 0.0
@@ -215,13 +211,7 @@ class StyleLoss:
         if not math.isfinite(style_far):
             self._bind(1.0, 1.0, 0.0)
             style_far = self.model.terms(self.seen(self.content_image))[1]
-        h, w, _ = self.shape
-        shares = self.painting_shares
-        if self.regions:  # each region's painting covers its content mask's share of the picture
-            areas = self.targets[STYLE_GUIDE].mean(axis=(1, 2), dtype=np.float64)
-            shares = list(areas / areas.sum()) if areas.sum() > 0 else shares
-        rough = smoothness.roughness([self.seen(image) for image in self.style_images], shares, h * w)
-        weight = smoothness.tv_weight(level, self.beta, style_far, rough)
+        weight = smoothness.tv_weight(level, self.beta, style_far, smoothness.roughness(self.seen(self.content_image)))
         self.smoothness = level if weight > 0 else None
         return weight
 

@@ -4,8 +4,8 @@ A single scale at 512 px paints strokes the size of VGG19's receptive field: see
 the picture is the photo with a texture laid over it. Starting small and growing lets
 the coarse scales lay out strokes the size of the painting's, where an iteration costs
 a sixteenth as much, and the finest scale add detail. The defaults (a coarsest scale of
-about `COARSEST` px, a ratio of 2 between scales, half the iterations at the finest) were
-chosen by measurement on several pairs; docs/quality.md has the figures.
+about `COARSEST` px, a ratio of 2 between scales, a quarter of the iterations at the finest)
+were chosen by measurement on four pairs; docs/quality.md has the figures.
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ def split_iterations(iterations: int, n: int, split: float) -> list[int]:
 
 
 def scale_plan(size: int, scales: int, iterations: int, shape: tuple[int, ...] | None = None, *,
-               ratio: float = 2.0, split: float = 0.5) -> list[tuple[int, int]]:
+               ratio: float, split: float) -> list[tuple[int, int]]:
     """Coarse to fine: (longest side, last iteration) of each stage.
 
     Sizes are ``size / ratio^(n-1), ..., size / ratio, size``, n being `scales`, or with
     ``scales=0`` `auto_scales`. Stage k runs iterations ``previous last + 1 .. its last``,
     so the count runs on across stages; a coarse stage left with no iterations is dropped.
+    `ratio` and `split` have no defaults here: the option model holds them (`engine.run.plan_of`).
     With `shape` (the finest image's), a coarsest image under the network's minimum side is
     refused when the scales were asked for.
     """

@@ -91,29 +91,23 @@ async function strengthWeights(fixed, content, styles, blend, s, layerWeights) {
     far: [contentFar, styleFar] };
 }
 
-// smoothness.roughness: the paintings' TV per pixel (blended), times the output's pixels.
-function roughness(paintings, blend, pixels) {
-  let total = 0;
-  for (let k = 0; k < paintings.length; k++) {
-    if (!(blend[k] > 0)) continue;
-    const { width, height, data } = paintings[k];
-    let tv = 0;
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        for (let c = 0; c < 3; c++) {
-          const i = (y * width + x) * 3 + c;
-          if (y + 1 < height) tv += (data[i + width * 3] - data[i]) ** 2;
-          if (x + 1 < width) tv += (data[i + 3] - data[i]) ** 2;
-        }
+// smoothness.roughness: the photo's TV term (squared neighbour differences, summed).
+function roughness({ width, height, data }) {
+  let tv = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      for (let c = 0; c < 3; c++) {
+        const i = (y * width + x) * 3 + c;
+        if (y + 1 < height) tv += (data[i + width * 3] - data[i]) ** 2;
+        if (x + 1 < width) tv += (data[i + 3] - data[i]) ** 2;
       }
     }
-    total += blend[k] * tv / (width * height);
   }
-  return total * pixels;
+  return tv;
 }
 
 // The TV weight: as given, or the one a smoothness asks for (smoothness.tv_weight).
-async function tvWeight(fixed, content, styles, blend, weights, balance, layerWeights) {
+async function tvWeight(fixed, content, weights, balance, layerWeights) {
   if (weights.tv !== undefined && weights.tv !== null) return weights.tv;
   const s = weights.smoothness ?? 0;
   if (!(s > 0)) return 0;
@@ -121,7 +115,7 @@ async function tvWeight(fixed, content, styles, blend, weights, balance, layerWe
   if (!Number.isFinite(styleFar)) {
     styleFar = (await evaluate(feeds(fixed, { ...layerWeights, alpha: 1, beta: 1, tv: 0 }), content)).style;
   }
-  const rough = roughness(styles, blend, content.width * content.height);
+  const rough = roughness(content);
   const ok = Number.isFinite(styleFar) && Number.isFinite(rough) && styleFar > 0 && rough > 0;
   return ok ? s * balance.beta * styleFar / rough : 0;
 }
@@ -131,7 +125,7 @@ async function bind(content, styles, blend, weights) {
   const layerWeights = { content: config.content_weights, style: config.style_weights, ...weights };
   const balance = weights.strength === undefined ? { alpha: weights.alpha, beta: weights.beta, far: null }
     : await strengthWeights(fixed, content, styles, blend, weights.strength, layerWeights);
-  const tv = await tvWeight(fixed, content, styles, blend, weights, balance, layerWeights);
+  const tv = await tvWeight(fixed, content, weights, balance, layerWeights);
   return { bound: feeds(fixed, { ...layerWeights, ...balance, tv }), balance, tv };
 }
 
