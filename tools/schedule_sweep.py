@@ -11,8 +11,8 @@ candidate at --size, writes OUT/SIZE/NAME/PHOTO+PAINTING.png, and appends one JS
 OUT/runs.jsonl with its wall time, the CPU time of this process over the run (onnxruntime's threads
 included; on a shared machine the fairer figure) and `quality.Judge`'s three measures; a run already
 there is skipped. `table` prints the mean over pairs of each candidate as a Markdown table; `sheet`
-lays the pictures out, one row per pair and one column per candidate, each labelled with its CPU
-time and measures.
+lays the pictures out, one row per pair and one column per candidate, each labelled with its
+time (wall and CPU) and measures.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def sheet(args: argparse.Namespace) -> None:
             picture = Image.open(out / str(row["size"]) / name / f"{pair}.png").convert("RGB")
             images.append(picture.resize((round(picture.width * args.height / picture.height), args.height),
                                          Image.Resampling.LANCZOS))
-            labels.append([f"{name} {row['size']}px: {row['cpu_s']:.0f} CPU s",
+            labels.append([f"{name} {row['size']}px: {row['wall_s']:.0f} s ({row['cpu_s']:.0f} CPU s)",
                            f"style {row['style']:.3f} content {row['content']:.2f}", f"grain {row['grain']:.2f}"])
     contact_sheet(args.title or f"schedules, {', '.join(names)}", images, labels, len(names)).save(
         args.sheet, quality=85)
