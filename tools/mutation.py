@@ -36,7 +36,8 @@ NOT_IN_A_BOX = "not signal_saves and not real_process"
 MODULES: dict[str, list[str]] = {
     "network/autodiff.py": ["tests/test_autodiff.py", "tests/test_perf_equivalence.py"],
     "network/tiling.py": ["tests/test_tiling.py"],
-    "engine/loss.py": ["tests/test_loss_model.py", "tests/test_engine.py", "tests/test_controls.py"],
+    "engine/loss.py": ["tests/test_loss_checks.py", "tests/test_loss_model.py", "tests/test_engine.py",
+                       "tests/test_controls.py"],
     "engine/optimizers.py": ["tests/test_optimizers.py", "tests/test_engine.py", "tests/test_robustness.py", "-k",
                              NOT_IN_A_BOX],
     "engine/checkpoint.py": ["tests/test_checkpoint_file.py", "tests/test_robustness.py",
