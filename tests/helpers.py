@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -31,6 +32,31 @@ def shallow_layers(pooling: str = "max") -> LayerSet:
     return LayerSet.of([SHALLOW["content_layers"]], SHALLOW["style_layers"].split(","), pooling)
 
 T = TypeVar("T")
+
+
+class Quadratic:
+    """A stand-in for StyleLoss: sum (x - target)^2, turning NaN at evaluation `nan_at` if given."""
+
+    def __init__(self, shape=(40, 40, 3), nan_at: int | None = None, bad: str = "loss", seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.shape = shape
+        self.target = rng.uniform(0, 255, shape).astype(np.float32)
+        self.weight = rng.uniform(0.1, 10, shape).astype(np.float32)
+        self.nan_at, self.bad, self.calls = nan_at, bad, 0
+        self.last_terms = (math.nan, math.nan)
+
+    def loss_and_grad(self, x):
+        self.calls += 1
+        d = np.asarray(x, np.float32) - self.target
+        value, grad = float((self.weight * d * d).sum() + (d**4).sum() * 1e-4), 2 * self.weight * d + 4e-4 * d**3
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            if self.bad == "loss":
+                value = math.nan
+            else:
+                grad = grad.copy()
+                grad[0, 0, 0] = math.inf
+        self.last_terms = (value, 0.0)
+        return value, grad
 
 
 def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str]:

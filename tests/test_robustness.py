@@ -11,12 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import SHALLOW_FLAGS, one_line_error, png_claiming, run_cli, spawn, wait_for
+from helpers import SHALLOW_FLAGS, Quadratic, one_line_error, png_claiming, run_cli, spawn, wait_for
 from PIL import Image
 
 from stylerun import transfer
@@ -263,31 +264,6 @@ def test_a_thin_style_image_is_fine(capsys, monkeypatch, tmp_path, content_path)
 # --- 4. numeric faults -------------------------------------------------------------------------
 
 
-class Quadratic:
-    """A stand-in for StyleLoss: sum (x - target)^2, turning NaN at evaluation `nan_at` if given."""
-
-    def __init__(self, shape=(40, 40, 3), nan_at: int | None = None, bad: str = "loss", seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.shape = shape
-        self.target = rng.uniform(0, 255, shape).astype(np.float32)
-        self.weight = rng.uniform(0.1, 10, shape).astype(np.float32)
-        self.nan_at, self.bad, self.calls = nan_at, bad, 0
-        self.last_terms = (math.nan, math.nan)
-
-    def loss_and_grad(self, x):
-        self.calls += 1
-        d = np.asarray(x, np.float32) - self.target
-        value, grad = float((self.weight * d * d).sum() + (d**4).sum() * 1e-4), 2 * self.weight * d + 4e-4 * d**3
-        if self.nan_at is not None and self.calls >= self.nan_at:
-            if self.bad == "loss":
-                value = math.nan
-            else:
-                grad = grad.copy()
-                grad[0, 0, 0] = math.inf
-        self.last_terms = (value, 0.0)
-        return value, grad
-
-
 @pytest.mark.parametrize("bad,needle", [("loss", "the loss became nan at evaluation 7"),
                                         ("grad", "the gradient became non-finite at evaluation 7")])
 def test_non_finite_loss_stops_with_the_best_finite_image(bad, needle):
@@ -295,6 +271,7 @@ def test_non_finite_loss_stops_with_the_best_finite_image(bad, needle):
     seen = []
     result = optimize(loss, np.full(loss.shape, 128, np.float32), 50, seen.append)
     assert result.error and needle in result.error and "`alpha`/`beta`" in result.error
+    assert f"(iteration {result.iterations + 1})" in result.error  # the iteration it happened in
     assert not result.interrupted and result.iterations == len(seen) < 50
     assert np.isfinite(result.image).all() and math.isfinite(result.loss)
     assert result.loss == min(p.loss for p in seen)  # the best image seen, not the last one tried
@@ -384,9 +361,12 @@ def test_resume_continues_exactly(evaluations):
 def test_driver_takes_the_same_steps_as_minimize(monkeypatch):
     loss = Quadratic(shape=(12, 12, 3), seed=3)
     start = np.zeros(loss.shape, np.float32)
-    driven = optimize(loss, start, 15)
+    driven = optimize(loss, start, 15, lbfgs_memory=3)
     monkeypatch.setattr(optimizers, "lbfgsb_driver", lambda: None)
-    assert optimize(loss, start, 15).history == driven.history
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SciPy warns of an option it does not know, and would ignore it
+        fallback = optimize(loss, start, 15, lbfgs_memory=3)
+    assert fallback.history == driven.history and fallback.iterations == 15
 
 
 def test_without_the_driver_a_resume_restarts_the_history(monkeypatch):
