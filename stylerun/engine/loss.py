@@ -207,11 +207,11 @@ class StyleLoss:
         level = opts.smoothing()
         if level is None or level == 0:
             return opts.tv_weight or 0.0
-        style_far = self.far_terms[1]
+        photo, style_far = self.seen(self.content_image), self.far_terms[1]
         if not math.isfinite(style_far):
             self._bind(1.0, 1.0, 0.0)
-            style_far = self.model.terms(self.seen(self.content_image))[1]
-        weight = smoothness.tv_weight(level, self.beta, style_far, smoothness.roughness(self.seen(self.content_image)))
+            style_far = self.model.terms(photo)[1]
+        weight = smoothness.tv_weight(level, self.beta, style_far, smoothness.roughness(photo))
         self.smoothness = level if weight > 0 else None
         return weight
 

@@ -26,11 +26,12 @@ import math
 
 import numpy as np
 
+from stylerun.network.tiling import total_variation
+
 
 def roughness(image: np.ndarray) -> float:
-    """The loss graph's TV term of `image`: squared neighbour differences, summed (in float64)."""
-    x = np.asarray(image, np.float32)
-    return sum(float(np.square(np.diff(x, axis=axis)).sum(dtype=np.float64)) for axis in (0, 1))
+    """The loss graph's TV term of `image` (the tiled loss's own computation of it)."""
+    return total_variation(np.asarray(image, np.float32))[0]
 
 
 def tv_weight(smoothness: float, beta: float, style_far: float, rough: float) -> float:
