@@ -188,13 +188,17 @@ class StyleLoss:
         self.model.bind(self.targets, [self.content_layers.get(n, 0.0) for n in self.model.layers.content],
                         [self.style_layers.get(n, 0.0) for n in self.model.layers.style], alpha, beta, tv_weight)
 
+    def _style_far(self) -> float:
+        """The style term of the photo itself, with unit weights bound: the scale the style term lives on."""
+        self._bind(1.0, 1.0, 0.0)
+        return self.model.terms(self.seen(self.content_image))[1]
+
     def _weights(self, opts: TransferOptions) -> tuple[float, float]:
         """α and β: as given, or from the style strength and the far-end terms measured here (see `strength`)."""
         weighting = opts.weighting()
         if isinstance(weighting, tuple):
             return weighting
-        self._bind(1.0, 1.0, 0.0)
-        _, style_far = self.model.terms(self.seen(self.content_image))
+        style_far = self._style_far()  # leaves the unit weights bound for the content end below
         blend = self.style_blend if not self.regions else [1.0 / self.regions] * self.regions
         content_far = sum(weight * self.model.terms(self.seen(resize_to(image, self.shape)))[0]
                           for weight, image in zip(blend, self.style_images, strict=True) if weight > 0)
@@ -207,11 +211,8 @@ class StyleLoss:
         level = opts.smoothing()
         if level is None or level == 0:
             return opts.tv_weight or 0.0
-        photo, style_far = self.seen(self.content_image), self.far_terms[1]
-        if not math.isfinite(style_far):
-            self._bind(1.0, 1.0, 0.0)
-            style_far = self.model.terms(photo)[1]
-        weight = smoothness.tv_weight(level, self.beta, style_far, smoothness.roughness(photo))
+        style_far = self.far_terms[1] if math.isfinite(self.far_terms[1]) else self._style_far()
+        weight = smoothness.tv_weight(level, self.beta, style_far, smoothness.roughness(self.seen(self.content_image)))
         self.smoothness = level if weight > 0 else None
         return weight
 

@@ -77,9 +77,14 @@ function factor(s, init, pixels) {
   return 10 ** ((c.centre[init] ?? c.centre.random) - c.slope * doublings + c.span * (1 - 2 * s));
 }
 
+// The model bound with unit weights and no TV: the far terms are measured with it.
+function unitFeeds(fixed, layerWeights) {
+  return feeds(fixed, { ...layerWeights, alpha: 1, beta: 1, tv: 0 });
+}
+
 // α, β from the style strength and the two far terms, measured with the same model (strength.weights).
 async function strengthWeights(fixed, content, styles, blend, s, layerWeights) {
-  const unit = feeds(fixed, { ...layerWeights, alpha: 1, beta: 1, tv: 0 });
+  const unit = unitFeeds(fixed, layerWeights);
   const styleFar = (await evaluate(unit, content)).style;
   let contentFar = 0;
   for (let k = 0; k < styles.length; k++) {
@@ -113,7 +118,7 @@ async function tvWeight(fixed, content, weights, balance, layerWeights) {
   if (!(s > 0)) return 0;
   let styleFar = balance.far ? balance.far[1] : NaN;
   if (!Number.isFinite(styleFar)) {
-    styleFar = (await evaluate(feeds(fixed, { ...layerWeights, alpha: 1, beta: 1, tv: 0 }), content)).style;
+    styleFar = (await evaluate(unitFeeds(fixed, layerWeights), content)).style;
   }
   const rough = roughness(content);
   const ok = Number.isFinite(styleFar) && Number.isFinite(rough) && styleFar > 0 && rough > 0;
